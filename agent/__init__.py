@@ -1,0 +1,1 @@
+"""waylay agent: runs inside the target network namespace, owns sockets and iptables."""

@@ -1,0 +1,1 @@
+"""The `waylay` command line."""

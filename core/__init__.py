@@ -1,0 +1,1 @@
+"""waylay core: the shared engine (sans-I/O protocol logic) and its asyncio drivers."""

@@ -1,0 +1,1 @@
+"""waylay dashboard (Textual). It talks to agents only through core.session."""
