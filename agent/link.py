@@ -1,0 +1,256 @@
+"""One attached session, seen from the agent: its control connection, subscriptions, streams.
+
+The first frame must be a ``Hello`` carrying the session token; anything else ends the
+link. After that the session subscribes ports and answers the requests the agent steals
+for it, each on its own wire stream. When the link ends, for whatever reason, its
+subscriptions are removed (its ports revert to passthrough) and its open streams are
+aborted; other sessions are not disturbed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import TYPE_CHECKING
+
+from agent.registry import Subscription, SubscriptionRefused
+from core.errors import ConfigError
+from core.filters import compile_http_filter
+from core.routing import LocalAborted, LocalData, LocalEnd, LocalResponse
+from core.wire import (
+    Data,
+    End,
+    Error,
+    Flow,
+    Hello,
+    Message,
+    Notice,
+    Ping,
+    Pong,
+    Reset,
+    ResponseStart,
+    Subscribe,
+    Subscribed,
+    Unsubscribe,
+    Welcome,
+    WireDecoder,
+    WireProtocolError,
+    check_hello,
+    encode,
+    encode_data,
+    headers_from_wire,
+)
+
+if TYPE_CHECKING:
+    from agent.interception import InterceptedConnection
+    from agent.worker import Agent
+
+log = logging.getLogger("waylay.agent")
+
+HANDSHAKE_TIMEOUT_S = 10.0
+# Bytes queued towards a session before the agent waits for it (per link).
+LINK_HIGH_WATER = 1024 * 1024
+
+
+class Stream:
+    """A stolen request, or a whole stolen connection, on one wire stream."""
+
+    def __init__(self, link: ClientLink, stream_id: int, conn: InterceptedConnection,
+                 *, whole: bool) -> None:
+        self.link = link
+        self.stream_id = stream_id
+        self.conn = conn
+        self.whole = whole
+        self.finished = asyncio.Event()
+        self._sent_end = False
+        self._got_end = False
+
+    def send_data(self, data: bytes) -> None:
+        if not self.finished.is_set():
+            self.link.send_raw(encode_data(self.stream_id, data))
+
+    async def drain(self) -> None:
+        await self.link.drain()
+
+    def end(self) -> None:
+        if not self.finished.is_set() and not self._sent_end:
+            self._sent_end = True
+            self.link.send(End(stream=self.stream_id))
+            self._maybe_finish()
+
+    def reset(self, reason: str) -> None:
+        if not self.finished.is_set():
+            self.link.send(Reset(stream=self.stream_id, reason=reason))
+            self._finish()
+
+    def receive(self, message: Message) -> None:
+        """A frame from the session for this stream."""
+        conn = self.conn
+        match message:
+            case ResponseStart(status=status, reason=reason, headers=headers):
+                conn.on_local(LocalResponse(status=status, reason=reason.encode("latin-1"),
+                                            headers=headers_from_wire(headers)))
+            case Data(data=data):
+                if self.whole:
+                    conn.write_local(data)
+                else:
+                    conn.on_local(LocalData(data=data))
+            case End():
+                self._got_end = True
+                if self.whole:
+                    conn.end_local()
+                    self._maybe_finish()
+                else:
+                    self._finish()
+                    conn.on_local(LocalEnd())
+            case Reset(reason=reason):
+                self._finish()
+                if self.whole:
+                    conn.abort_local()
+                else:
+                    conn.on_local(LocalAborted(reason=reason))
+            case _:
+                log.debug("ignoring %r on stream %d", message, self.stream_id)
+
+    def link_lost(self) -> None:
+        if self.finished.is_set():
+            return
+        self._finish()
+        if self.whole:
+            self.conn.abort_local()
+        else:
+            self.conn.on_local(LocalAborted(reason="the session's link to the agent ended"))
+
+    def _maybe_finish(self) -> None:
+        if self._sent_end and self._got_end:
+            self._finish()
+
+    def _finish(self) -> None:
+        self.finished.set()
+        self.link.streams.pop(self.stream_id, None)
+
+
+class ClientLink:
+    """The control connection of one session."""
+
+    def __init__(self, agent: Agent, link_id: int, reader: asyncio.StreamReader,
+                 writer: asyncio.StreamWriter) -> None:
+        self.agent = agent
+        self.link_id = link_id
+        self._reader = reader
+        self._writer = writer
+        self.streams: dict[int, Stream] = {}
+        self.client_subs: dict[int, int] = {}  # agent sub id -> the session's own sub id
+        self.name = "?"
+
+    def send(self, message: Message) -> None:
+        self.send_raw(encode(message))
+
+    def send_raw(self, frame: bytes) -> None:
+        if not self._writer.is_closing():
+            self._writer.write(frame)
+
+    async def drain(self) -> None:
+        if self._writer.transport.get_write_buffer_size() > LINK_HIGH_WATER:
+            with contextlib.suppress(ConnectionError):
+                await self._writer.drain()
+
+    async def run(self) -> None:
+        decoder = WireDecoder()
+        try:
+            hello = await asyncio.wait_for(self._handshake(decoder), HANDSHAKE_TIMEOUT_S)
+        except (WireProtocolError, TimeoutError, ConnectionError, OSError) as exc:
+            reason = "handshake timed out" if isinstance(exc, TimeoutError) else str(exc)
+            self.send(Error(stream=0, message=reason, code="handshake"))
+            self._writer.close()
+            return
+        self.name = hello.client
+        self.send(Welcome(agent=self.agent.name, session=self.agent.chain,
+                          listening_ports=tuple(self.agent.listening_ports())))
+        try:
+            while True:
+                data = await self._reader.read(256 * 1024)
+                if not data:
+                    break
+                for message in decoder.receive_data(data):
+                    await self._dispatch(message)
+        except WireProtocolError as exc:
+            self.send(Error(stream=0, message=f"protocol error: {exc}", code="protocol"))
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            await self._teardown()
+
+    async def _handshake(self, decoder: WireDecoder) -> Hello:
+        while True:
+            data = await self._reader.read(64 * 1024)
+            if not data:
+                raise ConnectionError("the session closed during the handshake")
+            messages = decoder.receive_data(data)
+            if messages:
+                hello = check_hello(messages[0], self.agent.token)
+                for extra in messages[1:]:
+                    await self._dispatch(extra)
+                return hello
+
+    async def _dispatch(self, message: Message) -> None:
+        match message:
+            case Ping(nonce=nonce):
+                self.send(Pong(nonce=nonce))
+            case Pong():
+                pass
+            case Subscribe():
+                await self._subscribe(message)
+            case Unsubscribe(sub_id=client_sub):
+                for sub_id, mine in list(self.client_subs.items()):
+                    if mine == client_sub:
+                        del self.client_subs[sub_id]
+                        await self.agent.unsubscribe(sub_id)
+            case ResponseStart(stream=sid) | Data(stream=sid) | End(stream=sid) | Reset(
+                stream=sid
+            ):
+                stream = self.streams.get(sid)
+                if stream is not None:
+                    stream.receive(message)
+            case _:
+                self.send(Error(stream=0, message=f"unexpected {type(message).__name__}",
+                                code="protocol"))
+
+    async def _subscribe(self, message: Subscribe) -> None:
+        try:
+            if message.mode != "steal":
+                raise SubscriptionRefused(
+                    f"mode {message.mode!r} is not supported by this agent yet (only steal)")
+            http_filter = (compile_http_filter(message.filter)
+                           if message.filter is not None else None)
+            sub = Subscription(sub_id=self.agent.next_sub_id(), link_id=self.link_id,
+                               port=message.port, mode=message.mode, http_filter=http_filter)
+            await self.agent.subscribe(sub)
+        except (SubscriptionRefused, ConfigError) as exc:
+            self.send(Error(stream=message.sub_id, message=str(exc), code="refused"))
+            return
+        except Exception as exc:  # iptables failures and the like: report, keep the link
+            self.send(Error(stream=message.sub_id, message=f"cannot intercept port "
+                            f"{message.port}: {exc}", code="refused"))
+            return
+        self.client_subs[sub.sub_id] = message.sub_id
+        self.send(Subscribed(sub_id=message.sub_id, port=message.port, mode=message.mode,
+                             filter=http_filter.text if http_filter is not None else None))
+
+    def close(self) -> None:
+        self._writer.close()
+
+    def send_flow(self, record: dict[str, object]) -> None:
+        self.send(Flow(record=record))
+
+    def warn(self, message: str) -> None:
+        self.send(Notice(level="warning", message=message))
+
+    async def _teardown(self) -> None:
+        for stream in list(self.streams.values()):
+            stream.link_lost()
+        self.streams.clear()
+        self.client_subs.clear()
+        await self.agent.link_closed(self)
+        self._writer.close()

@@ -1,0 +1,64 @@
+"""`waylay agent` (also `python -m agent`): the agent's command line.
+
+Without ``--worker`` this process is the guard (``agent.guard``): it installs the iptables
+chain, starts itself again as the worker with ``--worker --chain NAME``, and removes the
+chain whenever the worker ends. The session token comes from the environment, never argv
+(argv is visible to every user in ``ps``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from agent.guard import run_guard
+from agent.worker import emit, run_worker
+from core.errors import EXIT_USAGE, WaylayError
+
+DEFAULT_TTL_S = 30.0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="waylay agent",
+        description="Run the waylay agent inside the target's network namespace. Normally "
+        "started for you by `waylay run` / `waylay ui`.",
+    )
+    parser.add_argument("--listen", required=True, metavar="unix:PATH",
+                        help="control socket where sessions attach (a Unix socket path)")
+    parser.add_argument("--ttl", type=float, default=DEFAULT_TTL_S, metavar="SECONDS",
+                        help="exit after this long without any session (default %(default)s)")
+    parser.add_argument("--proxy-port", type=int, default=0, metavar="PORT",
+                        help="port of the redirect listener (default: any free port)")
+    parser.add_argument("--token-env", default="WAYLAY_TOKEN", metavar="NAME",
+                        help="environment variable holding the session token")
+    parser.add_argument("--clean-on-start", action="store_true",
+                        help="remove waylay iptables rules left by agents that are gone")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--chain", help=argparse.SUPPRESS)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if not args.listen.startswith("unix:") or len(args.listen) <= len("unix:"):
+        emit({"event": "error", "message": "--listen must be unix:PATH", "exit": EXIT_USAGE})
+        return EXIT_USAGE
+    token = os.environ.get(args.token_env, "")
+    if not token:
+        emit({"event": "error", "exit": EXIT_USAGE,
+              "message": f"no session token: set the environment variable {args.token_env}"})
+        return EXIT_USAGE
+    if args.worker:
+        return run_worker(token=token, chain=args.chain, control_path=args.listen[5:],
+                          proxy_port=args.proxy_port, ttl=args.ttl)
+    worker_argv = [sys.executable, "-m", "agent", "--worker", "--listen", args.listen,
+                   "--ttl", str(args.ttl), "--proxy-port", str(args.proxy_port),
+                   "--token-env", args.token_env]
+    try:
+        return run_guard(worker_argv, clean_on_start=args.clean_on_start, report=emit)
+    except WaylayError as exc:
+        emit({"event": "error", "message": str(exc), "exit": exc.exit_code})
+        return exc.exit_code

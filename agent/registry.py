@@ -1,0 +1,108 @@
+"""Who takes what: the agent's table of subscriptions, and the routing decision per request.
+
+Precedence is deterministic: subscriptions on a port are consulted in the order they were
+made (earliest first); the first whose filter matches takes the request. An unfiltered
+steal takes whole connections and so excludes any other unfiltered steal of that port.
+Filters are immutable and the table is replaced, never edited in place, so a decision
+always sees one consistent state (the agent is single-threaded; this keeps it obvious).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from core.errors import WaylayError
+from core.filters import HttpFilter, RequestView
+from core.routing import PASS, Route
+
+
+class SubscriptionRefused(WaylayError):
+    """A subscription conflicts with another session's."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Subscription:
+    sub_id: int  # agent-wide unique id (the link maps it to the client's own id)
+    link_id: int  # the client connection that owns it
+    port: int
+    mode: str  # "steal" (mirror arrives with the protocols issue)
+    http_filter: HttpFilter | None
+
+    @property
+    def takes_whole_connections(self) -> bool:
+        return self.mode == "steal" and self.http_filter is None
+
+
+class Registry:
+    """Subscriptions by port, in arrival order."""
+
+    def __init__(self) -> None:
+        self._by_port: dict[int, tuple[Subscription, ...]] = {}
+        self.timeouts = 0  # filter evaluations that hit the regex budget
+
+    def add(self, sub: Subscription) -> None:
+        current = self._by_port.get(sub.port, ())
+        if sub.takes_whole_connections:
+            for other in current:
+                if other.takes_whole_connections:
+                    raise SubscriptionRefused(
+                        f"port {sub.port} is already stolen without a filter by another "
+                        "session; add an http_filter to share it"
+                    )
+        self._by_port[sub.port] = (*current, sub)
+
+    def remove(self, sub_id: int) -> Subscription | None:
+        for port, subs in self._by_port.items():
+            for sub in subs:
+                if sub.sub_id == sub_id:
+                    rest = tuple(s for s in subs if s.sub_id != sub_id)
+                    if rest:
+                        self._by_port[port] = rest
+                    else:
+                        del self._by_port[port]
+                    return sub
+        return None
+
+    def remove_link(self, link_id: int) -> list[Subscription]:
+        gone = [s for subs in self._by_port.values() for s in subs if s.link_id == link_id]
+        for sub in gone:
+            self.remove(sub.sub_id)
+        return gone
+
+    def get(self, sub_id: int) -> Subscription | None:
+        for subs in self._by_port.values():
+            for sub in subs:
+                if sub.sub_id == sub_id:
+                    return sub
+        return None
+
+    def ports(self) -> frozenset[int]:
+        return frozenset(self._by_port)
+
+    def subscriptions(self, port: int) -> tuple[Subscription, ...]:
+        return self._by_port.get(port, ())
+
+    def whole_connection_owner(self, port: int) -> Subscription | None:
+        for sub in self._by_port.get(port, ()):
+            if sub.takes_whole_connections:
+                return sub
+        return None
+
+    def has_filters(self, port: int) -> bool:
+        return any(s.http_filter is not None for s in self._by_port.get(port, ()))
+
+    def decide(self, port: int, request: RequestView) -> Route:
+        """Route one HTTP request arriving on ``port`` (see the module doc for precedence)."""
+        timed_out: list[str] = []
+        for sub in self._by_port.get(port, ()):
+            if sub.http_filter is None:
+                continue
+            result = sub.http_filter.evaluate(request)
+            timed_out.extend(result.timed_out)
+            if result.matched:
+                return Route(steal_by=sub.sub_id, clause=result.clause,
+                             timed_out=tuple(timed_out))
+        if timed_out:
+            self.timeouts += 1
+            return Route(steal_by=None, timed_out=tuple(timed_out))
+        return PASS

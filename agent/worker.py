@@ -1,0 +1,218 @@
+"""The agent worker: listeners, sessions, subscriptions and the redirect rules they need.
+
+It runs under ``agent.guard``, which installed the (empty) iptables chain named by
+``--chain`` and removes it whenever this process ends. The worker only adds and removes
+the REDIRECT rule of each subscribed port; a filter change never touches iptables.
+
+Two listeners: the redirect listener (every intercepted port is REDIRECTed to it and
+``SO_ORIGINAL_DST`` tells which), and the control listener where sessions attach with the
+token (a Unix socket: filesystem paths cross network namespaces).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import os
+import signal
+import sys
+import time
+from typing import TYPE_CHECKING
+
+from agent.interception import serve_connection
+from agent.iptables import Redirector
+from agent.link import ClientLink, Stream
+from agent.registry import Registry, Subscription
+from agent.upstream import upstream_pool
+from core.flow import FlowRecord
+from core.local_targets import listening_ports, parse_proc_net_tcp
+from core.wire import ConnectionStart, RequestStart, headers_to_wire
+
+if TYPE_CHECKING:
+    from agent.interception import InterceptedConnection
+    from core.routing import StealStart
+
+
+def emit(event: dict[str, object]) -> None:
+    """One JSON line on stdout: how the launcher learns the agent's state."""
+    sys.stdout.write(json.dumps(event) + "\n")
+    sys.stdout.flush()
+
+
+class Agent:
+    """The state of one agent process (single-threaded; driven by asyncio)."""
+
+    def __init__(self, *, token: str, chain: str, redirector: Redirector, ttl: float) -> None:
+        self.token = token
+        self.chain = chain
+        self.name = f"waylay-agent/{os.getpid()}"
+        self.redirector = redirector
+        self.ttl = ttl
+        self.registry = Registry()
+        self.pool = upstream_pool()
+        self.links: dict[int, ClientLink] = {}
+        self.proxy_port = 0
+        self.next_flow_id = itertools.count(1).__next__
+        self.next_sub_id = itertools.count(1).__next__
+        self._next_stream_id = itertools.count(1).__next__
+        self._next_link_id = itertools.count(1).__next__
+        self._iptables_lock = asyncio.Lock()
+        self._idle_since = time.monotonic()
+
+    # --- sessions and subscriptions ---------------------------------------------------
+
+    async def attach(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        link = ClientLink(self, self._next_link_id(), reader, writer)
+        self.links[link.link_id] = link
+        await link.run()
+
+    async def subscribe(self, sub: Subscription) -> None:
+        newly = sub.port not in self.registry.ports()
+        self.registry.add(sub)
+        if newly:
+            try:
+                async with self._iptables_lock:
+                    await asyncio.to_thread(self.redirector.redirect, sub.port, self.proxy_port)
+            except BaseException:
+                self.registry.remove(sub.sub_id)
+                raise
+
+    async def unsubscribe(self, sub_id: int) -> None:
+        sub = self.registry.remove(sub_id)
+        if sub is not None:
+            await self._release_ports({sub.port})
+
+    async def link_closed(self, link: ClientLink) -> None:
+        self.links.pop(link.link_id, None)
+        gone = self.registry.remove_link(link.link_id)
+        await self._release_ports({s.port for s in gone})
+        if not self.links:
+            self._idle_since = time.monotonic()
+
+    async def _release_ports(self, ports: set[int]) -> None:
+        """Ports nobody subscribes any more go back to the original app untouched."""
+        for port in ports - self.registry.ports():
+            async with self._iptables_lock:
+                await asyncio.to_thread(self.redirector.unredirect, port)
+
+    def _link_of(self, sub_id: int) -> tuple[ClientLink, Subscription] | None:
+        sub = self.registry.get(sub_id)
+        if sub is None:
+            return None
+        link = self.links.get(sub.link_id)
+        return (link, sub) if link is not None else None
+
+    # --- streams ----------------------------------------------------------------------
+
+    def open_request_stream(self, conn: InterceptedConnection, start: StealStart) -> Stream | None:
+        found = self._link_of(start.sub_id)
+        if found is None:
+            return None
+        link, sub = found
+        stream = Stream(link, self._next_stream_id(), conn, whole=False)
+        link.streams[stream.stream_id] = stream
+        link.send(RequestStart(
+            stream=stream.stream_id, sub_id=link.client_subs.get(sub.sub_id, 0),
+            port=sub.port, method=start.method, target=start.target,
+            http_version=start.http_version, headers=headers_to_wire(start.headers),
+            peer=conn.peer,
+        ))
+        return stream
+
+    def open_connection_stream(self, conn: InterceptedConnection, sub_id: int) -> Stream | None:
+        found = self._link_of(sub_id)
+        if found is None:
+            return None
+        link, sub = found
+        stream = Stream(link, self._next_stream_id(), conn, whole=True)
+        link.streams[stream.stream_id] = stream
+        link.send(ConnectionStart(stream=stream.stream_id,
+                                  sub_id=link.client_subs.get(sub.sub_id, 0),
+                                  port=sub.port, peer=conn.peer))
+        return stream
+
+    def record(self, record: FlowRecord, owner: int | None,
+               timed_out: tuple[str, ...]) -> None:
+        """Report a finished request: to its thief only, or to every session on the port."""
+        event = record.to_event()
+        if owner is not None:
+            found = self._link_of(owner)
+            targets = [found[0]] if found is not None else []
+        else:
+            link_ids = {s.link_id for s in self.registry.subscriptions(record.port)}
+            targets = [self.links[i] for i in sorted(link_ids) if i in self.links]
+        for link in targets:
+            link.send_flow(event)
+            for clause in timed_out:
+                link.warn(f"filter {clause} hit its time budget on request {record.id} "
+                          f"({record.method} {record.path}); counted as no match")
+
+    def listening_ports(self) -> list[int]:
+        """TCP ports listening in this network namespace, the agent's own excluded."""
+        text = ""
+        for name in ("tcp", "tcp6"):
+            try:
+                with open(f"/proc/self/net/{name}") as f:
+                    text += f.read()
+            except OSError:
+                continue
+        ports = set(listening_ports(parse_proc_net_tcp(text)).values())
+        ports.discard(self.proxy_port)
+        return sorted(ports)
+
+    # --- lifetime ---------------------------------------------------------------------
+
+    async def serve(self, control_path: str, proxy_port: int) -> None:
+        redirect_server = await asyncio.start_server(
+            lambda r, w: serve_connection(self, r, w), host="0.0.0.0", port=proxy_port,
+            reuse_address=True, backlog=1024, limit=256 * 1024,
+        )
+        self.proxy_port = redirect_server.sockets[0].getsockname()[1]
+        if os.path.exists(control_path):
+            os.unlink(control_path)
+        control_server = await asyncio.start_unix_server(self.attach, path=control_path)
+        os.chmod(control_path, 0o600)  # the token is the lock; the mode is the door
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.add_signal_handler(sig, stop.set)
+        emit({"event": "ready", "listen": f"unix:{control_path}", "chain": self.chain,
+              "proxy_port": self.proxy_port, "pid": os.getpid()})
+        try:
+            while not stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 1.0)
+                if not self.links and time.monotonic() - self._idle_since > self.ttl:
+                    emit({"event": "exit", "reason": f"no session for {self.ttl:g} s"})
+                    break
+        finally:
+            redirect_server.close()
+            control_server.close()
+            for link in list(self.links.values()):
+                link.close()
+            self.pool.close()
+            if os.path.exists(control_path):
+                os.unlink(control_path)
+
+
+def run_worker(*, token: str, chain: str, control_path: str, proxy_port: int,
+               ttl: float) -> int:
+    """Entry point of the worker process (started by the guard)."""
+    redirector = Redirector(chain=chain, owner_pid=os.getppid())
+    agent = Agent(token=token, chain=chain, redirector=redirector, ttl=ttl)
+    try:
+        import uvloop
+    except ImportError:
+        runner = asyncio.run
+    else:
+        runner = uvloop.run
+    try:
+        runner(agent.serve(control_path, proxy_port))
+    except OSError as exc:
+        emit({"event": "error", "message": f"agent cannot listen: {exc}", "exit": 3})
+        return 3
+    return 0
+
+

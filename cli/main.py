@@ -1,0 +1,102 @@
+"""`waylay`: the command line (DESIGN §3).
+
+Exit codes: 0 ok, 2 bad usage or config, 3 target not found or not reachable, 4 missing
+privilege or system tool. Every failure is one line on stderr naming the problem.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from core.errors import EXIT_USAGE, UsageError, WaylayError
+
+
+def _port_spec(text: str) -> tuple[int, int | None]:
+    """``REMOTE[:LOCAL]`` -> (remote, local or None)."""
+    remote, _, local = text.partition(":")
+    try:
+        ports = (int(remote), int(local) if local else None)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not REMOTE[:LOCAL] (port numbers)") from None
+    for port in ports:
+        if port is not None and not 0 < port < 65536:
+            raise argparse.ArgumentTypeError(f"port {port} is out of range 1-65535")
+    return ports
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="waylay",
+        description="Steal or mirror a live service's incoming traffic into your local "
+        "process, with mirrord-compatible HTTP filters.",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = commands.add_parser(
+        "run", help="intercept a target headless until Ctrl-C",
+        description="Attach to TARGET and deliver its intercepted traffic to your local "
+        "app until Ctrl-C. Stolen requests go to 127.0.0.1:LOCAL; the rest reach the "
+        "original app.",
+    )
+    run.add_argument("-t", "--target", help="netns/NAME or pid/N (default: the config's "
+                     "`target`)")
+    run.add_argument("-f", "--config", metavar="CONFIG",
+                     help="mirrord-compatible config file (.json, .toml, .yaml)")
+    run.add_argument("-p", "--port", action="append", type=_port_spec, default=[],
+                     metavar="REMOTE[:LOCAL]",
+                     help="intercept REMOTE and deliver to local port LOCAL (repeatable; "
+                     "default: the config's ports, else every port listening in the target)")
+    run.add_argument("--mode", choices=["steal", "mirror", "off"],
+                     help="override feature.network.incoming.mode")
+    run.add_argument("--events", metavar="FILE|-",
+                     help="write one JSON object per event to FILE (- for stdout)")
+    run.add_argument("--local-host", default="127.0.0.1", metavar="ADDR",
+                     help="where the local app listens (default %(default)s)")
+    run.add_argument("--ttl", type=float, default=30.0, metavar="SECONDS",
+                     help="the agent exits this long after its last session (default "
+                     "%(default)s)")
+    run.add_argument("--clean-on-start", action="store_true",
+                     help="remove waylay iptables rules left in the target by dead agents")
+    run.add_argument("-q", "--quiet", action="store_true",
+                     help="no per-request lines on stderr")
+
+    targets = commands.add_parser("targets", help="list local targets",
+                                  description="List the targets waylay can intercept here.")
+    targets.add_argument("--json", action="store_true", help="one JSON document")
+
+    commands.add_parser("agent", help="run the agent (used inside the target)",
+                        add_help=False)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list[:1] == ["agent"]:
+        # The agent parses its own flags; it is what launchers start in the namespace.
+        from agent.main import main as agent_main
+
+        return agent_main(args_list[1:])
+    parser = build_parser()
+    args = parser.parse_args(args_list)
+    try:
+        if args.command == "run":
+            from cli.run import run_command
+
+            return run_command(args)
+        if args.command == "targets":
+            from cli.targets import targets_command
+
+            return targets_command(args)
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    except WaylayError as exc:
+        print(f"waylay: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+__all__ = ["UsageError", "main"]

@@ -1,0 +1,123 @@
+"""`waylay run`: a headless session until Ctrl-C or SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import json
+import signal
+import sys
+from typing import IO, Any
+
+from core.agent_launch import AgentProcess, launch_local_agent
+from core.config import Config, Mode, default_config, load_config
+from core.errors import AgentError, TargetError, UsageError
+from core.session import Session
+from core.target import parse_target
+
+
+class EventWriter:
+    """Where events go: JSON lines (``--events``) and/or a short human line on stderr."""
+
+    def __init__(self, sink: IO[str] | None, human: bool) -> None:
+        self._sink = sink
+        self._human = human
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        if self._sink is not None:
+            self._sink.write(json.dumps(event, separators=(",", ":")) + "\n")
+            self._sink.flush()
+        if self._human or event.get("type") in ("error", "warning"):
+            print(_human_line(event), file=sys.stderr, flush=True)
+
+
+def _human_line(event: dict[str, Any]) -> str:
+    kind = event.get("type")
+    if kind == "request":
+        status = event.get("status") or "-"
+        what = (f"{event.get('method')} {event.get('path')}" if event.get("method")
+                else "TCP connection")
+        took = event.get("duration_ms")
+        matched = f"  [{event['matched']}]" if event.get("matched") else ""
+        return (f"{str(event.get('verdict')).upper():8} :{event.get('port')} {what} -> "
+                f"{status} ({took} ms){matched}")
+    if kind == "subscribed":
+        flt = f" filter {event['filter']}" if event.get("filter") else " (whole port)"
+        return f"waylay: {event.get('mode')} port {event.get('port')}{flt}"
+    return f"waylay: {kind}: {event.get('message')}"
+
+
+def _load(args: argparse.Namespace) -> Config:
+    config = load_config(args.config) if args.config else default_config()
+    if args.mode:
+        incoming = dataclasses.replace(config.incoming, mode=Mode(args.mode))
+        config = dataclasses.replace(config, incoming=incoming)
+    for warning in config.warnings:
+        print(f"waylay: warning: {warning}", file=sys.stderr)
+    return config
+
+
+def run_command(args: argparse.Namespace) -> int:
+    config = _load(args)
+    target_text = args.target or config.target
+    if not target_text:
+        raise UsageError("no target: give -t netns/NAME or -t pid/N, or `target` in the config")
+    target = parse_target(target_text, namespace=config.namespace)
+    if not target.is_local:
+        raise TargetError(f"{target}: Kubernetes targets are not supported yet; "
+                          "use netns/NAME or pid/N")
+    cli_ports: dict[int, int | None] = dict(args.port)
+    sink: IO[str] | None = None
+    if args.events == "-":
+        sink = sys.stdout
+    elif args.events:
+        try:
+            sink = open(args.events, "a", encoding="utf-8")  # noqa: SIM115 - closed below
+        except OSError as exc:
+            raise UsageError(f"cannot write events to {args.events}: {exc}") from exc
+    events = EventWriter(sink, human=not args.quiet and args.events != "-")
+    try:
+        return asyncio.run(_run(args, config, target_text, cli_ports, events))
+    finally:
+        if sink is not None and sink is not sys.stdout:
+            sink.close()
+
+
+async def _run(args: argparse.Namespace, config: Config, target_text: str,
+               cli_ports: dict[int, int | None], events: EventWriter) -> int:
+    target = parse_target(target_text, namespace=config.namespace)
+    print(f"waylay: starting the agent in {target} ...", file=sys.stderr, flush=True)
+    extra = ["--clean-on-start"] if args.clean_on_start else []
+    agent = await launch_local_agent(target, ttl=args.ttl, extra_args=extra,
+                                     on_message=lambda m: _agent_message(m, events))
+    session: Session | None = None
+    try:
+        reader, writer = await asyncio.open_unix_connection(agent.socket_path)
+        session = Session(reader=reader, writer=writer, token=agent.token,
+                          incoming=config.incoming, cli_ports=cli_ports, on_event=events,
+                          local_host=args.local_host)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, session.stop)
+        await session.run()
+        return 0
+    except AgentError as exc:
+        events({"type": "error", "message": str(exc)})
+        return exc.exit_code
+    finally:
+        await _stop_agent(agent)
+        if session is not None:
+            print(f"waylay: {session.stats.summary()}", file=sys.stderr, flush=True)
+
+
+def _agent_message(message: dict[str, object], events: EventWriter) -> None:
+    kind = message.get("event")
+    if kind in ("warning", "error"):
+        events({"type": kind, "message": str(message.get("message"))})
+
+
+async def _stop_agent(agent: AgentProcess) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        await agent.stop()

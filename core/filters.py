@@ -1,0 +1,316 @@
+"""mirrord-compatible HTTP filters: compiled once from config, evaluated per request.
+
+The matching rules are mirrord's (DESIGN §2), so a filter written for mirrord takes the same
+requests here:
+
+- ``header_filter`` / ``{"header": re}``: the regex is *searched* (unanchored) in every
+  header rendered as ``name: value`` with the name lower-cased, case-insensitively; one
+  matching header line is enough. For HTTP/2 the ``:authority`` pseudo-header is offered as
+  ``host: <authority>`` too (mirrord misses this; RFC 9113 §8.3.1 makes it the Host).
+- ``path_filter`` / ``{"path": re}``: searched case-insensitively in the path without the
+  query, then in path+query; either matching is enough.
+- ``method_filter`` / ``{"method": m}``: case-insensitive equality (methods are ASCII tokens,
+  RFC 9110 §9.1).
+- ``all_of`` / ``any_of``: a non-empty list of the inner forms, AND / OR.
+
+Every regex search runs under a time budget (the ``regex`` package's ``timeout=``): a search
+that runs out counts as "no match" and is reported in :attr:`MatchResult.timed_out`.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, cast
+
+import regex
+
+from core.errors import ConfigError
+from core.jsonc import KeyPath, Locator, Positions, describe_type
+
+# Total regex time for evaluating one request. Filters run inline on the agent's event loop
+# for every request on a filtered port, so a pathological pattern must not stall other
+# connections: 20 ms caps the latency one request can add, while a sane filter needs
+# microseconds (about a thousand times less).
+MATCH_BUDGET_S = 0.02
+
+FILTER_KEYS = ("header_filter", "path_filter", "method_filter", "all_of", "any_of")
+_INNER_KEYS = ("header", "path", "method")
+_TOKEN = regex.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 §5.6.2 token
+
+
+@dataclass(frozen=True, kw_only=True)
+class RequestView:
+    """What a filter may look at in a request (no body)."""
+
+    method: str
+    target: str  # path plus optional query, as on the request line: "/a/b?q=1"
+    headers: tuple[tuple[str, str], ...]  # as received, names in any case
+    authority: str | None = None  # HTTP/2 :authority; offered to header filters as "host: ..."
+
+
+@dataclass(frozen=True, kw_only=True)
+class MatchResult:
+    """The outcome of evaluating a filter against one request."""
+
+    matched: bool
+    clause: str | None  # text of the clause that decided a match; None if no match
+    timed_out: tuple[str, ...]  # clauses whose regex hit the budget (counted as no match)
+
+
+class _Pattern(Protocol):
+    def search(self, string: str, *, timeout: float) -> object | None: ...
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Regex:
+    """A header or path clause: ``kind`` is "header" or "path"."""
+
+    kind: str
+    pattern: str
+    text: str
+    compiled: _Pattern = field(compare=False, repr=False)
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Method:
+    method: str  # upper-cased
+    original: str
+    text: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Group:
+    all: bool  # True: all_of, False: any_of
+    members: tuple[_Regex | _Method, ...]
+    text: str
+
+
+_Clause = _Regex | _Method | _Group
+
+
+class HttpFilter:
+    """An immutable, compiled HTTP filter. Build it with :func:`compile_http_filter`."""
+
+    __slots__ = ("_root",)
+    _root: _Clause
+
+    def __init__(self, root: _Clause) -> None:
+        object.__setattr__(self, "_root", root)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError("HttpFilter is immutable; compile a new one")
+
+    @property
+    def text(self) -> str:
+        """Short description, e.g. ``header_filter: X-User: alice``."""
+        return self._root.text
+
+    def to_mirrord(self) -> dict[str, object]:
+        """mirrord's JSON form (without ``ports``); compile_http_filter reads it back."""
+        root = self._root
+        if isinstance(root, _Group):
+            return {"all_of" if root.all else "any_of": [_inner_json(m) for m in root.members]}
+        key, value = _inner_json(root).popitem()
+        return {f"{key}_filter": value}
+
+    def evaluate(self, request: RequestView, *, budget_s: float = MATCH_BUDGET_S) -> MatchResult:
+        """Does ``request`` match? Never takes much longer than ``budget_s`` in regex time."""
+        run = _Run(request, self._root, budget_s)
+        root = self._root
+        if isinstance(root, _Group):
+            matched, clause = run.group(root)
+        else:
+            matched, clause = run.leaf(root), root.text
+        return MatchResult(
+            matched=matched,
+            clause=clause if matched else None,
+            timed_out=tuple(dict.fromkeys(run.timed_out)),
+        )
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, HttpFilter) and self.to_mirrord() == other.to_mirrord()
+
+    def __hash__(self) -> int:
+        return hash(self.text)
+
+    def __repr__(self) -> str:
+        return f"HttpFilter({self.text!r})"
+
+
+def _inner_json(clause: _Regex | _Method) -> dict[str, object]:
+    if isinstance(clause, _Method):
+        return {"method": clause.original}
+    return {clause.kind: clause.pattern}
+
+
+class _Run:
+    """One evaluation: the request rendered once, and the regex time budget.
+
+    The budget is shared fairly: each search may use the remaining time divided by the
+    searches still planned, so one catastrophic header cannot starve the others, and the
+    total never exceeds the budget.
+    """
+
+    def __init__(self, request: RequestView, root: _Clause, budget_s: float) -> None:
+        self.request = request
+        path, query = _split_target(request.target)
+        self.paths = [path] if query is None else [path, f"{path}?{query}"]
+        self.timed_out: list[str] = []
+        self.deadline = time.perf_counter() + budget_s
+        leaves = root.members if isinstance(root, _Group) else (root,)
+        self.searches_left = sum(self._searches(leaf) for leaf in leaves)
+
+    @functools.cached_property
+    def header_lines(self) -> list[str]:
+        """``name: value`` per header, name lower-cased; rendered only if a clause needs it."""
+        lines = [f"{name.lower()}: {value}" for name, value in self.request.headers]
+        if self.request.authority is not None:
+            lines.append(f"host: {self.request.authority}")
+        return lines
+
+    def _searches(self, leaf: _Regex | _Method) -> int:
+        if isinstance(leaf, _Method):
+            return 0
+        if leaf.kind == "path":
+            return len(self.paths)
+        return len(self.request.headers) + (self.request.authority is not None)
+
+    def group(self, group: _Group) -> tuple[bool, str | None]:
+        for member in group.members:
+            hit = self.leaf(member)
+            if group.all and not hit:
+                return False, None
+            if not group.all and hit:
+                return True, member.text
+        return group.all, group.text if group.all else None
+
+    def leaf(self, leaf: _Regex | _Method) -> bool:
+        if isinstance(leaf, _Method):
+            # isascii: str.upper maps some non-ASCII letters onto ASCII (U+017F long s -> "S").
+            method = self.request.method
+            return method.isascii() and method.upper() == leaf.method
+        subjects = self.header_lines if leaf.kind == "header" else self.paths
+        timed_out = False
+        for subject in subjects:
+            remaining = self.deadline - time.perf_counter()
+            share = remaining / max(self.searches_left, 1)
+            self.searches_left -= 1
+            if share <= 0:
+                timed_out = True
+                continue
+            try:
+                if leaf.compiled.search(subject, timeout=share) is not None:
+                    return True
+            except TimeoutError:
+                timed_out = True
+        if timed_out:
+            self.timed_out.append(leaf.text)
+        return False
+
+
+def _split_target(target: str) -> tuple[str, str | None]:
+    """Path and query of a request target (RFC 9112 §3.2); absolute-form loses its origin."""
+    if not target.startswith("/") and "://" in target:
+        rest = target.split("://", 1)[1]
+        cut = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=len(rest))
+        target = rest[cut:]
+        if not target.startswith("/"):
+            target = "/" + target
+    path, sep, query = target.partition("?")
+    return path, (query if sep else None)
+
+
+def compile_http_filter(
+    obj: Mapping[str, object],
+    *,
+    key_path: str = "http_filter",
+    source: str | None = None,
+    positions: Positions | None = None,
+) -> HttpFilter:
+    """Check and compile mirrord's ``http_filter`` object (``ports`` is ignored here).
+
+    Raises ConfigError naming the key path (under ``key_path``) and, when ``positions``
+    (relative to ``obj``) are given, line and column.
+    """
+    where = Locator(source=source, prefix=key_path, positions=positions or Positions())
+    if not isinstance(obj, Mapping):
+        raise where.error(f"expected an object with one of {', '.join(FILTER_KEYS)}")
+    for key in obj:
+        if key not in (*FILTER_KEYS, "ports"):
+            raise _unknown_key(where, key, (*FILTER_KEYS, "ports"))
+    present = [key for key in obj if key in FILTER_KEYS]  # in the order written
+    if not present:
+        raise where.error(f"needs one of {', '.join(FILTER_KEYS)}")
+    if len(present) > 1:
+        raise where.error(
+            f"has both {present[0]} and {present[1]}; mirrord allows exactly one filter at the "
+            "top of http_filter (combine them with all_of or any_of)",
+            (present[1],),
+            at_key=True,
+        )
+    key = present[0]
+    value = obj[key]
+    if key in ("all_of", "any_of"):
+        members = _compile_members(value, where, key)
+        text = f"{key}[{', '.join(m.text for m in members)}]"
+        return HttpFilter(_Group(all=key == "all_of", members=members, text=text))
+    kind = key.removesuffix("_filter")
+    return HttpFilter(_compile_leaf(kind, value, where, (key,), f"{key}: "))
+
+
+def _compile_members(value: object, where: Locator, key: str) -> tuple[_Regex | _Method, ...]:
+    if not isinstance(value, list):
+        raise where.error('expected a list of {"header"|"path"|"method": ...}', (key,))
+    if not value:
+        raise where.error("empty list (it needs at least one filter)", (key,))
+    members: list[_Regex | _Method] = []
+    for index, item in enumerate(value):
+        path: KeyPath = (key, index)
+        if not isinstance(item, Mapping) or not item:
+            raise where.error('expected an object like {"header": "..."}', path)
+        for inner in item:
+            if inner not in _INNER_KEYS:
+                raise _unknown_key(where.under(path), inner, _INNER_KEYS)
+        if len(item) > 1:
+            raise where.error(f"has {' and '.join(item)}; each entry holds exactly one", path)
+        (inner,) = item
+        members.append(_compile_leaf(inner, item[inner], where, (*path, inner), f"{inner}: "))
+    return tuple(members)
+
+
+def _compile_leaf(
+    kind: str, value: object, where: Locator, path: KeyPath, label: str
+) -> _Regex | _Method:
+    if kind == "method" and isinstance(value, list):
+        raise where.error(
+            'expected one method as a string; for several use any_of: [{"method": "POST"}, '
+            '{"method": "PUT"}]',
+            path,
+        )
+    if not isinstance(value, str):
+        raise where.error(f"expected a string, got {describe_type(value)}", path)
+    if not value:
+        raise where.error("empty string", path)
+    if kind == "method":
+        if _TOKEN.fullmatch(value) is None:
+            raise where.error(f"{value!r} is not an HTTP method (RFC 9110 §9.1 token)", path)
+        return _Method(method=value.upper(), original=value, text=f"{label}{value}")
+    try:
+        # IGNORECASE is what mirrord's "(?i)" prefix does, but keeps the positions in
+        # regex's error messages pointing into the pattern as the user wrote it.
+        compiled = regex.compile(value, flags=regex.IGNORECASE)
+    except regex.error as exc:
+        raise where.error(f"invalid regex {value!r} in {label.rstrip(': ')}: {exc}", path) from None
+    return _Regex(
+        kind=kind, pattern=value, text=f"{label}{value}", compiled=cast(_Pattern, compiled)
+    )
+
+
+def _unknown_key(where: Locator, key: str, allowed: Sequence[str]) -> ConfigError:
+    if key in ("body_filter", "body"):
+        # Ignoring it would silently take requests the user meant to leave alone.
+        return where.error("body filters are not supported by waylay", (key,), at_key=True)
+    return where.unknown_key((), key, allowed)

@@ -1,0 +1,172 @@
+"""The vocabulary between a protocol engine and the agent: routes, events and commands.
+
+A protocol engine (``core.http1``) is sans-I/O: the agent's driver feeds it the events
+below and executes the commands it returns, in order. Routes come from a ``Decide``
+callable the agent supplies, so a filter change takes effect on the very next request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from core.filters import RequestView
+from core.flow import FlowRecord
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Route:
+    """Where one request goes: to a client's local app (``steal_by``) or to the original app."""
+
+    steal_by: int | None  # subscription id of the session that takes it; None = pass through
+    clause: str | None = None  # the filter clause that matched, for the event line
+    timed_out: tuple[str, ...] = ()  # filter clauses that hit the regex time budget
+
+
+PASS = Route(steal_by=None)
+
+Decide = Callable[[RequestView], Route]
+
+
+# --- events: driver -> engine ---------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class DownstreamData:
+    data: bytes
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class DownstreamClosed:
+    """The remote client closed its sending side (EOF) or the connection broke."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class UpstreamData:
+    data: bytes
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class UpstreamClosed:
+    """The original app closed the connection (or connecting to it failed: ``reason``)."""
+
+    reason: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class LocalResponse:
+    """The head of the local app's response to the stolen request in flight."""
+
+    status: int
+    reason: bytes
+    headers: list[tuple[bytes, bytes]]
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class LocalData:
+    data: bytes
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class LocalEnd:
+    """The local app's response is complete."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class LocalAborted:
+    """The session could not deliver the stolen request, or its link died."""
+
+    reason: str
+
+
+Event = (
+    DownstreamData
+    | DownstreamClosed
+    | UpstreamData
+    | UpstreamClosed
+    | LocalResponse
+    | LocalData
+    | LocalEnd
+    | LocalAborted
+)
+
+
+# --- commands: engine -> driver -------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SendDownstream:
+    data: bytes
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class CloseDownstream:
+    """Close the connection to the remote client (after flushing what was sent)."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ConnectUpstream:
+    """Get a connection to the original app; ``SendUpstream`` may follow at once (queued)."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SendUpstream:
+    data: bytes
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ReleaseUpstream:
+    """Done with the upstream connection: back to the pool if ``reusable``, else closed."""
+
+    reusable: bool
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class StealStart:
+    """Open a stream to session ``sub_id`` carrying this request head."""
+
+    sub_id: int
+    method: str
+    target: str
+    http_version: str
+    headers: list[tuple[bytes, bytes]]
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class StealData:
+    data: bytes
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class StealEnd:
+    """The stolen request's body is complete."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class StealAbort:
+    """Abandon the stolen stream (the remote client went away)."""
+
+    reason: str
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RecordFlow:
+    """A request is finished; ``owner`` is the subscription that stole it (None if passed)."""
+
+    record: FlowRecord
+    owner: int | None
+    timed_out: tuple[str, ...] = ()
+
+
+Command = (
+    SendDownstream
+    | CloseDownstream
+    | ConnectUpstream
+    | SendUpstream
+    | ReleaseUpstream
+    | StealStart
+    | StealData
+    | StealEnd
+    | StealAbort
+    | RecordFlow
+)

@@ -1,0 +1,828 @@
+"""The agent ↔ client wire protocol: frames to messages and back, sans-I/O.
+
+Theory of operation
+-------------------
+One byte stream (TCP, Unix socket or a Kubernetes port-forward) carries frames in both
+directions. A frame is a 9-byte header, ``!IBI`` = (payload length, frame type, stream id),
+then the payload. Stream 0 is the link itself (handshake, pings, flow records, notices, and
+a fatal ``Error``); each intercepted request or stolen connection has its own stream id,
+and a subscription's ``sub_id`` travels as the stream id of SUBSCRIBE / SUBSCRIBED /
+UNSUBSCRIBE. Payloads are raw bytes (DATA, PING, PONG), empty (END, UNSUBSCRIBE), or a
+UTF-8 JSON object whose fields are listed next to each message class below.
+
+There is no connection state here: this module only translates. ``encode`` turns one
+message into one frame, ``encode_data`` splits a body over as many DATA frames as needed,
+and ``WireDecoder.receive_data`` turns whatever bytes arrived into the complete messages
+they hold, keeping at most one partial frame. Anything malformed, in either direction,
+raises ``WireProtocolError``: the same checks run on encode and on decode, so a message
+that encodes always decodes back equal to itself (JSON-valued fields excepted: a
+``filter`` or ``record`` must hold only JSON types, with str keys, to compare equal).
+
+HTTP header names and values are bytes on the wire of HTTP but str in JSON; they travel
+as latin-1 decoded str, which maps every byte to one code point and back (lossless).
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any, Final, TypeAlias, assert_never
+
+__all__ = [
+    "HEADER",
+    "HEADER_SIZE",
+    "MAX_PAYLOAD",
+    "PROTOCOL_VERSION",
+    "ConnectionStart",
+    "Data",
+    "End",
+    "Error",
+    "Flow",
+    "FrameType",
+    "Hello",
+    "Message",
+    "Notice",
+    "Ping",
+    "Pong",
+    "RequestStart",
+    "Reset",
+    "ResponseStart",
+    "Subscribe",
+    "Subscribed",
+    "Unsubscribe",
+    "Welcome",
+    "WireDecoder",
+    "WireProtocolError",
+    "check_hello",
+    "encode",
+    "encode_data",
+    "headers_from_wire",
+    "headers_to_wire",
+]
+
+PROTOCOL_VERSION: Final = 1
+
+HEADER: Final = struct.Struct("!IBI")  # payload length u32, frame type u8, stream id u32
+HEADER_SIZE: Final = HEADER.size  # 9
+
+# The largest payload a frame may carry. It bounds what a receiver buffers for one frame
+# (at most HEADER_SIZE + MAX_PAYLOAD bytes), whatever the peer announces; bodies larger
+# than this are split over several DATA frames by encode_data.
+MAX_PAYLOAD: Final = 256 * 1024
+
+MAX_STREAM: Final = 2**32 - 1  # stream ids (and sub_ids) fill the header's u32
+MODES: Final = ("steal", "mirror")
+NOTICE_LEVELS: Final = ("warning", "error")
+NONCE_SIZE: Final = 8
+
+
+class WireProtocolError(Exception):
+    """A frame or message breaks the wire protocol; the message says what was wrong.
+
+    Raised for bad input on decode (the peer's fault: the link should be closed) and for a
+    message that cannot be encoded (the caller's fault).
+    """
+
+
+class FrameType(IntEnum):
+    """The frame type byte of the header."""
+
+    HELLO = 1  # client → agent, first frame: session token and protocol version
+    WELCOME = 2  # agent → client, handshake accepted
+    ERROR = 3  # either way; on stream 0 it is fatal for the link
+    PING = 4
+    PONG = 5
+    SUBSCRIBE = 6  # client → agent: intercept a port
+    SUBSCRIBED = 7  # agent → client: the subscription is live
+    UNSUBSCRIBE = 8
+    REQUEST = 10  # agent → client: a new HTTP request on a stream
+    CONNECTION = 11  # agent → client: a whole stolen TCP connection on a stream
+    DATA = 12  # either way: body bytes or TCP bytes of a stream
+    END = 13  # either way: end of this direction of a stream (end of body / half-close)
+    RESPONSE = 14  # client → agent: the local app's response head
+    RESET = 15  # either way: abort the stream
+    FLOW = 16  # agent → client: one flow record
+    NOTICE = 17  # agent → client: a warning or error for the user
+
+
+# --- messages ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Hello:
+    """First frame of the client, stream 0. JSON ``{token, client, version}``."""
+
+    token: str
+    client: str
+    version: int = PROTOCOL_VERSION
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Welcome:
+    """The agent's answer to a good Hello, stream 0.
+
+    JSON ``{agent, session, listening_ports, version}``.
+    """
+
+    agent: str
+    session: str
+    listening_ports: tuple[int, ...]
+    version: int = PROTOCOL_VERSION
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Error:
+    """A refusal or failure; ``stream`` 0 means the link is unusable. JSON ``{message, code}``."""
+
+    stream: int
+    message: str
+    code: str
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Ping:
+    """Liveness probe, stream 0; the payload is the 8-byte nonce."""
+
+    nonce: bytes
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Pong:
+    """Answer to a Ping, echoing its 8-byte nonce, stream 0."""
+
+    nonce: bytes
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Subscribe:
+    """Intercept ``port``; ``sub_id`` is the stream id. JSON ``{port, mode, filter}``.
+
+    ``mode`` is "steal" or "mirror"; ``filter`` is mirrord's ``http_filter`` object, or None
+    for the whole port.
+    """
+
+    sub_id: int
+    port: int
+    mode: str
+    filter: dict[str, object] | None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Subscribed:
+    """A subscription is live; ``filter`` is its human-readable text. Same JSON as Subscribe."""
+
+    sub_id: int
+    port: int
+    mode: str
+    filter: str | None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Unsubscribe:
+    """Drop a subscription; ``sub_id`` is the stream id, the payload is empty."""
+
+    sub_id: int
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RequestStart:
+    """A request head opening ``stream``.
+
+    JSON ``{sub_id, port, method, target, http_version, headers, peer}``, headers as a list of
+    ``[name, value]`` pairs.
+    """
+
+    stream: int
+    sub_id: int
+    port: int
+    method: str
+    target: str
+    http_version: str
+    headers: tuple[tuple[str, str], ...]
+    peer: str
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ConnectionStart:
+    """A whole stolen TCP connection opening ``stream``. JSON ``{sub_id, port, peer}``."""
+
+    stream: int
+    sub_id: int
+    port: int
+    peer: str
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Data:
+    """Bytes of a stream; the payload is the data itself."""
+
+    stream: int
+    data: bytes
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class End:
+    """End of this direction of ``stream`` (end of body, or TCP half-close); empty payload."""
+
+    stream: int
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ResponseStart:
+    """The response head on ``stream``. JSON ``{status, reason, headers}``."""
+
+    stream: int
+    status: int
+    reason: str
+    headers: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Reset:
+    """Abort ``stream`` in both directions. JSON ``{reason}``."""
+
+    stream: int
+    reason: str
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Flow:
+    """One flow record, stream 0; the payload is the record's JSON object itself."""
+
+    record: dict[str, object]
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Notice:
+    """A message for the user, stream 0; ``level`` is "warning" or "error".
+
+    JSON ``{level, message}``.
+    """
+
+    level: str
+    message: str
+
+
+Message: TypeAlias = (
+    Hello
+    | Welcome
+    | Error
+    | Ping
+    | Pong
+    | Subscribe
+    | Subscribed
+    | Unsubscribe
+    | RequestStart
+    | ConnectionStart
+    | Data
+    | End
+    | ResponseStart
+    | Reset
+    | Flow
+    | Notice
+)
+
+
+# --- headers ------------------------------------------------------------------------------
+
+
+def headers_to_wire(headers: list[tuple[bytes, bytes]]) -> tuple[tuple[str, str], ...]:
+    """HTTP headers as bytes → the wire's latin-1 str pairs (lossless for any byte)."""
+    return tuple((name.decode("latin-1"), value.decode("latin-1")) for name, value in headers)
+
+
+def headers_from_wire(headers: tuple[tuple[str, str], ...]) -> list[tuple[bytes, bytes]]:
+    """The wire's latin-1 str pairs → HTTP headers as bytes; exact inverse of headers_to_wire."""
+    try:
+        return [(name.encode("latin-1"), value.encode("latin-1")) for name, value in headers]
+    except UnicodeEncodeError as exc:
+        raise WireProtocolError(f"header text outside latin-1: {exc.object!r}") from None
+
+
+# --- validation, shared by encode and decode ------------------------------------------------
+# ``where`` names the offending value: "RequestStart.port" when encoding, the JSON field name
+# ("port") when decoding, where the decoder adds the frame type and stream to the message.
+
+
+def _shown(value: object) -> str:
+    """``value`` for an error message, cut short: a peer's payload may be 256 KiB."""
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:57]}..."
+
+
+def _int(value: object, where: str, low: int, high: int) -> int:
+    # type() rather than isinstance(): bool is an int subclass, and True is not a port.
+    if type(value) is not int or not low <= value <= high:
+        raise WireProtocolError(f"{where} must be an integer in {low}..{high}, got {_shown(value)}")
+    return value
+
+
+def _stream(value: object, where: str) -> int:
+    return _int(value, where, 0, MAX_STREAM)
+
+
+def _port(value: object, where: str) -> int:
+    return _int(value, where, 1, 65535)
+
+
+def _str(value: object, where: str) -> str:
+    if type(value) is not str:
+        raise WireProtocolError(f"{where} must be a string, got {_shown(value)}")
+    return value
+
+
+def _optional_str(value: object, where: str) -> str | None:
+    return None if value is None else _str(value, where)
+
+
+def _choice(value: object, where: str, choices: tuple[str, ...]) -> str:
+    if type(value) is not str or value not in choices:
+        raise WireProtocolError(f"{where} must be one of {', '.join(choices)}; got {_shown(value)}")
+    return value
+
+
+def _headers(value: object, where: str) -> tuple[tuple[str, str], ...]:
+    """Header pairs: a tuple (encode) or JSON list (decode) of 2-item tuples/lists of str,
+    every character in latin-1 (so headers_from_wire cannot fail on them)."""
+    if type(value) is not tuple and type(value) is not list:
+        raise WireProtocolError(f"{where} must be a list of [name, value] pairs")
+    pairs = []
+    for pair in value:
+        if (type(pair) is not tuple and type(pair) is not list) or len(pair) != 2:
+            raise WireProtocolError(f"{where} must hold [name, value] pairs, got {_shown(pair)}")
+        name, text = pair
+        if type(name) is not str or type(text) is not str:
+            raise WireProtocolError(f"{where} must hold strings, got {_shown(pair)}")
+        # Almost every header is ASCII, and isascii() is the cheapest check there is.
+        if not (name.isascii() and text.isascii()) and max(name + text) > "\xff":
+            raise WireProtocolError(f"{where} has characters outside latin-1: {_shown(pair)}")
+        pairs.append((name, text))
+    return tuple(pairs)
+
+
+def _ports(value: object, where: str) -> tuple[int, ...]:
+    if type(value) is not tuple and type(value) is not list:
+        raise WireProtocolError(f"{where} must be a list of ports, got {_shown(value)}")
+    return tuple(_port(port, where) for port in value)
+
+
+def _object(value: object, where: str) -> dict[str, object]:
+    if not isinstance(value, dict):
+        raise WireProtocolError(f"{where} must be a JSON object, got {_shown(value)}")
+    return value
+
+
+def _optional_object(value: object, where: str) -> dict[str, object] | None:
+    return None if value is None else _object(value, where)
+
+
+def _nonce(value: object, where: str) -> bytes:
+    if type(value) is not bytes or len(value) != NONCE_SIZE:
+        raise WireProtocolError(f"{where} must be exactly {NONCE_SIZE} bytes, got {_shown(value)}")
+    return value
+
+
+# --- encoding -----------------------------------------------------------------------------
+
+# ensure_ascii: any Python str (lone surrogates included) survives the round trip, and the
+# payload is plain ASCII, which is valid UTF-8.
+_JSON_ENCODER: Final = json.JSONEncoder(ensure_ascii=True, allow_nan=False, separators=(",", ":"))
+
+
+def _json_payload(obj: dict[str, object], where: str) -> bytes:
+    try:
+        return _JSON_ENCODER.encode(obj).encode("ascii")
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise WireProtocolError(f"{where} is not JSON-serialisable: {exc}") from None
+
+
+def _frame(ftype: FrameType, stream: int, payload: bytes) -> bytes:
+    if len(payload) > MAX_PAYLOAD:
+        raise WireProtocolError(
+            f"{ftype.name} payload is {len(payload)} bytes, over MAX_PAYLOAD ({MAX_PAYLOAD})"
+        )
+    return HEADER.pack(len(payload), ftype, stream) + payload
+
+
+def encode(message: Message) -> bytes:
+    """One message → one frame. Raises WireProtocolError if the message is invalid or its
+    payload exceeds MAX_PAYLOAD (use encode_data for bodies of any size)."""
+    # Ordered by frequency: the per-request messages first.
+    match message:
+        case Data(stream=stream, data=data):
+            _stream(stream, "Data.stream")
+            return _frame(FrameType.DATA, stream, bytes(data))
+        case End(stream=stream):
+            return _frame(FrameType.END, _stream(stream, "End.stream"), b"")
+        case RequestStart():
+            stream = _stream(message.stream, "RequestStart.stream")
+            payload = {
+                "sub_id": _stream(message.sub_id, "RequestStart.sub_id"),
+                "port": _port(message.port, "RequestStart.port"),
+                "method": _str(message.method, "RequestStart.method"),
+                "target": _str(message.target, "RequestStart.target"),
+                "http_version": _str(message.http_version, "RequestStart.http_version"),
+                "headers": _headers(message.headers, "RequestStart.headers"),
+                "peer": _str(message.peer, "RequestStart.peer"),
+            }
+            return _frame(FrameType.REQUEST, stream, _json_payload(payload, "RequestStart"))
+        case ResponseStart():
+            stream = _stream(message.stream, "ResponseStart.stream")
+            payload = {
+                "status": _int(message.status, "ResponseStart.status", 100, 999),
+                "reason": _str(message.reason, "ResponseStart.reason"),
+                "headers": _headers(message.headers, "ResponseStart.headers"),
+            }
+            return _frame(FrameType.RESPONSE, stream, _json_payload(payload, "ResponseStart"))
+        case ConnectionStart():
+            stream = _stream(message.stream, "ConnectionStart.stream")
+            payload = {
+                "sub_id": _stream(message.sub_id, "ConnectionStart.sub_id"),
+                "port": _port(message.port, "ConnectionStart.port"),
+                "peer": _str(message.peer, "ConnectionStart.peer"),
+            }
+            return _frame(FrameType.CONNECTION, stream, _json_payload(payload, "ConnectionStart"))
+        case Reset(stream=stream, reason=reason):
+            payload = {"reason": _str(reason, "Reset.reason")}
+            return _frame(
+                FrameType.RESET, _stream(stream, "Reset.stream"), _json_payload(payload, "Reset")
+            )
+        case Flow(record=record):
+            return _frame(FrameType.FLOW, 0, _json_payload(_object(record, "Flow.record"), "Flow"))
+        case Ping(nonce=nonce):
+            return _frame(FrameType.PING, 0, _nonce(nonce, "Ping.nonce"))
+        case Pong(nonce=nonce):
+            return _frame(FrameType.PONG, 0, _nonce(nonce, "Pong.nonce"))
+        case Notice(level=level, message=text):
+            payload = {
+                "level": _choice(level, "Notice.level", NOTICE_LEVELS),
+                "message": _str(text, "Notice.message"),
+            }
+            return _frame(FrameType.NOTICE, 0, _json_payload(payload, "Notice"))
+        case Error(stream=stream, message=text, code=code):
+            payload = {"message": _str(text, "Error.message"), "code": _str(code, "Error.code")}
+            return _frame(
+                FrameType.ERROR, _stream(stream, "Error.stream"), _json_payload(payload, "Error")
+            )
+        case Subscribe(sub_id=sub_id, port=port, mode=mode, filter=http_filter):
+            payload = {
+                "port": _port(port, "Subscribe.port"),
+                "mode": _choice(mode, "Subscribe.mode", MODES),
+                "filter": _optional_object(http_filter, "Subscribe.filter"),
+            }
+            return _frame(
+                FrameType.SUBSCRIBE,
+                _stream(sub_id, "Subscribe.sub_id"),
+                _json_payload(payload, "Subscribe"),
+            )
+        case Subscribed(sub_id=sub_id, port=port, mode=mode, filter=text_filter):
+            payload = {
+                "port": _port(port, "Subscribed.port"),
+                "mode": _choice(mode, "Subscribed.mode", MODES),
+                "filter": _optional_str(text_filter, "Subscribed.filter"),
+            }
+            return _frame(
+                FrameType.SUBSCRIBED,
+                _stream(sub_id, "Subscribed.sub_id"),
+                _json_payload(payload, "Subscribed"),
+            )
+        case Unsubscribe(sub_id=sub_id):
+            return _frame(FrameType.UNSUBSCRIBE, _stream(sub_id, "Unsubscribe.sub_id"), b"")
+        case Hello(token=token, client=client, version=version):
+            payload = {
+                "token": _str(token, "Hello.token"),
+                "client": _str(client, "Hello.client"),
+                "version": _stream(version, "Hello.version"),
+            }
+            return _frame(FrameType.HELLO, 0, _json_payload(payload, "Hello"))
+        case Welcome():
+            payload = {
+                "agent": _str(message.agent, "Welcome.agent"),
+                "session": _str(message.session, "Welcome.session"),
+                "listening_ports": _ports(message.listening_ports, "Welcome.listening_ports"),
+                "version": _stream(message.version, "Welcome.version"),
+            }
+            return _frame(FrameType.WELCOME, 0, _json_payload(payload, "Welcome"))
+        case _:
+            assert_never(message)
+
+
+def encode_data(stream: int, data: bytes) -> bytes:
+    """``data`` on ``stream`` as as many DATA frames as needed, each payload at most
+    MAX_PAYLOAD; empty data gives no frame at all (b"")."""
+    _stream(stream, "Data.stream")
+    view = memoryview(data)
+    parts: list[bytes | memoryview] = []
+    for offset in range(0, len(view), MAX_PAYLOAD):
+        chunk = view[offset : offset + MAX_PAYLOAD]
+        parts.append(HEADER.pack(len(chunk), FrameType.DATA, stream))
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+# --- decoding -----------------------------------------------------------------------------
+# Each decoder turns one payload into its message. Errors name only the field ("port"), and
+# the decode loop adds the frame type and stream, so that a good frame pays for no message
+# text. JSON fields are read by subscript: the loop reports a KeyError as a missing field.
+
+
+def _reject_constant(name: str) -> object:
+    raise ValueError(f"{name} is not JSON")
+
+
+_JSON_DECODER: Final = json.JSONDecoder(parse_constant=_reject_constant)
+
+
+def _json_object(payload: memoryview) -> dict[str, Any]:
+    try:
+        obj = _JSON_DECODER.decode(str(payload, "utf-8"))
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        raise WireProtocolError(f"payload is not UTF-8 JSON: {exc}") from None
+    if type(obj) is not dict:
+        raise WireProtocolError(f"payload must be a JSON object, got {type(obj).__name__}")
+    return obj
+
+
+def _link_only(stream: int) -> None:
+    if stream != 0:
+        raise WireProtocolError("this frame belongs on stream 0")
+
+
+def _empty(payload: memoryview) -> None:
+    if len(payload):
+        raise WireProtocolError(f"payload must be empty, has {len(payload)} bytes")
+
+
+def _decode_data(stream: int, payload: memoryview) -> Message:
+    return Data(stream=stream, data=bytes(payload))
+
+
+def _decode_end(stream: int, payload: memoryview) -> Message:
+    _empty(payload)
+    return End(stream=stream)
+
+
+def _decode_request(stream: int, payload: memoryview) -> Message:
+    fields = _json_object(payload)
+    return RequestStart(
+        stream=stream,
+        sub_id=_stream(fields["sub_id"], "sub_id"),
+        port=_port(fields["port"], "port"),
+        method=_str(fields["method"], "method"),
+        target=_str(fields["target"], "target"),
+        http_version=_str(fields["http_version"], "http_version"),
+        headers=_headers(fields["headers"], "headers"),
+        peer=_str(fields["peer"], "peer"),
+    )
+
+
+def _decode_response(stream: int, payload: memoryview) -> Message:
+    fields = _json_object(payload)
+    return ResponseStart(
+        stream=stream,
+        status=_int(fields["status"], "status", 100, 999),
+        reason=_str(fields["reason"], "reason"),
+        headers=_headers(fields["headers"], "headers"),
+    )
+
+
+def _decode_connection(stream: int, payload: memoryview) -> Message:
+    fields = _json_object(payload)
+    return ConnectionStart(
+        stream=stream,
+        sub_id=_stream(fields["sub_id"], "sub_id"),
+        port=_port(fields["port"], "port"),
+        peer=_str(fields["peer"], "peer"),
+    )
+
+
+def _decode_reset(stream: int, payload: memoryview) -> Message:
+    return Reset(stream=stream, reason=_str(_json_object(payload)["reason"], "reason"))
+
+
+def _decode_flow(stream: int, payload: memoryview) -> Message:
+    _link_only(stream)
+    return Flow(record=_json_object(payload))
+
+
+def _decode_ping(stream: int, payload: memoryview) -> Message:
+    _link_only(stream)
+    return Ping(nonce=_nonce(bytes(payload), "nonce"))
+
+
+def _decode_pong(stream: int, payload: memoryview) -> Message:
+    _link_only(stream)
+    return Pong(nonce=_nonce(bytes(payload), "nonce"))
+
+
+def _decode_notice(stream: int, payload: memoryview) -> Message:
+    _link_only(stream)
+    fields = _json_object(payload)
+    return Notice(
+        level=_choice(fields["level"], "level", NOTICE_LEVELS),
+        message=_str(fields["message"], "message"),
+    )
+
+
+def _decode_error(stream: int, payload: memoryview) -> Message:
+    fields = _json_object(payload)
+    return Error(
+        stream=stream,
+        message=_str(fields["message"], "message"),
+        code=_str(fields["code"], "code"),
+    )
+
+
+def _decode_subscribe(stream: int, payload: memoryview) -> Message:
+    fields = _json_object(payload)
+    return Subscribe(
+        sub_id=stream,
+        port=_port(fields["port"], "port"),
+        mode=_choice(fields["mode"], "mode", MODES),
+        filter=_optional_object(fields["filter"], "filter"),
+    )
+
+
+def _decode_subscribed(stream: int, payload: memoryview) -> Message:
+    fields = _json_object(payload)
+    return Subscribed(
+        sub_id=stream,
+        port=_port(fields["port"], "port"),
+        mode=_choice(fields["mode"], "mode", MODES),
+        filter=_optional_str(fields["filter"], "filter"),
+    )
+
+
+def _decode_unsubscribe(stream: int, payload: memoryview) -> Message:
+    _empty(payload)
+    return Unsubscribe(sub_id=stream)
+
+
+def _decode_hello(stream: int, payload: memoryview) -> Message:
+    _link_only(stream)
+    fields = _json_object(payload)
+    # Any version decodes, so that check_hello can name both versions when they differ.
+    return Hello(
+        token=_str(fields["token"], "token"),
+        client=_str(fields["client"], "client"),
+        version=_stream(fields["version"], "version"),
+    )
+
+
+def _decode_welcome(stream: int, payload: memoryview) -> Message:
+    _link_only(stream)
+    fields = _json_object(payload)
+    return Welcome(
+        agent=_str(fields["agent"], "agent"),
+        session=_str(fields["session"], "session"),
+        listening_ports=_ports(fields["listening_ports"], "listening_ports"),
+        version=_stream(fields["version"], "version"),
+    )
+
+
+# Frame type → payload decoder. A type missing from this table is a protocol error.
+_DECODERS: Final[dict[int, Callable[[int, memoryview], Message]]] = {
+    FrameType.HELLO: _decode_hello,
+    FrameType.WELCOME: _decode_welcome,
+    FrameType.ERROR: _decode_error,
+    FrameType.PING: _decode_ping,
+    FrameType.PONG: _decode_pong,
+    FrameType.SUBSCRIBE: _decode_subscribe,
+    FrameType.SUBSCRIBED: _decode_subscribed,
+    FrameType.UNSUBSCRIBE: _decode_unsubscribe,
+    FrameType.REQUEST: _decode_request,
+    FrameType.CONNECTION: _decode_connection,
+    FrameType.DATA: _decode_data,
+    FrameType.END: _decode_end,
+    FrameType.RESPONSE: _decode_response,
+    FrameType.RESET: _decode_reset,
+    FrameType.FLOW: _decode_flow,
+    FrameType.NOTICE: _decode_notice,
+}
+
+
+def _check_header(length: int, ftype: int) -> None:
+    """Reject a header as soon as it is read, before waiting for (or buffering) its payload."""
+    if length > MAX_PAYLOAD:
+        raise WireProtocolError(
+            f"frame announces a {length}-byte payload, over MAX_PAYLOAD ({MAX_PAYLOAD})"
+        )
+    if ftype not in _DECODERS:
+        raise WireProtocolError(f"unknown frame type {ftype}")
+
+
+def _frame_error(ftype: int, stream: int, problem: str) -> WireProtocolError:
+    return WireProtocolError(f"{FrameType(ftype).name} frame on stream {stream}: {problem}")
+
+
+class WireDecoder:
+    """Bytes in, complete messages out (sans-I/O, like h2's ``receive_data``).
+
+    Frames are decoded in place from the bytes given; only the trailing partial frame, if
+    any, is copied into an internal buffer, which therefore never holds more than one frame
+    (at most HEADER_SIZE + MAX_PAYLOAD bytes). After a WireProtocolError the link is beyond
+    repair: the decoder raises again on every later call.
+    """
+
+    __slots__ = ("_buffer", "_failure", "_need")
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()  # the start of one incomplete frame
+        self._need = HEADER_SIZE  # size of that frame, once its header is in the buffer
+        self._failure: str | None = None
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held waiting for the rest of a frame."""
+        return len(self._buffer)
+
+    def receive_data(self, data: bytes) -> list[Message]:
+        """The messages completed by ``data``, in order; raises WireProtocolError on bad
+        input (no message of that call is returned then)."""
+        if self._failure is not None:
+            raise WireProtocolError(f"decoder already failed: {self._failure}")
+        try:
+            return self._receive(data)
+        except WireProtocolError as exc:
+            self._failure = str(exc)
+            self._buffer = bytearray()
+            raise
+
+    def _receive(self, data: bytes) -> list[Message]:
+        messages: list[Message] = []
+        start = 0
+        buffer = self._buffer
+        if buffer:
+            # Top up the pending frame with only the bytes it lacks, so that the rest of
+            # data is decoded in place rather than copied into the buffer.
+            view = memoryview(data)
+            if len(buffer) < HEADER_SIZE:
+                start = min(HEADER_SIZE - len(buffer), len(view))
+                buffer += view[:start]
+                if len(buffer) < HEADER_SIZE:
+                    return messages
+                length, ftype, _ = HEADER.unpack_from(buffer)
+                _check_header(length, ftype)
+                self._need = HEADER_SIZE + length
+            take = min(self._need - len(buffer), len(view) - start)
+            buffer += view[start : start + take]
+            start += take
+            if len(buffer) < self._need:
+                return messages
+            self._decode(buffer, 0, messages)
+            # A fresh buffer, not clear(): a memoryview of the old one may still be alive.
+            self._buffer = bytearray()
+        end = self._decode(data, start, messages)
+        if end < len(data):
+            self._buffer += memoryview(data)[end:]
+        return messages
+
+    def _decode(self, source: bytes | bytearray, offset: int, out: list[Message]) -> int:
+        """Append the complete frames of ``source[offset:]`` to ``out``; return the offset of
+        the first byte not consumed, having set ``_need`` for the partial frame there."""
+        view = memoryview(source)
+        end = len(view)
+        unpack_from = HEADER.unpack_from
+        decoders = _DECODERS
+        while end - offset >= HEADER_SIZE:
+            length, ftype, stream = unpack_from(source, offset)
+            if length > MAX_PAYLOAD or ftype not in decoders:
+                _check_header(length, ftype)
+            body = offset + HEADER_SIZE
+            stop = body + length
+            if stop > end:
+                self._need = HEADER_SIZE + length
+                return offset
+            try:
+                out.append(decoders[ftype](stream, view[body:stop]))
+            except WireProtocolError as exc:
+                raise _frame_error(ftype, stream, str(exc)) from None
+            except KeyError as exc:  # a JSON field read by subscript (see "decoding")
+                raise _frame_error(ftype, stream, f"payload lacks field {exc.args[0]!r}") from None
+            offset = stop
+        self._need = HEADER_SIZE
+        return offset
+
+
+# --- handshake ----------------------------------------------------------------------------
+
+
+def check_hello(message: Message, token: str) -> Hello:
+    """The agent's side of the handshake: ``message`` must be a Hello of this protocol
+    version carrying ``token``; returns it, else raises WireProtocolError."""
+    if not isinstance(message, Hello):
+        raise WireProtocolError(f"expected HELLO as the first frame, got {type(message).__name__}")
+    if message.version != PROTOCOL_VERSION:
+        raise WireProtocolError(
+            f"protocol version mismatch: client speaks {message.version}, "
+            f"agent speaks {PROTOCOL_VERSION}"
+        )
+    # Constant time, so the token cannot be guessed byte by byte from response timings.
+    given = message.token.encode("utf-8", "surrogatepass")
+    if not hmac.compare_digest(given, token.encode("utf-8", "surrogatepass")):
+        raise WireProtocolError("bad session token")
+    return message

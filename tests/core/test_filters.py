@@ -1,0 +1,310 @@
+"""mirrord-compatible HTTP filters: matching rules, the regex budget, and compile errors."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from core import jsonc
+from core.errors import ConfigError
+from core.filters import (
+    MATCH_BUDGET_S,
+    HttpFilter,
+    MatchResult,
+    RequestView,
+    compile_http_filter,
+)
+
+
+def req(
+    target: str = "/",
+    *,
+    method: str = "GET",
+    headers: tuple[tuple[str, str], ...] = (),
+    authority: str | None = None,
+) -> RequestView:
+    return RequestView(method=method, target=target, headers=headers, authority=authority)
+
+
+def hf(**clauses: object) -> HttpFilter:
+    return compile_http_filter(clauses)
+
+
+def compile_error(obj: dict[str, object]) -> ConfigError:
+    with pytest.raises(ConfigError) as info:
+        compile_http_filter(obj, key_path="feature.network.incoming.http_filter", source="m.json")
+    return info.value
+
+
+# -- header_filter ---------------------------------------------------------------------
+
+
+def test_header_filter_is_searched_unanchored_in_name_colon_value() -> None:
+    """A header regex matches anywhere in the rendered "name: value" line."""
+    f = hf(header_filter="alice")
+    assert f.evaluate(req(headers=(("X-User", "bob"), ("X-User", "malice")))).matched
+    assert not f.evaluate(req(headers=(("X-User", "bob"),))).matched
+
+
+def test_header_filter_sees_the_name_lower_cased() -> None:
+    """Header names are lower-cased before matching, whatever case they arrived in."""
+    f = hf(header_filter="(?-i)^x-user: alice$")
+    assert f.evaluate(req(headers=(("X-USER", "alice"),))).matched
+    assert not f.evaluate(req(headers=(("X-USER", "ALICE"),))).matched
+
+
+def test_header_filter_is_case_insensitive() -> None:
+    """The regex itself is case-insensitive, as with mirrord's (?i) prefix."""
+    f = hf(header_filter="X-User: ALICE")
+    result = f.evaluate(req(headers=(("x-user", "alice"),)))
+    assert result == MatchResult(matched=True, clause="header_filter: X-User: ALICE", timed_out=())
+
+
+def test_header_filter_sees_h2_authority_as_host() -> None:
+    """An HTTP/2 :authority is offered to header filters as "host: <authority>"."""
+    f = hf(header_filter=r"^host: api\..+")
+    assert f.evaluate(req(authority="api.example.com")).matched
+    assert not f.evaluate(req(authority="web.example.com")).matched
+    assert f.evaluate(req(headers=(("Host", "api.example.com"),))).matched
+
+
+def test_header_filter_supports_lookaround_and_unicode_classes() -> None:
+    """Lookahead, lookbehind and \\p{..} classes work (the `regex` package)."""
+    f = hf(header_filter=r"(?<=x-name: )\p{Greek}+$")
+    assert f.evaluate(req(headers=(("X-Name", "αβγ"),))).matched
+    assert not f.evaluate(req(headers=(("X-Name", "abc"),))).matched
+
+
+# -- path_filter -----------------------------------------------------------------------
+
+
+def test_path_filter_tries_path_then_path_with_query() -> None:
+    """A path regex matches the path without the query or the path with it."""
+    assert hf(path_filter="^/a$").evaluate(req("/a?x=1")).matched
+    assert hf(path_filter=r"x=1$").evaluate(req("/a?x=1")).matched
+    assert hf(path_filter=r"^/a\?x").evaluate(req("/a?x=1")).matched
+    assert not hf(path_filter="^/b").evaluate(req("/a?x=/b")).matched
+
+
+def test_path_filter_is_case_insensitive() -> None:
+    """Path regexes ignore case."""
+    assert hf(path_filter="^/API/").evaluate(req("/api/v1")).matched
+
+
+def test_path_filter_reads_absolute_form_targets() -> None:
+    """An absolute-form target is matched on its path and query only."""
+    f = hf(path_filter="^/a/b$")
+    assert f.evaluate(req("http://example.com/a/b?q=1")).matched
+    assert hf(path_filter="^/$").evaluate(req("http://example.com")).matched
+
+
+# -- method_filter ---------------------------------------------------------------------
+
+
+def test_method_filter_is_case_insensitive_equality() -> None:
+    """A method filter matches the method exactly, ignoring case."""
+    f = hf(method_filter="post")
+    assert f.evaluate(req(method="POST")).matched
+    assert not f.evaluate(req(method="POSTX")).matched
+    assert not f.evaluate(req(method="GET")).matched
+
+
+def test_method_filter_does_not_fold_non_ascii_letters() -> None:
+    """A method spelled with U+017F (long s) does not match POST through Unicode folding."""
+    assert not hf(method_filter="POST").evaluate(req(method="PO\u017fT")).matched
+
+
+# -- all_of / any_of -------------------------------------------------------------------
+
+
+def test_all_of_needs_every_clause() -> None:
+    """all_of matches only when every inner filter matches."""
+    f = hf(all_of=[{"header": "^x-debug: 1$"}, {"path": "^/api/"}, {"method": "post"}])
+    hit = req("/api/x", method="POST", headers=(("X-Debug", "1"),))
+    result = f.evaluate(hit)
+    assert result.matched
+    assert result.clause == f.text == "all_of[header: ^x-debug: 1$, path: ^/api/, method: post]"
+    assert not f.evaluate(req("/api/x", method="GET", headers=(("X-Debug", "1"),))).matched
+    assert not f.evaluate(req("/web", method="POST", headers=(("X-Debug", "1"),))).matched
+
+
+def test_any_of_needs_one_clause_and_names_it() -> None:
+    """any_of matches when one inner filter matches, and reports that one."""
+    f = hf(any_of=[{"path": "^/a"}, {"method": "DELETE"}])
+    assert f.text == "any_of[path: ^/a, method: DELETE]"
+    assert f.evaluate(req("/b", method="delete")).clause == "method: DELETE"
+    assert f.evaluate(req("/a")).clause == "path: ^/a"
+    assert f.evaluate(req("/b")).clause is None
+
+
+# -- text / to_mirrord / immutability ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "obj",
+    [
+        {"header_filter": "X-User: alice"},
+        {"path_filter": "^/a"},
+        {"method_filter": "Patch"},
+        {"all_of": [{"header": "a"}, {"path": "b"}, {"method": "GET"}]},
+        {"any_of": [{"path": "^/a"}]},
+    ],
+)
+def test_to_mirrord_round_trips(obj: dict[str, object]) -> None:
+    """to_mirrord gives mirrord's JSON form, which compiles back to an equal filter."""
+    f = compile_http_filter(obj)
+    assert f.to_mirrord() == obj
+    assert compile_http_filter(f.to_mirrord()) == f
+    assert hash(compile_http_filter(f.to_mirrord())) == hash(f)
+
+
+def test_ports_are_ignored_by_the_filter_compiler() -> None:
+    """ports beside the filter is config.py's business; the filter leaves it out."""
+    f = compile_http_filter({"path_filter": "x", "ports": [80]})
+    assert f.to_mirrord() == {"path_filter": "x"}
+
+
+def test_filter_is_immutable() -> None:
+    """A compiled filter cannot be changed in place."""
+    f = hf(path_filter="x")
+    with pytest.raises(AttributeError):
+        f._root = f._root
+
+
+# -- the regex time budget -------------------------------------------------------------
+
+
+def test_catastrophic_regex_times_out_quickly() -> None:
+    """A catastrophic pattern returns within the budget, as no match, and is reported."""
+    f = hf(header_filter="(a+)+$")
+    evil = req(headers=(("X-A", "a" * 5000 + "!"), ("X-B", "ok")))
+    started = time.perf_counter()
+    result = f.evaluate(evil)
+    elapsed = time.perf_counter() - started
+    assert not result.matched
+    assert result.timed_out == ("header_filter: (a+)+$",)
+    assert elapsed < MATCH_BUDGET_S + 0.1
+
+
+def test_timed_out_clause_does_not_stop_other_clauses() -> None:
+    """In any_of, a clause that times out counts as no match; another may still match."""
+    f = hf(any_of=[{"header": "(a+)+$"}, {"path": "^/ok"}])
+    result = f.evaluate(req("/ok", headers=(("X-A", "a" * 5000 + "!"),)))
+    assert result.matched
+    assert result.clause == "path: ^/ok"
+    assert result.timed_out == ("header: (a+)+$",)
+
+
+def test_budget_is_shared_by_the_whole_evaluation() -> None:
+    """Many catastrophic headers still finish in about one budget, not one per header."""
+    f = hf(header_filter="(a+)+$")
+    evil = req(headers=tuple((f"X-{i}", "a" * 5000 + "!") for i in range(20)))
+    started = time.perf_counter()
+    result = f.evaluate(evil, budget_s=0.05)
+    assert time.perf_counter() - started < 0.05 + 0.1
+    assert result.timed_out == ("header_filter: (a+)+$",)
+
+
+def test_exhausted_budget_counts_as_no_match_but_methods_still_match() -> None:
+    """With no budget left, regex clauses time out; method equality needs no regex."""
+    f = hf(any_of=[{"path": "^/"}, {"method": "GET"}])
+    result = f.evaluate(req("/a"), budget_s=0.0)
+    assert result.matched and result.clause == "method: GET"
+    assert result.timed_out == ("path: ^/",)
+
+
+def test_clause_that_matches_on_another_header_is_not_reported_timed_out() -> None:
+    """A header clause that times out on one line but matches another is a plain match."""
+    f = hf(header_filter="(a+)+$|^x-b: ok")
+    result = f.evaluate(req(headers=(("X-A", "a" * 5000 + "!"), ("X-B", "ok"))))
+    assert result.matched and result.timed_out == ()
+
+
+# -- compile errors --------------------------------------------------------------------
+
+
+def test_error_two_filters_at_the_top() -> None:
+    """Only one of header/path/method/all_of/any_of is allowed, as in mirrord."""
+    err = compile_error({"header_filter": "a", "path_filter": "b"})
+    assert err.key_path == "feature.network.incoming.http_filter.path_filter"
+    assert "exactly one" in err.message and err.source == "m.json"
+
+
+def test_error_no_filter_at_all() -> None:
+    """An http_filter object without any filter key is an error here."""
+    err = compile_error({"ports": [80]})
+    assert err.key_path == "feature.network.incoming.http_filter"
+    assert "needs one of" in err.message
+
+
+def test_error_unknown_key_suggests_the_close_one() -> None:
+    """A misspelt key is named with a suggestion."""
+    err = compile_error({"header_fliter": "a"})
+    assert err.key_path == "feature.network.incoming.http_filter.header_fliter"
+    assert "did you mean 'header_filter'" in err.message
+
+
+def test_error_body_filter_is_not_supported() -> None:
+    """mirrord's body filters are refused rather than silently ignored."""
+    err = compile_error({"body_filter": {"body": "json", "query": "$.a", "matches": "x"}})
+    assert "not supported" in err.message
+    err = compile_error({"any_of": [{"body": "json"}]})
+    assert err.key_path == "feature.network.incoming.http_filter.any_of[0].body"
+
+
+@pytest.mark.parametrize(
+    ("obj", "key_path", "words"),
+    [
+        ({"any_of": []}, "any_of", "empty list"),
+        ({"all_of": "x"}, "all_of", "expected a list"),
+        ({"path_filter": ""}, "path_filter", "empty string"),
+        ({"header_filter": 3}, "header_filter", "got a number"),
+        ({"any_of": [{"path": "a"}, {"header": ""}]}, "any_of[1].header", "empty string"),
+        ({"any_of": [{"path": "a"}, "b"]}, "any_of[1]", "expected an object"),
+        ({"any_of": [{}]}, "any_of[0]", "expected an object"),
+        ({"all_of": [{"path": "a", "header": "b"}]}, "all_of[0]", "exactly one"),
+        ({"all_of": [{"any_of": []}]}, "all_of[0].any_of", "unknown key"),
+        ({"method_filter": ["POST", "PUT"]}, "method_filter", "any_of"),
+        ({"method_filter": "GET POST"}, "method_filter", "not an HTTP method"),
+        ({"any_of": [{"method": None}]}, "any_of[0].method", "got null"),
+    ],
+)
+def test_error_names_the_key_path(obj: dict[str, object], key_path: str, words: str) -> None:
+    """Each wrong shape is a ConfigError naming the exact key path."""
+    err = compile_error(obj)
+    assert err.key_path == f"feature.network.incoming.http_filter.{key_path}"
+    assert words in err.message
+
+
+def test_error_bad_regex_names_the_filter_and_the_regex_error() -> None:
+    """A regex that does not compile is reported with the filter and regex's message."""
+    err = compile_error({"any_of": [{"path": "ok"}, {"header": "x-(a"}]})
+    assert err.key_path == "feature.network.incoming.http_filter.any_of[1].header"
+    assert "invalid regex 'x-(a' in header" in err.message
+    # the position is in the pattern as written (no "(?i)" prefix shifting it)
+    assert err.message.endswith("missing ) at position 4")
+
+
+def test_error_carries_line_and_column_from_positions() -> None:
+    """Given a document's positions, errors point at the offending value."""
+    text = '{\n  "any_of": [\n    {"path": "ok"},\n    {"header": "("}\n  ]\n}'
+    doc = jsonc.parse(text)
+    assert isinstance(doc.value, dict)
+    with pytest.raises(ConfigError) as info:
+        compile_http_filter(doc.value, source="f.json", positions=doc.positions)
+    err = info.value
+    assert (err.line, err.column, err.key_path) == (4, 16, "http_filter.any_of[1].header")
+    assert str(err).startswith("f.json:4:16: http_filter.any_of[1].header: invalid regex")
+
+
+@given(st.text(max_size=30))
+def test_any_pattern_compiles_or_raises_config_error(pattern: str) -> None:
+    """Whatever the pattern, compiling gives a filter or a ConfigError, never a traceback."""
+    try:
+        f = compile_http_filter({"path_filter": pattern})
+    except ConfigError:
+        return
+    f.evaluate(req("/x?y"), budget_s=0.01)
