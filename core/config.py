@@ -133,6 +133,8 @@ def parse_config(text: str, *, fmt: str, source: str | None = None) -> Config:
 def _read_toml(text: str, source: str | None) -> object:
     try:
         return tomllib.loads(text)
+    except RecursionError:  # tomllib reads nested arrays and inline tables recursively
+        raise ConfigError("TOML: nested too deeply", source=source) from None
     except tomllib.TOMLDecodeError as exc:
         message = str(exc)
         where = _TOML_WHERE.search(message)
@@ -179,6 +181,8 @@ def _read_yaml(text: str, source: str | None) -> tuple[object, Positions]:
         ) from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"YAML: {exc}", source=source) from None
+    except RecursionError:  # PyYAML composes and constructs recursively
+        raise ConfigError("YAML: nested too deeply", source=source) from None
     finally:
         loader.dispose()
 
@@ -415,5 +419,5 @@ class _Builder:
                     (*path, "http_filter", "ports"),
                 )
 
-    def unknown(self, path: KeyPath, key: str, allowed: tuple[str, ...]) -> ConfigError:
+    def unknown(self, path: KeyPath, key: object, allowed: tuple[str, ...]) -> ConfigError:
         return self.where.unknown_key(path, key, allowed)

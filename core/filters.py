@@ -302,14 +302,18 @@ def _compile_leaf(
         # IGNORECASE is what mirrord's "(?i)" prefix does, but keeps the positions in
         # regex's error messages pointing into the pattern as the user wrote it.
         compiled = regex.compile(value, flags=regex.IGNORECASE)
-    except regex.error as exc:
+    except (regex.error, ValueError) as exc:  # ValueError: incompatible flags, e.g. (?u)(?a)
         raise where.error(f"invalid regex {value!r} in {label.rstrip(': ')}: {exc}", path) from None
+    except RecursionError:
+        raise where.error(
+            f"invalid regex in {label.rstrip(': ')}: nested too deeply", path
+        ) from None
     return _Regex(
         kind=kind, pattern=value, text=f"{label}{value}", compiled=cast(_Pattern, compiled)
     )
 
 
-def _unknown_key(where: Locator, key: str, allowed: Sequence[str]) -> ConfigError:
+def _unknown_key(where: Locator, key: object, allowed: Sequence[str]) -> ConfigError:
     if key in ("body_filter", "body"):
         # Ignoring it would silently take requests the user meant to leave alone.
         return where.error("body filters are not supported by waylay", (key,), at_key=True)

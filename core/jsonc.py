@@ -105,11 +105,12 @@ class Locator:
             column=None if at is None else at.column,
         )
 
-    def unknown_key(self, path: KeyPath, key: str, allowed: Sequence[str]) -> ConfigError:
+    def unknown_key(self, path: KeyPath, key: object, allowed: Sequence[str]) -> ConfigError:
         """An error about an unknown key inside ``path``, with a "did you mean"."""
-        close = difflib.get_close_matches(key, allowed, n=1)
+        name = str(key)  # YAML keys may be numbers or booleans
+        close = difflib.get_close_matches(name, allowed, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else f" (expected {', '.join(allowed)})"
-        return self.error(f"unknown key {key!r}{hint}", (*path, key), at_key=True)
+        return self.error(f"unknown key {key!r}{hint}", (*path, name), at_key=True)
 
     def describe(self, message: str, path: KeyPath = (), *, at_key: bool = False) -> str:
         """The same text as :meth:`error`, for a warning."""

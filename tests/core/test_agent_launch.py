@@ -79,7 +79,8 @@ if args.mode == "ignore-term":
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 else:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-say(event="ready", listen=args.listen, chain="WAYLAY-test", proxy_port=0, **info)
+public = {key: value for key, value in info.items() if key != "token"}
+say(event="ready", listen=args.listen, chain="WAYLAY-test", proxy_port=0, **public)
 for i in range(args.count):
     say(event="stats", i=i, pad="x" * 1000)
 while True:
@@ -209,7 +210,7 @@ def test_missing_netns_is_target_error(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_missing_process_is_target_error() -> None:
     """A pid that does not exist is TargetError("no process N")."""
-    with pytest.raises(TargetError, match="^no process 4194304$"):
+    with pytest.raises(TargetError, match=r"^no process 4194304$"):
         enter_command(parse_target("pid/4194304"))
 
 
@@ -235,7 +236,7 @@ def test_missing_tool_names_the_package(
     """A missing ip / nsenter is a PrivilegeError naming the Debian package."""
     monkeypatch.setattr(os, "geteuid", lambda: 0)
     monkeypatch.setattr(os.path, "exists", lambda path: True)
-    monkeypatch.setattr(agent_launch.shutil, "which", lambda name, path=None: None)
+    monkeypatch.setattr(shutil, "which", lambda name, path=None: None)
     target = parse_target("netns/shop" if tool == "ip" else f"pid/{os.getpid()}")
     with pytest.raises(PrivilegeError, match=f"`{tool}` is missing: .*{package}"):
         enter_command(target)
@@ -325,7 +326,7 @@ def test_error_line_raises_mapped_error(
     fake_argv: list[str], socket_parent: Path, code: int, kind: type[Exception]
 ) -> None:
     """An error line raises its message as the error class of its exit code."""
-    with pytest.raises(kind, match="^iptables is missing: install iptables$"):
+    with pytest.raises(kind, match=r"^iptables is missing: install iptables$"):
         asyncio.run(
             launch_local_agent(
                 parse_target("pid/1"),
@@ -352,10 +353,10 @@ def test_exit_before_ready_quotes_stderr(fake_argv: list[str], socket_parent: Pa
 
 @pytest.mark.usefixtures("no_enter")
 def test_startup_timeout_kills_the_agent(
-    fake_argv: list[str], socket_parent: Path, tmp_path: Path
+    fake_argv: list[str], socket_parent: Path, shared_dir: Path
 ) -> None:
     """An agent silent past startup_timeout is killed; TargetError quotes its stderr."""
-    pidfile = tmp_path / "pid"
+    pidfile = shared_dir / f"pid-{secrets.token_hex(4)}"
     started = time.monotonic()
     with pytest.raises(TargetError) as info:
         asyncio.run(
@@ -375,10 +376,10 @@ def test_startup_timeout_kills_the_agent(
 
 @pytest.mark.usefixtures("no_enter")
 def test_cancelled_launch_kills_the_agent(
-    fake_argv: list[str], socket_parent: Path, tmp_path: Path
+    fake_argv: list[str], socket_parent: Path, shared_dir: Path
 ) -> None:
     """Cancelling a launch in progress kills the agent and removes its directory."""
-    pidfile = tmp_path / "pid"
+    pidfile = shared_dir / f"pid-{secrets.token_hex(4)}"
 
     async def scenario() -> None:
         task = asyncio.create_task(
@@ -402,7 +403,7 @@ def test_cancelled_launch_kills_the_agent(
 @pytest.mark.usefixtures("no_enter")
 def test_missing_agent_program_is_target_error(socket_parent: Path) -> None:
     """An agent program that cannot be executed is a TargetError naming it."""
-    with pytest.raises(TargetError, match="cannot start the agent .*/nonexistent/python"):
+    with pytest.raises(TargetError, match=r"cannot start the agent .*/nonexistent/python"):
         asyncio.run(launch_local_agent(parse_target("pid/1"), agent_argv=["/nonexistent/python"]))
     assert list(socket_parent.iterdir()) == []
 

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 from pathlib import Path
 
 import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from core.config import Config, IncomingConfig, Mode, default_config, load_config, parse_config
 from core.errors import EXIT_USAGE, ConfigError
@@ -502,3 +507,52 @@ def test_file_problems_name_the_file(tmp_path: Path) -> None:
         load_config(latin)
     with pytest.raises(ConfigError, match="unknown config format 'ini'"):
         parse_config("", fmt="ini")
+
+
+_KEYS = st.sampled_from(
+    [
+        "mode",
+        "http_filter",
+        "ports",
+        "ignore_ports",
+        "port_mapping",
+        "header_filter",
+        "path_filter",
+        "method_filter",
+        "any_of",
+        "all_of",
+        "header",
+        "path",
+        "method",
+        "listen_ports",
+        "target",
+        "x",
+    ]
+)
+_LEAVES = (
+    st.none()
+    | st.booleans()
+    | st.integers(-5, 70000)
+    | st.sampled_from(["steal", "mirror", "off", "", "^/a", "(", "GET"])
+)
+_VALUES = st.recursive(
+    _LEAVES,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_KEYS, inner, max_size=3),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_VALUES, st.dictionaries(st.integers(0, 3) | st.booleans(), _LEAVES, max_size=2))
+def test_any_incoming_value_loads_or_raises_config_error(
+    incoming: object, odd_keys: dict[object, object]
+) -> None:
+    """Whatever sits under incoming, JSON and YAML give a Config or a ConfigError."""
+    doc = {"feature": {"network": {"incoming": incoming}}}
+    for text, fmt in ((json.dumps(doc), "json"), (yaml.safe_dump(doc), "yaml")):
+        with contextlib.suppress(ConfigError):
+            parse_config(text, fmt=fmt)
+    if isinstance(incoming, dict):  # YAML also allows non-string keys
+        odd = {"feature": {"network": {"incoming": {**incoming, **odd_keys}}}}
+        with contextlib.suppress(ConfigError):
+            parse_config(yaml.safe_dump(odd), fmt="yaml")

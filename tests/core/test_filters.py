@@ -300,6 +300,12 @@ def test_error_carries_line_and_column_from_positions() -> None:
     assert str(err).startswith("f.json:4:16: http_filter.any_of[1].header: invalid regex")
 
 
+@pytest.mark.parametrize("pattern", ["(?u)(?a)x", "(" * 2000 + ")" * 2000, "a{99999999999}"])
+def test_odd_regex_failures_are_config_errors(pattern: str) -> None:
+    """Flag conflicts, absurd nesting and huge repeats are ConfigErrors, not tracebacks."""
+    assert "invalid regex" in compile_error({"path_filter": pattern}).message
+
+
 @given(st.text(max_size=30))
 def test_any_pattern_compiles_or_raises_config_error(pattern: str) -> None:
     """Whatever the pattern, compiling gives a filter or a ConfigError, never a traceback."""

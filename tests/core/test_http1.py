@@ -1,0 +1,190 @@
+"""Playbook tests of the sans-I/O HTTP/1.1 router: events in, commands out."""
+
+from __future__ import annotations
+
+import itertools
+
+from core.filters import RequestView
+from core.http1 import Http1Router
+from core.routing import (
+    PASS,
+    CloseDownstream,
+    Command,
+    ConnectUpstream,
+    DownstreamClosed,
+    DownstreamData,
+    LocalAborted,
+    LocalData,
+    LocalEnd,
+    LocalResponse,
+    RecordFlow,
+    ReleaseUpstream,
+    Route,
+    SendDownstream,
+    SendUpstream,
+    StealData,
+    StealEnd,
+    StealStart,
+    UpstreamClosed,
+    UpstreamData,
+)
+
+
+def steal_if_header(view: RequestView) -> Route:
+    """Steal requests carrying ``X-Steal: yes`` (a stand-in for a compiled filter)."""
+    if any(n.lower() == "x-steal" and v == "yes" for n, v in view.headers):
+        return Route(steal_by=7, clause="header_filter: X-Steal: yes")
+    return PASS
+
+
+def router() -> Http1Router:
+    return Http1Router(port=80, authority="10.0.0.2:80", decide=steal_if_header,
+                       next_id=itertools.count(1).__next__)
+
+
+def of(commands: list[Command], kind: type) -> list:
+    return [c for c in commands if isinstance(c, kind)]
+
+
+def down_bytes(commands: list[Command]) -> bytes:
+    return b"".join(c.data for c in of(commands, SendDownstream))
+
+
+def up_bytes(commands: list[Command]) -> bytes:
+    return b"".join(c.data for c in of(commands, SendUpstream))
+
+
+GET = b"GET /a HTTP/1.1\r\nHost: svc\r\n\r\n"
+GET_STEAL = b"GET /b HTTP/1.1\r\nHost: svc\r\nX-Steal: yes\r\n\r\n"
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nremote"
+
+
+def test_passed_request_goes_upstream_and_response_comes_back() -> None:
+    """An unmatched request is re-sent upstream; the answer returns and is recorded passed."""
+    r = router()
+    out = r.handle(DownstreamData(data=GET), 1.0)
+    assert of(out, ConnectUpstream)
+    assert up_bytes(out).startswith(b"GET /a HTTP/1.1\r\n")
+    out = r.handle(UpstreamData(data=OK), 1.5)
+    assert down_bytes(out).endswith(b"remote")
+    (rec,) = of(out, RecordFlow)
+    assert rec.owner is None and rec.record.status == 200
+    assert rec.record.verdict == "passed" and rec.record.duration_ms == 500.0
+
+
+def test_stolen_request_goes_to_the_session() -> None:
+    """A matched request becomes Steal* commands and the local answer goes downstream."""
+    r = router()
+    out = r.handle(DownstreamData(data=GET_STEAL), 1.0)
+    (start,) = of(out, StealStart)
+    assert start.sub_id == 7 and start.target == "/b" and of(out, StealEnd)
+    assert not of(out, ConnectUpstream)
+    out = r.handle(LocalResponse(status=201, reason=b"Created",
+                                 headers=[(b"content-length", b"5")]), 1.1)
+    out += r.handle(LocalData(data=b"local"), 1.1)
+    out += r.handle(LocalEnd(), 1.2)
+    assert down_bytes(out).startswith(b"HTTP/1.1 201 Created\r\n")
+    assert down_bytes(out).endswith(b"local")
+    (rec,) = of(out, RecordFlow)
+    assert rec.owner == 7 and rec.record.matched == "header_filter: X-Steal: yes"
+
+
+def test_keep_alive_mixes_stolen_and_passed_in_order() -> None:
+    """Pipelined requests on one connection are routed one by one and answered in order."""
+    r = router()
+    out = r.handle(DownstreamData(data=GET + GET_STEAL + GET), 0.0)
+    # Only the first is in flight: h11 holds the rest until its response is complete.
+    assert len(of(out, ConnectUpstream)) == 1 and not of(out, StealStart)
+    out = r.handle(UpstreamData(data=OK), 0.1)
+    assert down_bytes(out).endswith(b"remote")
+    assert of(out, StealStart)  # the second request now goes to the session
+    out = r.handle(LocalResponse(status=200, reason=b"OK",
+                                 headers=[(b"content-length", b"5")]), 0.2)
+    out += r.handle(LocalData(data=b"local"), 0.2)
+    out += r.handle(LocalEnd(), 0.2)
+    assert down_bytes(out).startswith(b"HTTP/1.1 200 OK") and b"local" in down_bytes(out)
+    # The third reuses the same upstream connection: no new ConnectUpstream.
+    assert up_bytes(out).startswith(b"GET /a") and not of(out, ConnectUpstream)
+
+
+def test_expect_100_continue_is_answered_by_the_router() -> None:
+    """The client waiting for 100-continue gets it at once; Expect is not forwarded."""
+    r = router()
+    head = (b"POST /up HTTP/1.1\r\nHost: svc\r\nExpect: 100-continue\r\n"
+            b"Content-Length: 4\r\n\r\n")
+    out = r.handle(DownstreamData(data=head), 0.0)
+    assert down_bytes(out).startswith(b"HTTP/1.1 100 ")
+    assert b"expect" not in up_bytes(out).lower()
+    out = r.handle(DownstreamData(data=b"body"), 0.0)
+    assert up_bytes(out) == b"body"
+
+
+def test_chunked_request_body_is_streamed_to_the_session() -> None:
+    """A chunked upload reaches the session as its decoded data, then StealEnd."""
+    r = router()
+    head = (b"POST /b HTTP/1.1\r\nHost: svc\r\nX-Steal: yes\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n")
+    out = r.handle(DownstreamData(data=head + b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"), 0.0)
+    assert b"".join(c.data for c in of(out, StealData)) == b"abcde"
+    assert of(out, StealEnd)
+
+
+def test_malformed_request_gets_400_and_close() -> None:
+    """Garbage on the wire is answered with h11's suggested status, then closed."""
+    r = router()
+    out = r.handle(DownstreamData(data=b"GET / HTTP/1.1\r\nBad Header\r\n\r\n"), 0.0)
+    assert down_bytes(out).startswith(b"HTTP/1.1 400 ")
+    assert of(out, CloseDownstream) and r.closed
+
+
+def test_upstream_failure_becomes_502() -> None:
+    """A passed request whose upstream connection fails is answered 502 with the reason."""
+    r = router()
+    r.handle(DownstreamData(data=GET), 0.0)
+    out = r.handle(UpstreamClosed(reason="connection refused"), 0.1)
+    assert down_bytes(out).startswith(b"HTTP/1.1 502 ")
+    assert b"connection refused" in down_bytes(out)
+    assert of(out, ReleaseUpstream)
+
+
+def test_session_abort_before_response_is_502() -> None:
+    """A stolen request the session cannot deliver is answered 502."""
+    r = router()
+    r.handle(DownstreamData(data=GET_STEAL), 0.0)
+    out = r.handle(LocalAborted(reason="link lost"), 0.1)
+    assert down_bytes(out).startswith(b"HTTP/1.1 502 ")
+
+
+def test_client_close_mid_steal_aborts_the_stream() -> None:
+    """When the remote client vanishes during a stolen exchange the stream is aborted."""
+    r = router()
+    r.handle(DownstreamData(data=GET_STEAL), 0.0)
+    out = r.handle(DownstreamClosed(), 0.1)
+    assert any(type(c).__name__ == "StealAbort" for c in out)
+    assert of(out, CloseDownstream)
+
+
+def test_head_response_has_no_body() -> None:
+    """A HEAD answer with Content-Length is relayed without waiting for a body."""
+    r = router()
+    r.handle(DownstreamData(data=b"HEAD /a HTTP/1.1\r\nHost: svc\r\n\r\n"), 0.0)
+    out = r.handle(UpstreamData(data=b"HTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\n"), 0.1)
+    assert of(out, RecordFlow)
+    assert down_bytes(out).endswith(b"\r\n\r\n")
+
+
+def test_missing_host_is_added_from_the_original_destination() -> None:
+    """An HTTP/1.0 request without Host gets the original destination as Host upstream."""
+    r = router()
+    out = r.handle(DownstreamData(data=b"GET /x HTTP/1.0\r\n\r\n"), 0.0)
+    assert b"Host: 10.0.0.2:80" in up_bytes(out)
+
+
+def test_request_bytes_fed_one_at_a_time() -> None:
+    """Byte-by-byte input routes the same as the whole request."""
+    r = router()
+    out: list[Command] = []
+    for i in range(len(GET_STEAL)):
+        out += r.handle(DownstreamData(data=GET_STEAL[i:i + 1]), 0.0)
+    (start,) = of(out, StealStart)
+    assert start.target == "/b"
