@@ -155,6 +155,11 @@ class InterceptedConnection:
                 self._execute(self._router.handle(event, time.time()))
                 if not data:
                     return
+                # Bound what this connection queues towards the session or the app.
+                if self._stream is not None:
+                    await self._stream.drain()
+                if self._up is not None:
+                    await _drain_if_full(self._up.writer)
             else:  # relay
                 if not data:
                     self._relay_eof_upstream()
@@ -339,6 +344,10 @@ class InterceptedConnection:
             await stream.drain()
         await stream.finished.wait()
         self._stream = None
+
+    async def drain_downstream(self) -> None:
+        """Wait while too much is queued towards the remote client (bounds the buffer)."""
+        await _drain_if_full(self._writer)
 
     def write_local(self, data: bytes) -> None:
         """Bytes from the local app on a whole stolen connection."""

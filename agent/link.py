@@ -213,6 +213,10 @@ class ClientLink:
                 stream = self.streams.get(sid)
                 if stream is not None:
                     stream.receive(message)
+                    # Bounds the bytes queued towards a slow remote client. It holds up
+                    # this session's other streams meanwhile (head-of-line): per-stream
+                    # windows arrive with HTTP/2 support.
+                    await stream.conn.drain_downstream()
             case _:
                 self.send(Error(stream=0, message=f"unexpected {type(message).__name__}",
                                 code="protocol"))

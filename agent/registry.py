@@ -9,6 +9,7 @@ always sees one consistent state (the agent is single-threaded; this keeps it ob
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from core.errors import WaylayError
@@ -97,7 +98,7 @@ class Registry:
         for sub in self._by_port.get(port, ()):
             if sub.http_filter is None:
                 continue
-            result = sub.http_filter.evaluate(request)
+            result = sub.http_filter.evaluate(request, clock=time.perf_counter)
             timed_out.extend(result.timed_out)
             if result.matched:
                 return Route(steal_by=sub.sub_id, clause=result.clause,

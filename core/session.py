@@ -161,7 +161,8 @@ class Session:
                 pinger: asyncio.Task[Any] = group.create_task(self._ping_loop(),
                                                               name="session-pinger")
                 await self._subscribe_all()
-                stopper: asyncio.Task[Any] = group.create_task(self._stopping.wait(), name="session-stop")
+                stopper: asyncio.Task[Any] = group.create_task(self._stopping.wait(),
+                                                               name="session-stop")
                 done, _ = await asyncio.wait({reader, pinger, stopper},
                                              return_when=asyncio.FIRST_COMPLETED)
                 for task in (reader, pinger, stopper):

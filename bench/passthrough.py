@@ -1,0 +1,640 @@
+"""Passthrough benchmark: what a filtered steal costs the requests it does *not* take.
+
+Theory of operation. The benchmark builds its own network namespace with a veth pair to
+the host and runs nginx (``return 200``) inside it, then loads it with ``wrk`` from the
+host, keep-alive, always at the namespace's own address (DESIGN §5):
+
+1. **direct**: wrk straight at nginx:80.
+2. **nginx proxy** (``--nginx-proxy``, on by default): a second nginx in the namespace,
+   a reverse proxy on :8081 with upstream keep-alive to 127.0.0.1:80. It is the reference
+   point of DESIGN §7 (about 0.4x direct): a good C proxy costs that much.
+3. **waylay agent**: ``waylay run -t netns/NS -p 80:LOCAL`` with a header filter that no
+   request matches, so the agent REDIRECTs port 80 to itself and passes every request
+   through to nginx. wrk hits the very same URL as in (1).
+
+Each intermediary is one process next to one nginx worker, so the comparison is fair.
+The first target of the passthrough issue: through the agent, at least ``TARGET_RATIO`` of
+the direct throughput and at most ``TARGET_ADDED_P50_MS`` more median latency.
+
+Everything started here (nginx, waylay, the namespace and its veth) is stopped in
+``finally`` blocks, also on Ctrl-C; a second Ctrl-C cannot cut that cleanup short. Every
+load is bounded by ``wrk -d``. Needs root (namespaces, iptables), nginx and wrk.
+
+Usage: ``./dev bench [-d SECONDS] [-c CONNECTIONS] [-t THREADS] [--json] [--check]``;
+``--profile FILE`` adds one more agent run under py-spy and prints the agent's hot spots.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import dataclasses
+import http.client
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tests.netns import have_root_netns, netns, ns_popen, ns_run, veth_pair  # noqa: E402
+
+TARGET_RATIO = 0.3
+"""The issue's first target: passthrough throughput at least this fraction of direct."""
+TARGET_ADDED_P50_MS = 0.5
+"""... and at most this much added median latency."""
+
+ORIGIN_PORT = 80
+PROXY_PORT = 8081  # the nginx reverse proxy baseline, inside the namespace
+# A header no request carries: every request is passed through, none is stolen.
+NEVER_MATCHING_FILTER = "X-Waylay-Bench: steal-me"
+
+STARTUP_TIMEOUT_S = 20.0  # nginx listening, waylay subscribed
+STOP_TIMEOUT_S = 15.0  # waylay's own stop waits up to 5 s for the agent, which gives its
+# worker 5 s before the guard removes the rules
+WRK_SLACK_S = 30.0  # wrk -d bounds the load; this bounds a wedged wrk
+
+EXIT_USAGE = 2
+EXIT_MISSING = 4  # missing privilege or system tool, as in waylay's own CLI
+
+
+class BenchError(Exception):
+    """A setup step failed; the message says which and why."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+# --- wrk ----------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class WrkResult:
+    """What one wrk run measured (latencies in milliseconds)."""
+
+    requests_per_s: float
+    requests: int
+    p50_ms: float
+    p75_ms: float
+    p90_ms: float
+    p99_ms: float
+    socket_errors: int
+    non_2xx: int
+
+    @property
+    def failures(self) -> int:
+        return self.socket_errors + self.non_2xx
+
+
+_TIME_UNITS_MS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3, "h": 3600e3}
+_PERCENTILE = re.compile(r"^\s*(50|75|90|99)(?:\.0+)?%\s+([\d.]+)(us|ms|s|m|h)\s*$", re.M)
+_REQUESTS_PER_S = re.compile(r"^Requests/sec:\s+([\d.]+)", re.M)
+_TOTAL = re.compile(r"^\s*(\d+) requests in ", re.M)
+_SOCKET_ERRORS = re.compile(
+    r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)")
+_NON_2XX = re.compile(r"Non-2xx or 3xx responses: (\d+)")
+
+
+def parse_wrk(text: str) -> WrkResult:
+    """Parse ``wrk --latency`` output; raises ValueError naming what is missing."""
+    percentiles = {int(p): float(v) * _TIME_UNITS_MS[unit]
+                   for p, v, unit in _PERCENTILE.findall(text)}
+    rate = _REQUESTS_PER_S.search(text)
+    total = _TOTAL.search(text)
+    missing = [name for name, found in (("Requests/sec", rate), ("N requests in", total))
+               if found is None]
+    missing += [f"{p}% latency" for p in (50, 75, 90, 99) if p not in percentiles]
+    if missing or rate is None or total is None:
+        raise ValueError(f"wrk output lacks {', '.join(missing)}:\n{text}")
+    errors = _SOCKET_ERRORS.search(text)
+    non_2xx = _NON_2XX.search(text)
+    return WrkResult(
+        requests_per_s=float(rate.group(1)),
+        requests=int(total.group(1)),
+        p50_ms=percentiles[50], p75_ms=percentiles[75],
+        p90_ms=percentiles[90], p99_ms=percentiles[99],
+        socket_errors=sum(int(n) for n in errors.groups()) if errors else 0,
+        non_2xx=int(non_2xx.group(1)) if non_2xx else 0,
+    )
+
+
+def run_wrk(url: str, *, threads: int, connections: int, seconds: int) -> WrkResult:
+    argv = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", url]
+    done = subprocess.run(argv, capture_output=True, text=True, check=False,
+                          timeout=seconds + WRK_SLACK_S)
+    if done.returncode != 0:
+        raise BenchError(f"{' '.join(argv)} failed (exit {done.returncode}): "
+                         f"{done.stderr.strip() or done.stdout.strip()}")
+    try:
+        return parse_wrk(done.stdout)
+    except ValueError as exc:
+        raise BenchError(str(exc)) from None
+
+
+# --- processes ----------------------------------------------------------------------------
+
+
+def _stop(process: subprocess.Popen[Any], sig: int, timeout: float) -> None:
+    """Send ``sig``; SIGKILL the process group if it has not exited after ``timeout``."""
+    if process.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        process.send_signal(sig)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)  # started with start_new_session
+        process.wait(5)
+
+
+def _tail(path: Path, limit: int = 2000) -> str:
+    try:
+        return path.read_text(errors="replace")[-limit:].strip()
+    except OSError:
+        return ""
+
+
+def _wait_listening(address: tuple[str, int], process: subprocess.Popen[Any],
+                    log: Path, what: str) -> None:
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while True:
+        if process.poll() is not None:
+            raise BenchError(f"{what} exited ({process.returncode}): {_tail(log)}")
+        with contextlib.suppress(OSError), socket.create_connection(address, timeout=1):
+            return
+        if time.monotonic() > deadline:
+            raise BenchError(f"{what} is not listening on {address} after "
+                             f"{STARTUP_TIMEOUT_S:g} s: {_tail(log)}")
+        time.sleep(0.05)
+
+
+def _get(host: str, port: int) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection(host, port, timeout=5)
+    try:
+        conn.request("GET", "/")
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (0 when it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return []
+
+
+def children(pid: int) -> list[int]:
+    """The pids whose parent is ``pid`` (an nginx master's workers)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        if parent == pid:
+            found.append(int(entry.name))
+    return sorted(found)
+
+
+def namespace_pids(ns: str) -> list[int]:
+    done = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True,
+                          check=False, timeout=10)
+    return [int(p) for p in done.stdout.split()]
+
+
+# --- nginx --------------------------------------------------------------------------------
+
+
+_NGINX_MAIN = """\
+worker_processes 1;
+daemon off;
+error_log stderr warn;
+pid {dir}/nginx.pid;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {dir}/client_body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+{servers}
+}}
+"""
+
+ORIGIN_SERVERS = f"""\
+    server {{
+        listen {ORIGIN_PORT};
+        location / {{ return 200 "ok\\n"; }}
+    }}"""
+
+PROXY_SERVERS = f"""\
+    upstream origin {{
+        server 127.0.0.1:{ORIGIN_PORT};
+        keepalive 64;
+    }}
+    server {{
+        listen {PROXY_PORT};
+        location / {{
+            proxy_pass http://origin;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
+    }}"""
+
+
+@contextlib.contextmanager
+def nginx(ns: str, ns_ip: str, port: int, servers: str, workdir: Path,
+          name: str) -> Iterator[subprocess.Popen[Any]]:
+    """nginx (one worker) inside ``ns`` with these ``server`` blocks; stopped on exit."""
+    directory = workdir / name
+    directory.mkdir()
+    conf = directory / "nginx.conf"
+    conf.write_text(_NGINX_MAIN.format(dir=directory, servers=servers))
+    log = directory / "stderr.log"
+    with open(log, "wb") as err:
+        process = ns_popen(ns, ["nginx", "-p", f"{directory}/", "-c", str(conf),
+                                "-e", "stderr"],
+                           stdin=subprocess.DEVNULL, stdout=err, stderr=err,
+                           start_new_session=True)
+    try:
+        _wait_listening((ns_ip, port), process, log, f"nginx ({name})")
+        yield process
+    finally:
+        _stop(process, signal.SIGTERM, 10)
+
+
+# --- waylay -------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Waylay:
+    """A running ``waylay run`` and where to find its agent worker."""
+
+    process: subprocess.Popen[Any]
+    stderr: Path
+    ns: str
+
+    def worker_pid(self) -> int | None:
+        """The agent worker (``python -m agent --worker``) running in the namespace."""
+        for pid in namespace_pids(self.ns):
+            argv = _cmdline(pid)
+            if "agent" in argv and "--worker" in argv:
+                return pid
+        return None
+
+    def summary(self) -> str:
+        """waylay's closing ``N stolen, N passed, ...`` line (after it exited)."""
+        lines = [line for line in _tail(self.stderr, 20000).splitlines()
+                 if "stolen," in line and "passed," in line]
+        return lines[-1].removeprefix("waylay: ") if lines else ""
+
+
+def _redirect_installed(ns: str) -> bool:
+    rules = ns_run(ns, ["iptables", "-w", "-t", "nat", "-S"], check=False).stdout
+    return any(line.startswith("-A WAYLAY-") and f"--dport {ORIGIN_PORT}" in line
+               and "REDIRECT" in line for line in rules.splitlines())
+
+
+def _free_local_port() -> int:
+    # Nothing listens there: no request matches the filter, so nothing is delivered.
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@contextlib.contextmanager
+def waylay_passthrough(ns: str, ns_ip: str, workdir: Path) -> Iterator[Waylay]:
+    """``waylay run`` stealing port 80 with a filter nothing matches; SIGINT on exit."""
+    executable = Path(sys.executable).parent / "waylay"
+    if not executable.exists():
+        raise BenchError(f"{executable} not found: run ./dev setup", EXIT_MISSING)
+    config = workdir / "waylay.json"
+    config.write_text(json.dumps({"feature": {"network": {"incoming": {
+        "mode": "steal", "http_filter": {"header_filter": NEVER_MATCHING_FILTER}}}}}))
+    log = workdir / "waylay.stderr"
+    argv = [str(executable), "run", "-t", f"netns/{ns}", "-f", str(config),
+            "-p", f"{ORIGIN_PORT}:{_free_local_port()}", "--events", "/dev/null", "-q",
+            "--ttl", "5"]  # a short TTL: an agent orphaned by a crash goes away soon
+    with open(log, "wb") as err:
+        process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                   stderr=err, start_new_session=True)
+    running = Waylay(process=process, stderr=log, ns=ns)
+    try:
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while not _redirect_installed(ns):
+            if process.poll() is not None:
+                raise BenchError(f"waylay run exited ({process.returncode}): {_tail(log)}")
+            if time.monotonic() > deadline:
+                raise BenchError(f"waylay did not redirect port {ORIGIN_PORT} after "
+                                 f"{STARTUP_TIMEOUT_S:g} s: {_tail(log)}")
+            time.sleep(0.1)
+        status, body = _get(ns_ip, ORIGIN_PORT)
+        if (status, body) != (200, b"ok\n"):
+            raise BenchError(f"a request through the agent got {status} {body[:200]!r}")
+        yield running
+    finally:
+        _stop(process, signal.SIGINT, STOP_TIMEOUT_S)
+
+
+# --- profiling ----------------------------------------------------------------------------
+
+
+def _frame_name(frame: str) -> str:
+    """``handle (core/http1.py:123)`` -> ``handle (core/http1.py)``: one entry per function."""
+    return re.sub(r":\d+\)$", ")", frame)
+
+
+def hot_spots(raw: str, top: int) -> tuple[int, list[tuple[str, float, float]]]:
+    """From py-spy's raw (collapsed) stacks: total samples, and the ``top`` functions by
+    own time as (function, self %, total %)."""
+    own: collections.Counter[str] = collections.Counter()
+    inclusive: collections.Counter[str] = collections.Counter()
+    samples = 0
+    for line in raw.splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        frames = [_frame_name(f) for f in stack.split(";")]
+        frames = [f for f in frames if not f.startswith(("process ", "thread "))] or ["?"]
+        samples += count
+        own[frames[-1]] += count
+        for frame in set(frames):
+            inclusive[frame] += count
+    ranked = [(name, 100 * n / samples, 100 * inclusive[name] / samples)
+              for name, n in own.most_common(top)] if samples else []
+    return samples, ranked
+
+
+def profile_agent(waylay: Waylay, url: str, args: argparse.Namespace) -> dict[str, Any]:
+    """One more wrk run with py-spy sampling the agent worker; its hot spots."""
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not os.access(py_spy, os.X_OK):
+        raise BenchError("py-spy not found: .venv/bin/pip install py-spy", EXIT_MISSING)
+    pid = waylay.worker_pid()
+    if pid is None:
+        raise BenchError("cannot find the agent worker process in the namespace")
+    argv = [py_spy, "record", "--pid", str(pid), "--format", "raw", "-o", args.profile,
+            "--duration", str(max(1, args.duration - 1)), "--rate", "250", "--nonblocking"]
+    if args.profile_native:
+        argv.append("--native")
+    spy = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True)
+    try:
+        time.sleep(0.5)  # let py-spy attach before the load starts
+        run_wrk(url, threads=args.threads, connections=args.connections,
+                seconds=args.duration)
+        output, _ = spy.communicate(timeout=WRK_SLACK_S)
+    finally:
+        if spy.poll() is None:
+            spy.kill()
+            spy.wait()
+    if spy.returncode != 0:
+        raise BenchError(f"py-spy failed ({spy.returncode}): {output.strip()}")
+    samples, ranked = hot_spots(Path(args.profile).read_text(), args.profile_top)
+    return {"file": args.profile, "pid": pid, "samples": samples, "native": args.profile_native,
+            "top": [{"function": name, "self_percent": round(own, 1),
+                     "total_percent": round(total, 1)} for name, own, total in ranked]}
+
+
+# --- the benchmark ------------------------------------------------------------------------
+
+
+def _measure(name: str, url: str, args: argparse.Namespace,
+             pids_of: Callable[[], list[int]]) -> dict[str, Any]:
+    """Warm up, then one measured wrk run; also the CPU share of the processes ``pids_of``
+    names (the server side of this scenario)."""
+    if args.warmup > 0:
+        run_wrk(url, threads=args.threads, connections=args.connections, seconds=args.warmup)
+    pids = pids_of()
+    before = [cpu_seconds(pid) for pid in pids]
+    started = time.monotonic()
+    result = run_wrk(url, threads=args.threads, connections=args.connections,
+                     seconds=args.duration)
+    elapsed = time.monotonic() - started
+    cpu = [round(100 * (cpu_seconds(pid) - b) / elapsed, 1)
+           for pid, b in zip(pids, before, strict=True)]
+    if not args.json:
+        print(f"  {name}: {result.requests_per_s:,.0f} requests/s, p50 {result.p50_ms:.3f} ms, "
+              f"p99 {result.p99_ms:.3f} ms", file=sys.stderr, flush=True)
+    return {**dataclasses.asdict(result), "cpu_percent": cpu}
+
+
+def preflight() -> None:
+    reason = have_root_netns()
+    if reason is not None:
+        raise BenchError(f"the benchmark {reason}", EXIT_MISSING)
+    for tool, package in (("nginx", "nginx-light"), ("wrk", "wrk")):
+        if shutil.which(tool) is None and not os.access(f"/usr/sbin/{tool}", os.X_OK):
+            raise BenchError(f"{tool} is not installed (apt-get install {package})",
+                             EXIT_MISSING)
+
+
+def bench(stack: contextlib.ExitStack, args: argparse.Namespace) -> dict[str, Any]:
+    preflight()
+    workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="waylay-bench-")))
+    os.chmod(workdir, 0o755)  # nginx workers run unprivileged
+    ns = stack.enter_context(netns("wlbench"))
+    _host_ip, ns_ip = stack.enter_context(veth_pair(ns))
+    # Whatever is still running in our namespace when we leave (an agent orphaned by a
+    # failed stop) would keep it alive: end it before the namespace is deleted.
+    stack.callback(_kill_leftovers, ns)
+    origin = stack.enter_context(nginx(ns, ns_ip, ORIGIN_PORT, ORIGIN_SERVERS, workdir,
+                                       "origin"))
+    url = f"http://{ns_ip}:{ORIGIN_PORT}/"
+
+    def say(text: str) -> None:
+        if not args.json:
+            print(text, file=sys.stderr, flush=True)
+
+    say(f"waylay bench: namespace {ns} at {ns_ip}; wrk -t{args.threads} "
+        f"-c{args.connections} -d{args.duration}s (after a {args.warmup} s warm-up)")
+
+    results: dict[str, Any] = {}
+    results["direct"] = _measure("direct", url, args, lambda: children(origin.pid))
+    if args.nginx_proxy:
+        # Before waylay starts: its OUTPUT -o lo rule would redirect the proxy's upstream too.
+        with nginx(ns, ns_ip, PROXY_PORT, PROXY_SERVERS, workdir, "proxy") as proxy:
+            results["nginx_proxy"] = _measure(
+                "nginx reverse proxy", f"http://{ns_ip}:{PROXY_PORT}/", args,
+                lambda: children(proxy.pid) + children(origin.pid))
+    profile: dict[str, Any] | None = None
+    with waylay_passthrough(ns, ns_ip, workdir) as waylay:
+        def agent_pids() -> list[int]:
+            worker = waylay.worker_pid()
+            return [*([worker] if worker else []), waylay.process.pid, *children(origin.pid)]
+
+        results["agent"] = _measure("through the waylay agent", url, args, agent_pids)
+        if args.profile:
+            say(f"  profiling the agent worker (pid {waylay.worker_pid()}) with py-spy ...")
+            profile = profile_agent(waylay, url, args)
+    summary = waylay.summary()
+    if waylay.process.returncode not in (0, 130, -signal.SIGINT):
+        say(f"waylay run exited with {waylay.process.returncode}: {_tail(waylay.stderr)}")
+    return _report(args, ns_ip, results, summary, profile)
+
+
+def _kill_leftovers(ns: str) -> None:
+    for pid in namespace_pids(ns):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _report(args: argparse.Namespace, ns_ip: str, results: dict[str, Any], summary: str,
+            profile: dict[str, Any] | None) -> dict[str, Any]:
+    direct, agent = results["direct"], results["agent"]
+    comparisons = {}
+    for name in ("nginx_proxy", "agent"):
+        if name in results:
+            r = results[name]
+            comparisons[name] = {
+                "throughput_ratio": round(r["requests_per_s"] / direct["requests_per_s"], 3),
+                "added_p50_ms": round(r["p50_ms"] - direct["p50_ms"], 3),
+                "added_p99_ms": round(r["p99_ms"] - direct["p99_ms"], 3),
+            }
+    ratio = comparisons["agent"]["throughput_ratio"]
+    added = comparisons["agent"]["added_p50_ms"]
+    met = ratio >= TARGET_RATIO and added <= TARGET_ADDED_P50_MS and agent["failures"] == 0
+    return {
+        "wrk": {"threads": args.threads, "connections": args.connections,
+                "duration_s": args.duration, "warmup_s": args.warmup},
+        "cpus": os.cpu_count(), "url": f"http://{ns_ip}:{ORIGIN_PORT}/",
+        "results": results, "comparisons": comparisons, "waylay_summary": summary,
+        "target": {"min_throughput_ratio": TARGET_RATIO,
+                   "max_added_p50_ms": TARGET_ADDED_P50_MS, "met": met},
+        "profile": profile,
+    }
+
+
+_LABELS = {"direct": "direct", "nginx_proxy": "nginx reverse proxy",
+           "agent": "waylay agent (passthrough)"}
+
+
+def print_table(report: dict[str, Any]) -> None:
+    wrk = report["wrk"]
+    print(f"\nwrk -t{wrk['threads']} -c{wrk['connections']} -d{wrk['duration_s']}s, "
+          f"nginx `return 200` in a namespace, {report['cpus']} CPUs")
+    print(f"{'':28} {'requests/s':>11} {'p50 ms':>8} {'p99 ms':>8} {'ratio':>6} "
+          f"{'+p50 ms':>8} {'+p99 ms':>8} {'errors':>7}  CPU %")
+    for name, r in report["results"].items():
+        c = report["comparisons"].get(name)
+        extra = (f"{c['throughput_ratio']:>5.2f}x {c['added_p50_ms']:>+8.3f} "
+                 f"{c['added_p99_ms']:>+8.3f}") if c else f"{'1.00x':>6} {'':>8} {'':>8}"
+        cpu = " + ".join(f"{p:.0f}" for p in r["cpu_percent"])
+        print(f"{_LABELS[name]:28} {r['requests_per_s']:>11,.0f} {r['p50_ms']:>8.3f} "
+              f"{r['p99_ms']:>8.3f} {extra} {r['failures']:>7}  {cpu}")
+    print("CPU % (of one core): direct: origin nginx; proxy: proxy nginx + origin nginx; "
+          "agent: agent worker + waylay run client + origin nginx")
+    if report["waylay_summary"]:
+        print(f"waylay: {report['waylay_summary']}")
+    target = report["target"]
+    c = report["comparisons"]["agent"]
+    verdict = "MET" if target["met"] else "NOT MET"
+    print(f"target (>= {target['min_throughput_ratio']:.2f}x direct, <= "
+          f"{target['max_added_p50_ms']:.2f} ms added p50, no errors): {verdict} "
+          f"({c['throughput_ratio']:.2f}x, {c['added_p50_ms']:+.3f} ms, "
+          f"{report['results']['agent']['failures']} errors)")
+    profile = report["profile"]
+    if profile:
+        print(f"\nagent worker hot spots (py-spy, {profile['samples']} samples, "
+              f"raw stacks in {profile['file']}):")
+        print(f"{'self %':>7} {'total %':>8}  function")
+        for row in profile["top"]:
+            print(f"{row['self_percent']:>7.1f} {row['total_percent']:>8.1f}  "
+                  f"{row['function']}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bench/passthrough.py",
+        description="Measure what waylay's passthrough costs: wrk against nginx in a "
+        "network namespace, directly, through an nginx reverse proxy, and through the "
+        "waylay agent with a filter that matches nothing. Needs root, nginx and wrk.")
+    # wrk takes whole seconds only.
+    parser.add_argument("-d", "--duration", type=int, default=8, metavar="SECONDS",
+                        help="wrk duration of each measured run (default %(default)g)")
+    parser.add_argument("-c", "--connections", type=int, default=16,
+                        help="wrk keep-alive connections (default %(default)s)")
+    parser.add_argument("-t", "--threads", type=int, default=2,
+                        help="wrk threads (default %(default)s)")
+    parser.add_argument("--warmup", type=int, default=1, metavar="SECONDS",
+                        help="unmeasured wrk run before each measured one (default "
+                        "%(default)g; 0: none)")
+    parser.add_argument("--nginx-proxy", action=argparse.BooleanOptionalAction, default=True,
+                        help="also measure an nginx reverse proxy, the reference point "
+                        "(default: on)")
+    parser.add_argument("--json", action="store_true",
+                        help="print one JSON document on stdout instead of the table")
+    parser.add_argument("--check", action="store_true",
+                        help=f"exit 1 unless the target is met (>= {TARGET_RATIO}x direct "
+                        f"throughput, <= {TARGET_ADDED_P50_MS} ms added p50)")
+    parser.add_argument("--profile", metavar="FILE",
+                        help="one more agent run under py-spy: write its raw stacks to FILE "
+                        "and print the agent worker's hot spots")
+    parser.add_argument("--profile-native", action="store_true",
+                        help="with --profile: include native frames (uvloop, the kernel "
+                        "boundary)")
+    parser.add_argument("--profile-top", type=int, default=20, metavar="N",
+                        help="with --profile: how many functions to list (default "
+                        "%(default)s)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.duration <= 0 or args.connections < 1 or not 1 <= args.threads <= args.connections:
+        print("bench: need -d > 0, -c >= 1 and 1 <= -t <= -c", file=sys.stderr)
+        return EXIT_USAGE
+    stack = contextlib.ExitStack()
+    try:
+        report = bench(stack, args)
+    except BenchError as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("bench: interrupted; cleaning up", file=sys.stderr)
+        return 130
+    finally:
+        # A second Ctrl-C must not cut the cleanup short (rules, processes, namespace).
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            stack.close()
+        finally:
+            signal.signal(signal.SIGINT, previous)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print_table(report)
+    return 1 if args.check and not report["target"]["met"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
