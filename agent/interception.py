@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, assert_never
 from core.detect import Protocol, detect
 from core.flow import FlowRecord, Verdict
 from core.http1 import Http1Router
+from core.observer import Http1Observer
 from core.pool import READ_CHUNK, tune
 from core.pool import Connection as Upstream
 from core.routing import (
@@ -49,6 +50,7 @@ if TYPE_CHECKING:
     from agent.worker import Agent
 
 SO_ORIGINAL_DST = 80  # linux/netfilter_ipv4.h
+WHOLE_PORT = "whole port"  # the "matched" text of traffic taken by an unfiltered steal
 # Bytes written to a peer before a reader waits for them to drain: the per-connection
 # buffer bound in each direction.
 WRITE_HIGH_WATER = 256 * 1024
@@ -90,6 +92,7 @@ class InterceptedConnection:
         self._up_pending: list[bytes] | None = None  # writes queued while connecting
         self._stream: Stream | None = None
         self._whole_owner: int | None = None
+        self._observer: Http1Observer | None = None  # per-request records of a whole steal
         self._up_sent = False  # bytes went to the current upstream: not reusable as-is
         self._relay_record: FlowRecord | None = None  # a relayed or whole-stolen connection
         self._resume = asyncio.Event()
@@ -328,14 +331,17 @@ class InterceptedConnection:
         self._mode = "whole"
         self._whole_owner = sub_id
         record = FlowRecord(id=self._agent.next_flow_id(), ts=time.time(), port=self.port,
-                            protocol="tcp", verdict=Verdict.STOLEN, matched="whole port")
+                            protocol="tcp", verdict=Verdict.STOLEN, matched=WHOLE_PORT)
         self._relay_record = record
+        self._observer = Http1Observer(port=self.port, verdict=Verdict.STOLEN,
+                                       matched=WHOLE_PORT, next_id=self._agent.next_flow_id)
         stream = self._agent.open_connection_stream(self, sub_id)
         if stream is None:
             return
         self._stream = stream
         while not stream.finished.is_set():
             data = await self._reader.read(READ_CHUNK)
+            self._observer.from_client(data, time.time())
             if not data:
                 stream.end()
                 break
@@ -344,6 +350,8 @@ class InterceptedConnection:
             await stream.drain()
         await stream.finished.wait()
         self._stream = None
+        if self._observer.seen:
+            self._relay_record = None  # reported request by request instead
 
     async def drain_downstream(self) -> None:
         """Wait while too much is queued towards the remote client (bounds the buffer)."""
@@ -354,6 +362,9 @@ class InterceptedConnection:
         if self._relay_record is not None:
             self._relay_record.bytes_out += len(data)
         self._writer.write(data)
+        if self._observer is not None:
+            for done in self._observer.from_server(data, time.time()):
+                self._agent.record(done, self._whole_owner, ())
 
     def end_local(self) -> None:
         """The local app half-closed a whole stolen connection."""

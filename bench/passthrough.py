@@ -445,7 +445,7 @@ def _measure(name: str, url: str, args: argparse.Namespace,
     if not args.json:
         print(f"  {name}: {result.requests_per_s:,.0f} requests/s, p50 {result.p50_ms:.3f} ms, "
               f"p99 {result.p99_ms:.3f} ms", file=sys.stderr, flush=True)
-    return {**dataclasses.asdict(result), "cpu_percent": cpu}
+    return {**dataclasses.asdict(result), "failures": result.failures, "cpu_percent": cpu}
 
 
 def preflight() -> None:
