@@ -51,6 +51,11 @@ log = logging.getLogger("waylay.agent")
 HANDSHAKE_TIMEOUT_S = 10.0
 # Bytes queued towards a session before the agent waits for it (per link).
 LINK_HIGH_WATER = 1024 * 1024
+# Flow records wait at most this long, or until this many are queued, before they are
+# sent: the dashboard's refresh rate is coarser than that, and batching keeps reporting
+# cheap on a busy port. The count keeps a frame far below the wire's MAX_PAYLOAD.
+FLOW_BATCH_DELAY_S = 0.05
+FLOW_BATCH_MAX = 200
 
 
 class Stream:
@@ -142,6 +147,8 @@ class ClientLink:
         self._writer = writer
         self.streams: dict[int, Stream] = {}
         self.client_subs: dict[int, int] = {}  # agent sub id -> the session's own sub id
+        self._flows: list[dict[str, object]] = []
+        self._flush_handle: asyncio.TimerHandle | None = None
         self.name = "?"
 
     def send(self, message: Message) -> None:
@@ -243,15 +250,31 @@ class ClientLink:
                              filter=http_filter.text if http_filter is not None else None))
 
     def close(self) -> None:
+        self.flush_flows()
         self._writer.close()
 
     def send_flow(self, record: dict[str, object]) -> None:
-        self.send(Flow(record=record))
+        """Queue a flow record; records leave in batches (few frames on a busy port)."""
+        self._flows.append(record)
+        if len(self._flows) >= FLOW_BATCH_MAX:
+            self.flush_flows()
+        elif self._flush_handle is None:
+            loop = asyncio.get_running_loop()
+            self._flush_handle = loop.call_later(FLOW_BATCH_DELAY_S, self.flush_flows)
+
+    def flush_flows(self) -> None:
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        if self._flows:
+            records, self._flows = tuple(self._flows), []
+            self.send(Flow(records=records))
 
     def warn(self, message: str) -> None:
         self.send(Notice(level="warning", message=message))
 
     async def _teardown(self) -> None:
+        self.flush_flows()
         for stream in list(self.streams.values()):
             stream.link_lost()
         self.streams.clear()

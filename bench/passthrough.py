@@ -372,11 +372,42 @@ def _frame_name(frame: str) -> str:
     return re.sub(r":\d+\)$", ")", frame)
 
 
-def hot_spots(raw: str, top: int) -> tuple[int, list[tuple[str, float, float]]]:
-    """From py-spy's raw (collapsed) stacks: total samples, and the ``top`` functions by
-    own time as (function, self %, total %)."""
+# Where the agent's time goes, by the first rule a sample's stack meets (leaf = the
+# innermost frame). Names of agent functions: update them when the agent is refactored.
+_WRITE_LEAVES = ("StreamWriter.write (", "write (libc", "writev (libc", "send (libc")
+_Rule = Callable[[list[str]], bool]
+_BREAKDOWN: tuple[tuple[str, _Rule], ...] = (
+    ("socket writes (the syscall, and waiting for the CPU after it woke the peer)",
+     lambda frames: frames[-1].startswith(_WRITE_LEAVES)),
+    ("HTTP/1.1 engine (core.http1 with h11, the filter)",
+     lambda frames: any(f.startswith("Http1Router.handle (") for f in frames)),
+    ("flow records sent to the session (Agent.record)",
+     lambda frames: any(f.startswith("Agent.record (") for f in frames)),
+    ("event loop itself (uvloop, epoll)",
+     lambda frames: frames[-1].startswith(("Runner.run (", "epoll_pwait ("))),
+    ("everything else (asyncio streams, agent/interception.py)", lambda frames: True),
+)
+_PARTS: tuple[tuple[str, _Rule], ...] = (  # shares of the whole, overlapping the rows above
+    ("  of all: h11", lambda frames: any("h11/" in f for f in frames)),
+    ("  of all: the HTTP filter (HttpFilter.evaluate)",
+     lambda frames: any(f.startswith("HttpFilter.evaluate (") for f in frames)),
+)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class HotSpots:
+    """A py-spy profile of the agent's event-loop thread, summarised (percent of samples)."""
+
+    samples: int
+    top: list[tuple[str, float, float]]  # (function, self %, total %), by self time
+    breakdown: list[tuple[str, float]]
+
+
+def hot_spots(raw: str, top: int) -> HotSpots:
+    """Summarise py-spy's raw (collapsed) stacks, keeping the event loop's thread only."""
     own: collections.Counter[str] = collections.Counter()
     inclusive: collections.Counter[str] = collections.Counter()
+    rows: collections.Counter[str] = collections.Counter()
     samples = 0
     for line in raw.splitlines():
         stack, _, count_text = line.rpartition(" ")
@@ -384,14 +415,25 @@ def hot_spots(raw: str, top: int) -> tuple[int, list[tuple[str, float, float]]]:
             continue
         count = int(count_text)
         frames = [_frame_name(f) for f in stack.split(";")]
+        if any(f.startswith("Thread._bootstrap (") for f in frames):
+            continue  # asyncio.to_thread's helper, parked on its queue: not the event loop
         frames = [f for f in frames if not f.startswith(("process ", "thread "))] or ["?"]
         samples += count
         own[frames[-1]] += count
         for frame in set(frames):
             inclusive[frame] += count
-    ranked = [(name, 100 * n / samples, 100 * inclusive[name] / samples)
-              for name, n in own.most_common(top)] if samples else []
-    return samples, ranked
+        rows[next(label for label, rule in _BREAKDOWN if rule(frames))] += count
+        for label, rule in _PARTS:
+            if rule(frames):
+                rows[label] += count
+    if not samples:
+        return HotSpots(samples=0, top=[], breakdown=[])
+    return HotSpots(
+        samples=samples,
+        top=[(name, 100 * n / samples, 100 * inclusive[name] / samples)
+             for name, n in own.most_common(top)],
+        breakdown=[(label, 100 * rows[label] / samples) for label, _ in (*_BREAKDOWN, *_PARTS)],
+    )
 
 
 def profile_agent(waylay: Waylay, url: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -403,9 +445,9 @@ def profile_agent(waylay: Waylay, url: str, args: argparse.Namespace) -> dict[st
     if pid is None:
         raise BenchError("cannot find the agent worker process in the namespace")
     argv = [py_spy, "record", "--pid", str(pid), "--format", "raw", "-o", args.profile,
-            "--duration", str(max(1, args.duration - 1)), "--rate", "250", "--nonblocking"]
-    if args.profile_native:
-        argv.append("--native")
+            "--duration", str(max(1, args.duration - 1)), "--rate", "250"]
+    # Non-blocking sampling disturbs the agent least, but native stacks need it paused.
+    argv.append("--native" if args.profile_native else "--nonblocking")
     spy = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                            stderr=subprocess.STDOUT, text=True)
     try:
@@ -419,10 +461,13 @@ def profile_agent(waylay: Waylay, url: str, args: argparse.Namespace) -> dict[st
             spy.wait()
     if spy.returncode != 0:
         raise BenchError(f"py-spy failed ({spy.returncode}): {output.strip()}")
-    samples, ranked = hot_spots(Path(args.profile).read_text(), args.profile_top)
-    return {"file": args.profile, "pid": pid, "samples": samples, "native": args.profile_native,
+    spots = hot_spots(Path(args.profile).read_text(), args.profile_top)
+    return {"file": args.profile, "pid": pid, "samples": spots.samples,
+            "native": args.profile_native,
+            "breakdown": [{"what": label.strip(), "percent": round(share, 1)}
+                          for label, share in spots.breakdown],
             "top": [{"function": name, "self_percent": round(own, 1),
-                     "total_percent": round(total, 1)} for name, own, total in ranked]}
+                     "total_percent": round(total, 1)} for name, own, total in spots.top]}
 
 
 # --- the benchmark ------------------------------------------------------------------------
@@ -475,6 +520,10 @@ def bench(stack: contextlib.ExitStack, args: argparse.Namespace) -> dict[str, An
         if not args.json:
             print(text, file=sys.stderr, flush=True)
 
+    load = os.getloadavg()[0]
+    if load > 0.5:
+        say(f"waylay bench: load average {load:.2f} before the start: other work on this "
+            "machine competes for its CPUs and lowers every figure")
     say(f"waylay bench: namespace {ns} at {ns_ip}; wrk -t{args.threads} "
         f"-c{args.connections} -d{args.duration}s (after a {args.warmup} s warm-up)")
 
@@ -499,7 +548,7 @@ def bench(stack: contextlib.ExitStack, args: argparse.Namespace) -> dict[str, An
     summary = waylay.summary()
     if waylay.process.returncode not in (0, 130, -signal.SIGINT):
         say(f"waylay run exited with {waylay.process.returncode}: {_tail(waylay.stderr)}")
-    return _report(args, ns_ip, results, summary, profile)
+    return _report(args, ns_ip, results, summary, profile, load)
 
 
 def _kill_leftovers(ns: str) -> None:
@@ -509,7 +558,7 @@ def _kill_leftovers(ns: str) -> None:
 
 
 def _report(args: argparse.Namespace, ns_ip: str, results: dict[str, Any], summary: str,
-            profile: dict[str, Any] | None) -> dict[str, Any]:
+            profile: dict[str, Any] | None, load: float) -> dict[str, Any]:
     direct, agent = results["direct"], results["agent"]
     comparisons = {}
     for name in ("nginx_proxy", "agent"):
@@ -526,7 +575,7 @@ def _report(args: argparse.Namespace, ns_ip: str, results: dict[str, Any], summa
     return {
         "wrk": {"threads": args.threads, "connections": args.connections,
                 "duration_s": args.duration, "warmup_s": args.warmup},
-        "cpus": os.cpu_count(), "url": f"http://{ns_ip}:{ORIGIN_PORT}/",
+        "cpus": os.cpu_count(), "load_average_at_start": round(load, 2), "url": f"http://{ns_ip}:{ORIGIN_PORT}/",
         "results": results, "comparisons": comparisons, "waylay_summary": summary,
         "target": {"min_throughput_ratio": TARGET_RATIO,
                    "max_added_p50_ms": TARGET_ADDED_P50_MS, "met": met},
@@ -541,7 +590,8 @@ _LABELS = {"direct": "direct", "nginx_proxy": "nginx reverse proxy",
 def print_table(report: dict[str, Any]) -> None:
     wrk = report["wrk"]
     print(f"\nwrk -t{wrk['threads']} -c{wrk['connections']} -d{wrk['duration_s']}s, "
-          f"nginx `return 200` in a namespace, {report['cpus']} CPUs")
+          f"nginx `return 200` in a namespace, {report['cpus']} CPUs, load average "
+          f"{report['load_average_at_start']:.2f} at the start")
     print(f"{'':28} {'requests/s':>11} {'p50 ms':>8} {'p99 ms':>8} {'ratio':>6} "
           f"{'+p50 ms':>8} {'+p99 ms':>8} {'errors':>7}  CPU %")
     for name, r in report["results"].items():
@@ -566,7 +616,10 @@ def print_table(report: dict[str, Any]) -> None:
     if profile:
         print(f"\nagent worker hot spots (py-spy, {profile['samples']} samples, "
               f"raw stacks in {profile['file']}):")
-        print(f"{'self %':>7} {'total %':>8}  function")
+        for row in profile["breakdown"]:
+            indent = "  " if row["what"].startswith("of all") else ""
+            print(f"{row['percent']:>7.1f} %  {indent}{row['what']}")
+        print(f"\n{'self %':>7} {'total %':>8}  function")
         for row in profile["top"]:
             print(f"{row['self_percent']:>7.1f} {row['total_percent']:>8.1f}  "
                   f"{row['function']}")
@@ -608,27 +661,43 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Interrupted:
+    """Signal handler: the first SIGINT / SIGTERM / SIGHUP raises KeyboardInterrupt; later
+    ones are ignored, so a second Ctrl-C cannot cut the cleanup short (the agent's rules,
+    nginx, the namespace)."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def __call__(self, signum: int, _frame: object) -> None:
+        if self.signum is None:
+            self.signum = signum
+            print("bench: interrupted; cleaning up", file=sys.stderr, flush=True)
+            raise KeyboardInterrupt
+        print("bench: still cleaning up", file=sys.stderr, flush=True)
+
+
+_HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.duration <= 0 or args.connections < 1 or not 1 <= args.threads <= args.connections:
         print("bench: need -d > 0, -c >= 1 and 1 <= -t <= -c", file=sys.stderr)
         return EXIT_USAGE
-    stack = contextlib.ExitStack()
+    interrupted = _Interrupted()
+    previous = {sig: signal.signal(sig, interrupted) for sig in _HANDLED_SIGNALS}
     try:
-        report = bench(stack, args)
+        with contextlib.ExitStack() as stack:
+            report = bench(stack, args)
     except BenchError as exc:
         print(f"bench: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        print("bench: interrupted; cleaning up", file=sys.stderr)
-        return 130
+        return 128 + (interrupted.signum or signal.SIGINT)
     finally:
-        # A second Ctrl-C must not cut the cleanup short (rules, processes, namespace).
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-        try:
-            stack.close()
-        finally:
-            signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     if args.json:
         print(json.dumps(report, indent=2))
     else:

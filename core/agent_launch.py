@@ -418,20 +418,32 @@ def _deliver(on_message: MessageCallback | None, message: dict[str, object]) -> 
 
 
 async def _terminate(process: asyncio.subprocess.Process, timeout: float) -> int:
+    # os.kill, not process.send_signal(): Popen.send_signal() polls first, and a poll that
+    # reaps the child races asyncio's child watcher, which then reports exit code 255. The
+    # pid cannot be reused before it is reaped, and only the watcher reaps it.
     if process.returncode is None:
-        with contextlib.suppress(ProcessLookupError):
-            process.send_signal(signal.SIGTERM)
+        _signal(process, signal.SIGTERM, group=False)
         try:
             async with asyncio.timeout(timeout):
                 return await process.wait()
         except TimeoutError:
             # The agent runs in its own session: kill its whole process group, so no
             # worker outlives it.
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(process.pid, signal.SIGKILL)
-            with contextlib.suppress(ProcessLookupError):
-                process.kill()
+            _signal(process, signal.SIGKILL, group=True)
     return await process.wait()
+
+
+def _signal(process: asyncio.subprocess.Process, signum: int, *, group: bool) -> None:
+    if process.returncode is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        if group:
+            try:
+                os.killpg(process.pid, signum)
+                return
+            except PermissionError:  # a member we may not signal; the agent itself we may
+                pass
+        os.kill(process.pid, signum)
 
 
 async def _finish_tasks(tasks: list[asyncio.Task[None]]) -> None:

@@ -251,9 +251,10 @@ class Session:
 
     async def _dispatch(self, message: Message) -> None:
         match message:
-            case Flow(record=record):
-                self._count(record)
-                self._event(record)
+            case Flow(records=records):
+                for record in records:
+                    self._count(record)
+                    self._event(record)
             case RequestStart(stream=sid) | ConnectionStart(stream=sid):
                 self._open_stream(sid, message)
             case Data(stream=sid) | End(stream=sid) | Reset(stream=sid):

@@ -105,7 +105,7 @@ class FrameType(IntEnum):
     END = 13  # either way: end of this direction of a stream (end of body / half-close)
     RESPONSE = 14  # client → agent: the local app's response head
     RESET = 15  # either way: abort the stream
-    FLOW = 16  # agent → client: one flow record
+    FLOW = 16  # agent → client: a batch of flow records
     NOTICE = 17  # agent → client: a warning or error for the user
 
 
@@ -251,9 +251,10 @@ class Reset:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Flow:
-    """One flow record, stream 0; the payload is the record's JSON object itself."""
+    """Flow records, stream 0, batched (``{"records": [...]}``): on a busy port one frame
+    carries many, which keeps the per-request cost of reporting small on both sides."""
 
-    record: dict[str, object]
+    records: tuple[dict[str, object], ...]
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -451,8 +452,9 @@ def encode(message: Message) -> bytes:
             return _frame(
                 FrameType.RESET, _stream(stream, "Reset.stream"), _json_payload(payload, "Reset")
             )
-        case Flow(record=record):
-            return _frame(FrameType.FLOW, 0, _json_payload(_object(record, "Flow.record"), "Flow"))
+        case Flow(records=records):
+            payload = {"records": [_object(r, "Flow.records[]") for r in records]}
+            return _frame(FrameType.FLOW, 0, _json_payload(payload, "Flow"))
         case Ping(nonce=nonce):
             return _frame(FrameType.PING, 0, _nonce(nonce, "Ping.nonce"))
         case Pong(nonce=nonce):
@@ -606,7 +608,10 @@ def _decode_reset(stream: int, payload: memoryview) -> Message:
 
 def _decode_flow(stream: int, payload: memoryview) -> Message:
     _link_only(stream)
-    return Flow(record=_json_object(payload))
+    records = _json_object(payload)["records"]
+    if not isinstance(records, list):
+        raise WireProtocolError("FLOW frame: records must be a list")
+    return Flow(records=tuple(_object(r, "records[]") for r in records))
 
 
 def _decode_ping(stream: int, payload: memoryview) -> Message:

@@ -109,7 +109,7 @@ STRATEGIES: dict[type, st.SearchStrategy[Message]] = {
         headers=wire_headers,
     ),
     Reset: st.builds(Reset, stream=streams, reason=texts),
-    Flow: st.builds(Flow, record=json_objects),
+    Flow: st.builds(Flow, records=st.lists(json_objects, max_size=3).map(tuple)),
     Notice: st.builds(Notice, level=st.sampled_from(["warning", "error"]), message=texts),
 }
 messages = st.one_of(*STRATEGIES.values())
@@ -456,8 +456,8 @@ def test_malformed_frames_are_rejected(frame_bytes: bytes) -> None:
         ResponseStart(stream=1, status=200, reason="", headers=(("x", "\u20ac"),)),
         ConnectionStart(stream=1, sub_id=1, port=True, peer=""),
         Notice(level="info", message="x"),
-        Flow(record={"x": math.nan}),
-        Flow(record={"x": object()}),
+        Flow(records=({"x": math.nan},)),
+        Flow(records=({"x": object()},)),
         Hello(token=1, client="c"),  # type: ignore[arg-type]
         Welcome(agent="a", session="s", listening_ports=(80, 0)),
     ],
