@@ -235,9 +235,15 @@ class ClientLink:
                     f"mode {message.mode!r} is not supported by this agent yet (only steal)")
             http_filter = (compile_http_filter(message.filter)
                            if message.filter is not None else None)
-            sub = Subscription(sub_id=self.agent.next_sub_id(), link_id=self.link_id,
-                               port=message.port, mode=message.mode, http_filter=http_filter)
-            await self.agent.subscribe(sub)
+            existing = next((mine for mine, theirs in self.client_subs.items()
+                             if theirs == message.sub_id), None)
+            sub = Subscription(sub_id=existing or self.agent.next_sub_id(),
+                               link_id=self.link_id, port=message.port, mode=message.mode,
+                               http_filter=http_filter)
+            if existing is None:
+                await self.agent.subscribe(sub)
+            else:
+                self.agent.registry.replace(sub)  # a filter change: no iptables call
         except (SubscriptionRefused, ConfigError) as exc:
             self.send(Error(stream=message.sub_id, message=str(exc), code="refused"))
             return

@@ -52,6 +52,19 @@ class Registry:
                     )
         self._by_port[sub.port] = (*current, sub)
 
+    def replace(self, sub: Subscription) -> None:
+        """Swap a subscription's mode and filter in place, keeping its precedence."""
+        subs = self._by_port.get(sub.port, ())
+        if not any(s.sub_id == sub.sub_id for s in subs):
+            raise SubscriptionRefused(f"no subscription {sub.sub_id} on port {sub.port}")
+        if sub.takes_whole_connections and any(
+            s.takes_whole_connections and s.sub_id != sub.sub_id for s in subs
+        ):
+            raise SubscriptionRefused(
+                f"port {sub.port} is already stolen without a filter by another session; "
+                "add an http_filter to share it")
+        self._by_port[sub.port] = tuple(sub if s.sub_id == sub.sub_id else s for s in subs)
+
     def remove(self, sub_id: int) -> Subscription | None:
         for port, subs in self._by_port.items():
             for sub in subs:

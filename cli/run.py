@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import dataclasses
 import json
 import signal
 import sys
 from typing import IO, Any
 
-from core.agent_launch import AgentProcess, launch_local_agent
+from core.attach import attach
 from core.config import Config, Mode, default_config, load_config
-from core.errors import AgentError, TargetError, UsageError
-from core.session import Session
+from core.errors import AgentError, UsageError
 from core.target import parse_target
 
 
@@ -64,10 +62,7 @@ def run_command(args: argparse.Namespace) -> int:
     target_text = args.target or config.target
     if not target_text:
         raise UsageError("no target: give -t netns/NAME or -t pid/N, or `target` in the config")
-    target = parse_target(target_text, namespace=config.namespace)
-    if not target.is_local:
-        raise TargetError(f"{target}: Kubernetes targets are not supported yet; "
-                          "use netns/NAME or pid/N")
+    parse_target(target_text, namespace=config.namespace)  # a bad target fails before any I/O
     cli_ports: dict[int, int | None] = dict(args.port)
     sink: IO[str] | None = None
     if args.events == "-":
@@ -88,36 +83,18 @@ def run_command(args: argparse.Namespace) -> int:
 async def _run(args: argparse.Namespace, config: Config, target_text: str,
                cli_ports: dict[int, int | None], events: EventWriter) -> int:
     target = parse_target(target_text, namespace=config.namespace)
-    print(f"waylay: starting the agent in {target} ...", file=sys.stderr, flush=True)
-    extra = ["--clean-on-start"] if args.clean_on_start else []
-    agent = await launch_local_agent(target, ttl=args.ttl, extra_args=extra,
-                                     on_message=lambda m: _agent_message(m, events))
-    session: Session | None = None
+    attached = await attach(
+        target, incoming=config.incoming, cli_ports=cli_ports, on_event=events,
+        on_progress=lambda text: print(f"waylay: {text} ...", file=sys.stderr, flush=True),
+        local_host=args.local_host, ttl=args.ttl, clean_on_start=args.clean_on_start)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, attached.stop)
     try:
-        reader, writer = await asyncio.open_unix_connection(agent.socket_path)
-        session = Session(reader=reader, writer=writer, token=agent.token,
-                          incoming=config.incoming, cli_ports=cli_ports, on_event=events,
-                          local_host=args.local_host)
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, session.stop)
-        await session.run()
+        await attached.run()
         return 0
     except AgentError as exc:
         events({"type": "error", "message": str(exc)})
         return exc.exit_code
     finally:
-        await _stop_agent(agent)
-        if session is not None:
-            print(f"waylay: {session.stats.summary()}", file=sys.stderr, flush=True)
-
-
-def _agent_message(message: dict[str, object], events: EventWriter) -> None:
-    kind = message.get("event")
-    if kind in ("warning", "error"):
-        events({"type": kind, "message": str(message.get("message"))})
-
-
-async def _stop_agent(agent: AgentProcess) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        await agent.stop()
+        print(f"waylay: {attached.session.stats.summary()}", file=sys.stderr, flush=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
 import time
 from collections.abc import Callable
@@ -37,6 +38,7 @@ from core.wire import (
     Reset,
     Subscribe,
     Subscribed,
+    Unsubscribe,
     Welcome,
     WireDecoder,
     WireProtocolError,
@@ -134,6 +136,7 @@ class Session:
         self._last_seen = time.monotonic()
         self._plans_by_sub: dict[int, PortPlan] = {}
         self._pending_subs: dict[int, asyncio.Future[bool]] = {}
+        self._sub_ids = itertools.count(1)
 
     def send(self, message: Message) -> None:
         if not self.writer.is_closing():
@@ -213,16 +216,49 @@ class Session:
                          if self.incoming.mode is not Mode.OFF else
                          "mode is off: no traffic is intercepted"})
             return
-        loop = asyncio.get_running_loop()
-        for sub_id, plan in enumerate(self.plans, start=1):
-            self._plans_by_sub[sub_id] = plan
-            self._pending_subs[sub_id] = loop.create_future()
-            self.send(Subscribe(
-                sub_id=sub_id, port=plan.remote, mode=str(plan.mode),
-                filter=plan.http_filter.to_mirrord() if plan.http_filter else None))
-        results = await asyncio.gather(*self._pending_subs.values())
+        results = await asyncio.gather(
+            *(self._subscribe(next(self._sub_ids), plan) for plan in self.plans))
         if not any(results):
             raise AgentError("the agent refused every subscription")
+
+    def _subscribe(self, sub_id: int, plan: PortPlan) -> asyncio.Future[bool]:
+        """Send a Subscribe (new, or replacing ``sub_id`` in place); resolves to accepted."""
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._pending_subs[sub_id] = future
+        self._plans_by_sub[sub_id] = plan
+        self.send(Subscribe(
+            sub_id=sub_id, port=plan.remote, mode=str(plan.mode),
+            filter=plan.http_filter.to_mirrord() if plan.http_filter else None))
+        return future
+
+    async def update(self, incoming: IncomingConfig,
+                     cli_ports: dict[int, int | None] | None = None) -> bool:
+        """Replace mode, filter and ports while traffic flows; True if the agent took it all.
+
+        A port that stays subscribed keeps its subscription, changed in place (the agent
+        swaps the filter atomically: the next request, on any connection, sees it; no
+        iptables call). Ports no longer wanted are unsubscribed, new ones subscribed.
+        """
+        assert self.welcome is not None, "update() before the session started"
+        if cli_ports is not None:
+            self.cli_ports = cli_ports
+        self.incoming = incoming
+        wanted = {p.remote: p for p in plan_ports(incoming, self.cli_ports,
+                                                  list(self.welcome.listening_ports))}
+        current = {p.remote: sub_id for sub_id, p in self._plans_by_sub.items()}
+        waits = []
+        for port, sub_id in current.items():
+            if port not in wanted:
+                del self._plans_by_sub[sub_id]
+                self.send(Unsubscribe(sub_id=sub_id))
+        for port, plan in wanted.items():
+            existing = current.get(port)
+            if existing is None:
+                waits.append(self._subscribe(next(self._sub_ids), plan))
+            elif self._plans_by_sub[existing] != plan:
+                waits.append(self._subscribe(existing, plan))
+        self.plans = list(wanted.values())
+        return all(await asyncio.gather(*waits))
 
     async def _read_loop(self) -> None:
         while True:

@@ -162,7 +162,8 @@ class Subscribe:
     """Intercept ``port``; ``sub_id`` is the stream id. JSON ``{port, mode, filter}``.
 
     ``mode`` is "steal" or "mirror"; ``filter`` is mirrord's ``http_filter`` object, or None
-    for the whole port.
+    for the whole port. A Subscribe reusing a live ``sub_id`` (same port) replaces its mode
+    and filter in place, atomically, keeping its precedence: a live filter change.
     """
 
     sub_id: int

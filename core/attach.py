@@ -1,0 +1,83 @@
+"""Start a session on a target: launch its agent, attach, run, stop (asyncio).
+
+The one entry point the CLI and the dashboard share: ``attach`` returns an
+``AttachedSession`` whose ``run()`` serves until ``stop()``; ``update()`` replaces the
+mode, filter or ports of the running session without restarting anything. Progress while
+the agent starts is reported through ``on_progress`` (it can take seconds).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from core.agent_launch import AgentProcess, launch_local_agent
+from core.config import IncomingConfig
+from core.errors import TargetError
+from core.session import EventSink, Session
+from core.target import Target
+
+ProgressSink = Callable[[str], None]
+
+
+@dataclass
+class AttachedSession:
+    """A running session and the agent it started."""
+
+    target: Target
+    agent: AgentProcess
+    session: Session
+
+    async def run(self) -> None:
+        """Serve until ``stop()`` or until the link fails (AgentError); always stops the agent."""
+        try:
+            await self.session.run()
+        finally:
+            await self.close()
+
+    def stop(self) -> None:
+        self.session.stop()
+
+    async def update(self, incoming: IncomingConfig,
+                     cli_ports: dict[int, int | None] | None = None) -> None:
+        """Replace mode, filter and ports in place (see ``Session.update``)."""
+        await self.session.update(incoming, cli_ports)
+
+    async def close(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            await self.agent.stop()
+
+
+async def attach(target: Target, *, incoming: IncomingConfig,
+                 cli_ports: dict[int, int | None], on_event: EventSink,
+                 on_progress: ProgressSink | None = None, local_host: str = "127.0.0.1",
+                 ttl: float = 30.0, clean_on_start: bool = False) -> AttachedSession:
+    """Launch the agent in ``target`` and connect a session to it (not yet running)."""
+    if not target.is_local:
+        raise TargetError(f"{target}: Kubernetes targets are not supported yet; "
+                          "use netns/NAME or pid/N")
+    progress = on_progress or (lambda _message: None)
+    progress(f"starting the agent in {target}")
+
+    def agent_message(message: dict[str, object]) -> None:
+        kind = message.get("event")
+        if kind in ("warning", "error"):
+            on_event({"type": kind, "message": str(message.get("message"))})
+        elif kind == "cleaned":
+            progress(f"removed leftover rules in chain {message.get('chain')}")
+
+    agent = await launch_local_agent(
+        target, ttl=ttl, extra_args=["--clean-on-start"] if clean_on_start else [],
+        on_message=agent_message)
+    try:
+        progress("connecting to the agent")
+        reader, writer = await asyncio.open_unix_connection(agent.socket_path)
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            await agent.stop()
+        raise
+    session = Session(reader=reader, writer=writer, token=agent.token, incoming=incoming,
+                      cli_ports=cli_ports, on_event=on_event, local_host=local_host)
+    return AttachedSession(target=target, agent=agent, session=session)
