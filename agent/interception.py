@@ -180,6 +180,7 @@ class InterceptedConnection:
             port=self.port, authority=dest,
             decide=lambda view: agent.registry.decide(self.port, view),
             next_id=agent.next_flow_id,
+            capture=lambda: agent.registry.capturing(self.port),
         )
         self._execute(self._router.handle(DownstreamData(data=head), time.time()))
 

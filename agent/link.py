@@ -239,7 +239,7 @@ class ClientLink:
                              if theirs == message.sub_id), None)
             sub = Subscription(sub_id=existing or self.agent.next_sub_id(),
                                link_id=self.link_id, port=message.port, mode=message.mode,
-                               http_filter=http_filter)
+                               http_filter=http_filter, capture=message.capture)
             if existing is None:
                 await self.agent.subscribe(sub)
             else:

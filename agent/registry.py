@@ -28,6 +28,7 @@ class Subscription:
     port: int
     mode: str  # "steal" (mirror arrives with the protocols issue)
     http_filter: HttpFilter | None
+    capture: bool = False  # the session wants headers and body starts in flow records
 
     @property
     def takes_whole_connections(self) -> bool:
@@ -101,6 +102,9 @@ class Registry:
             if sub.takes_whole_connections:
                 return sub
         return None
+
+    def capturing(self, port: int) -> bool:
+        return any(s.capture for s in self._by_port.get(port, ()))
 
     def has_filters(self, port: int) -> bool:
         return any(s.http_filter is not None for s in self._by_port.get(port, ()))

@@ -60,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
                      "%(default)s)")
     run.add_argument("--clean-on-start", action="store_true",
                      help="remove waylay iptables rules left in the target by dead agents")
+    run.add_argument("--capture", action="store_true",
+                     help="add request/response headers and the first 16 KiB of bodies to "
+                     "request events")
     run.add_argument("-q", "--quiet", action="store_true",
                      help="no per-request lines on stderr")
 

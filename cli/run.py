@@ -86,7 +86,8 @@ async def _run(args: argparse.Namespace, config: Config, target_text: str,
     attached = await attach(
         target, incoming=config.incoming, cli_ports=cli_ports, on_event=events,
         on_progress=lambda text: print(f"waylay: {text} ...", file=sys.stderr, flush=True),
-        local_host=args.local_host, ttl=args.ttl, clean_on_start=args.clean_on_start)
+        local_host=args.local_host, ttl=args.ttl, clean_on_start=args.clean_on_start,
+        capture=args.capture)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, attached.stop)

@@ -53,7 +53,8 @@ class AttachedSession:
 async def attach(target: Target, *, incoming: IncomingConfig,
                  cli_ports: dict[int, int | None], on_event: EventSink,
                  on_progress: ProgressSink | None = None, local_host: str = "127.0.0.1",
-                 ttl: float = 30.0, clean_on_start: bool = False) -> AttachedSession:
+                 ttl: float = 30.0, clean_on_start: bool = False,
+                 capture: bool = False) -> AttachedSession:
     """Launch the agent in ``target`` and connect a session to it (not yet running)."""
     if not target.is_local:
         raise TargetError(f"{target}: Kubernetes targets are not supported yet; "
@@ -79,5 +80,6 @@ async def attach(target: Target, *, incoming: IncomingConfig,
             await agent.stop()
         raise
     session = Session(reader=reader, writer=writer, token=agent.token, incoming=incoming,
-                      cli_ports=cli_ports, on_event=on_event, local_host=local_host)
+                      cli_ports=cli_ports, on_event=on_event, local_host=local_host,
+                      capture=capture)
     return AttachedSession(target=target, agent=agent, session=session)

@@ -6,6 +6,10 @@ import enum
 from dataclasses import dataclass
 from typing import Any
 
+# Body bytes kept per direction when capturing: enough for a JSON API payload in the
+# detail view, small enough that 50,000 remembered requests stay within memory.
+CAPTURE_BODY_BYTES = 16 * 1024
+
 
 class Verdict(enum.StrEnum):
     STOLEN = "stolen"
@@ -35,12 +39,33 @@ class FlowRecord:
     bytes_in: int = 0
     bytes_out: int = 0
     matched: str | None = None
+    # Captured for the dashboard's detail view when a session asked for it (else None).
+    request_headers: list[tuple[bytes, bytes]] | None = None
+    response_headers: list[tuple[bytes, bytes]] | None = None
+    request_body: bytearray | None = None
+    response_body: bytearray | None = None
+    body_truncated: bool = False
+
+    def capture_request_body(self, data: bytes) -> None:
+        self.request_body = self._capped(self.request_body, data)
+
+    def capture_response_body(self, data: bytes) -> None:
+        self.response_body = self._capped(self.response_body, data)
+
+    def _capped(self, body: bytearray | None, data: bytes) -> bytearray | None:
+        if body is None:
+            return None
+        room = CAPTURE_BODY_BYTES - len(body)
+        if len(data) > room:
+            self.body_truncated = True
+        body += data[: max(room, 0)]
+        return body
 
     def finish(self, now: float) -> None:
         self.duration_ms = round((now - self.ts) * 1000.0, 3)
 
     def to_event(self) -> dict[str, Any]:
-        return {
+        event: dict[str, Any] = {
             "type": "request",
             "id": self.id,
             "ts": round(self.ts, 6),
@@ -56,3 +81,14 @@ class FlowRecord:
             "bytes_out": self.bytes_out,
             "matched": self.matched,
         }
+        if self.request_headers is not None:
+            event["request_headers"] = _text_pairs(self.request_headers)
+            event["response_headers"] = _text_pairs(self.response_headers or [])
+            event["request_body"] = bytes(self.request_body or b"").decode("latin-1")
+            event["response_body"] = bytes(self.response_body or b"").decode("latin-1")
+            event["body_truncated"] = self.body_truncated
+        return event
+
+
+def _text_pairs(headers: list[tuple[bytes, bytes]]) -> list[list[str]]:
+    return [[n.decode("latin-1"), v.decode("latin-1")] for n, v in headers]

@@ -123,6 +123,7 @@ class Session:
     cli_ports: dict[int, int | None]
     on_event: EventSink
     local_host: str = "127.0.0.1"
+    capture: bool = False  # ask for headers and body starts in request events
     client_name: str = field(default_factory=lambda: f"waylay-cli/{os.getpid()}")
     stats: SessionStats = field(default_factory=SessionStats)
     plans: list[PortPlan] = field(default_factory=list)
@@ -228,7 +229,8 @@ class Session:
         self._plans_by_sub[sub_id] = plan
         self.send(Subscribe(
             sub_id=sub_id, port=plan.remote, mode=str(plan.mode),
-            filter=plan.http_filter.to_mirrord() if plan.http_filter else None))
+            filter=plan.http_filter.to_mirrord() if plan.http_filter else None,
+            capture=self.capture))
         return future
 
     async def update(self, incoming: IncomingConfig,

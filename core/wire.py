@@ -164,12 +164,15 @@ class Subscribe:
     ``mode`` is "steal" or "mirror"; ``filter`` is mirrord's ``http_filter`` object, or None
     for the whole port. A Subscribe reusing a live ``sub_id`` (same port) replaces its mode
     and filter in place, atomically, keeping its precedence: a live filter change.
+    ``capture`` asks for headers and the start of bodies in this port's flow records (the
+    dashboard's detail view); absent in the JSON means false.
     """
 
     sub_id: int
     port: int
     mode: str
     filter: dict[str, object] | None
+    capture: bool = False
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -331,6 +334,12 @@ def _port(value: object, where: str) -> int:
     return _int(value, where, 1, 65535)
 
 
+def _bool(value: object, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise WireProtocolError(f"{where} must be true or false, got {value!r}")
+    return value
+
+
 def _str(value: object, where: str) -> str:
     if type(value) is not str:
         raise WireProtocolError(f"{where} must be a string, got {_shown(value)}")
@@ -471,11 +480,13 @@ def encode(message: Message) -> bytes:
             return _frame(
                 FrameType.ERROR, _stream(stream, "Error.stream"), _json_payload(payload, "Error")
             )
-        case Subscribe(sub_id=sub_id, port=port, mode=mode, filter=http_filter):
+        case Subscribe(sub_id=sub_id, port=port, mode=mode, filter=http_filter,
+                       capture=capture):
             payload = {
                 "port": _port(port, "Subscribe.port"),
                 "mode": _choice(mode, "Subscribe.mode", MODES),
                 "filter": _optional_object(http_filter, "Subscribe.filter"),
+                "capture": _bool(capture, "Subscribe.capture"),
             }
             return _frame(
                 FrameType.SUBSCRIBE,
@@ -650,6 +661,7 @@ def _decode_subscribe(stream: int, payload: memoryview) -> Message:
         port=_port(fields["port"], "port"),
         mode=_choice(fields["mode"], "mode", MODES),
         filter=_optional_object(fields["filter"], "filter"),
+        capture=_bool(fields.get("capture", False), "capture"),
     )
 
 

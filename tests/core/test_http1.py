@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import itertools
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from core.filters import RequestView
 from core.http1 import Http1Router
 from core.routing import (
@@ -107,16 +110,28 @@ def test_keep_alive_mixes_stolen_and_passed_in_order() -> None:
     assert up_bytes(out).startswith(b"GET /a") and not of(out, ConnectUpstream)
 
 
-def test_expect_100_continue_is_answered_by_the_router() -> None:
-    """The client waiting for 100-continue gets it at once; Expect is not forwarded."""
+def test_expect_100_continue_on_a_passed_request_is_the_apps_to_answer() -> None:
+    """A passed request keeps its Expect header; the app's 100 Continue is relayed."""
     r = router()
     head = (b"POST /up HTTP/1.1\r\nHost: svc\r\nExpect: 100-continue\r\n"
             b"Content-Length: 4\r\n\r\n")
     out = r.handle(DownstreamData(data=head), 0.0)
-    assert down_bytes(out).startswith(b"HTTP/1.1 100 ")
-    assert b"expect" not in up_bytes(out).lower()
+    assert up_bytes(out) == head and not down_bytes(out)
+    out = r.handle(UpstreamData(data=b"HTTP/1.1 100 Continue\r\n\r\n"), 0.0)
+    assert down_bytes(out) == b"HTTP/1.1 100 Continue\r\n\r\n"
     out = r.handle(DownstreamData(data=b"body"), 0.0)
     assert up_bytes(out) == b"body"
+
+
+def test_expect_100_continue_on_a_stolen_request_is_answered_by_the_router() -> None:
+    """A stolen request waiting for 100-continue gets it at once; Expect is not forwarded."""
+    r = router()
+    head = (b"POST /up HTTP/1.1\r\nHost: svc\r\nX-Steal: yes\r\nExpect: 100-continue\r\n"
+            b"Content-Length: 4\r\n\r\n")
+    out = r.handle(DownstreamData(data=head), 0.0)
+    assert down_bytes(out) == b"HTTP/1.1 100 Continue\r\n\r\n"
+    (start,) = of(out, StealStart)
+    assert all(name.lower() != b"expect" for name, _ in start.headers)
 
 
 def test_chunked_request_body_is_streamed_to_the_session() -> None:
@@ -155,13 +170,25 @@ def test_session_abort_before_response_is_502() -> None:
     assert down_bytes(out).startswith(b"HTTP/1.1 502 ")
 
 
-def test_client_close_mid_steal_aborts_the_stream() -> None:
-    """When the remote client vanishes during a stolen exchange the stream is aborted."""
+def test_client_close_mid_body_aborts_the_stolen_stream() -> None:
+    """When the remote client vanishes in the middle of a stolen upload the stream is aborted."""
     r = router()
-    r.handle(DownstreamData(data=GET_STEAL), 0.0)
+    r.handle(DownstreamData(data=b"POST /b HTTP/1.1\r\nHost: svc\r\nX-Steal: yes\r\n"
+                                 b"Content-Length: 10\r\n\r\nabc"), 0.0)
     out = r.handle(DownstreamClosed(), 0.1)
     assert any(type(c).__name__ == "StealAbort" for c in out)
     assert of(out, CloseDownstream)
+
+
+def test_half_closed_client_still_gets_its_answer() -> None:
+    """A client that shuts down its sending side after a full request is still answered."""
+    r = router()
+    r.handle(DownstreamData(data=GET_STEAL), 0.0)
+    assert not r.handle(DownstreamClosed(), 0.1)
+    out = r.handle(LocalResponse(status=200, reason=b"OK",
+                                 headers=[(b"content-length", b"2")]), 0.2)
+    out += r.handle(LocalData(data=b"ok"), 0.2) + r.handle(LocalEnd(), 0.2)
+    assert down_bytes(out).endswith(b"ok") and of(out, CloseDownstream)
 
 
 def test_head_response_has_no_body() -> None:
@@ -173,11 +200,49 @@ def test_head_response_has_no_body() -> None:
     assert down_bytes(out).endswith(b"\r\n\r\n")
 
 
-def test_missing_host_is_added_from_the_original_destination() -> None:
-    """An HTTP/1.0 request without Host gets the original destination as Host upstream."""
+def test_missing_host_is_added_for_the_session() -> None:
+    """A stolen HTTP/1.0 request without Host gets the original destination as Host."""
     r = router()
-    out = r.handle(DownstreamData(data=b"GET /x HTTP/1.0\r\n\r\n"), 0.0)
-    assert b"Host: 10.0.0.2:80" in up_bytes(out)
+    out = r.handle(DownstreamData(data=b"GET /x HTTP/1.0\r\nX-Steal: yes\r\n\r\n"), 0.0)
+    (start,) = of(out, StealStart)
+    assert (b"Host", b"10.0.0.2:80") in start.headers
+
+
+def test_passed_bytes_are_forwarded_unchanged() -> None:
+    """A passed request and its response cross the router byte for byte."""
+    r = router()
+    request = (b"POST /p HTTP/1.1\r\nhOsT: svc\r\nTransfer-Encoding: chunked\r\n\r\n"
+               b"3;ext=1\r\nabc\r\n0\r\nTrailer: x\r\n\r\n")
+    out = r.handle(DownstreamData(data=request), 0.0)
+    assert up_bytes(out) == request
+    response = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n"
+    out = r.handle(UpstreamData(data=response), 0.1)
+    assert down_bytes(out) == response
+    (rec,) = of(out, RecordFlow)
+    assert (rec.record.bytes_in, rec.record.bytes_out) == (3, 2)
+
+
+def test_stolen_response_without_length_is_chunked() -> None:
+    """A local response without Content-Length reaches an HTTP/1.1 client chunked."""
+    r = router()
+    r.handle(DownstreamData(data=GET_STEAL), 0.0)
+    out = r.handle(LocalResponse(status=200, reason=b"OK", headers=[]), 0.1)
+    out += r.handle(LocalData(data=b"hello"), 0.1) + r.handle(LocalEnd(), 0.1)
+    assert down_bytes(out).endswith(b"\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+    assert b"Transfer-Encoding: chunked" in down_bytes(out)
+
+
+def test_passed_upgrade_becomes_a_tunnel() -> None:
+    """A 101 answer to a passed upgrade relays raw bytes both ways afterwards."""
+    r = router()
+    r.handle(DownstreamData(data=b"GET /ws HTTP/1.1\r\nHost: svc\r\nUpgrade: websocket\r\n"
+                                 b"Connection: Upgrade\r\n\r\n"), 0.0)
+    switch = (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+              b"Connection: Upgrade\r\n\r\nframe")
+    out = r.handle(UpstreamData(data=switch), 0.1)
+    assert down_bytes(out).endswith(b"\r\n\r\nframe") and of(out, RecordFlow)
+    out = r.handle(DownstreamData(data=b"\x81\x02hi"), 0.2)
+    assert up_bytes(out) == b"\x81\x02hi"
 
 
 def test_request_bytes_fed_one_at_a_time() -> None:
@@ -188,3 +253,55 @@ def test_request_bytes_fed_one_at_a_time() -> None:
         out += r.handle(DownstreamData(data=GET_STEAL[i:i + 1]), 0.0)
     (start,) = of(out, StealStart)
     assert start.target == "/b"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300), st.booleans())
+def test_any_downstream_bytes_give_commands_never_exceptions(data: bytes, eof: bool) -> None:
+    """Arbitrary client bytes are routed, answered or refused, never a crash."""
+    r = router()
+    r.handle(DownstreamData(data=b"GET / HTTP/1.1\r\nHost: h\r\n\r\n" + data), 0.0)
+    r.handle(UpstreamData(data=OK), 0.1)
+    if eof:
+        r.handle(DownstreamClosed(), 0.2)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(min_value=1, max_value=40), min_size=1, max_size=30))
+def test_passthrough_is_byte_exact_under_any_split(cuts: list[int]) -> None:
+    """Pipelined passed requests reach upstream byte for byte, however the input is split."""
+    stream = GET + b"POST /p HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello" + GET
+    r = router()
+    sent = b""
+    pos = 0
+    for cut in cuts:
+        sent += up_bytes(r.handle(DownstreamData(data=stream[pos:pos + cut]), 0.0))
+        pos += cut
+    sent += up_bytes(r.handle(DownstreamData(data=stream[pos:]), 0.0))
+    for _ in range(3):  # answer each request in turn; the next one follows
+        sent += up_bytes(r.handle(UpstreamData(data=OK), 0.1))
+    assert sent == stream
+
+
+def test_capture_records_headers_and_body_starts() -> None:
+    """With capture on, the record carries both heads and the bodies' first bytes."""
+    r = Http1Router(port=80, authority="10.0.0.2:80", decide=steal_if_header,
+                    next_id=itertools.count(1).__next__, capture=lambda: True)
+    r.handle(DownstreamData(data=b"POST /p HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\n\r\nping"),
+             0.0)
+    out = r.handle(UpstreamData(data=OK), 0.1)
+    event = of(out, RecordFlow)[0].record.to_event()
+    assert event["request_headers"] == [["Host", "h"], ["Content-Length", "4"]]
+    assert event["response_headers"] == [["Content-Length", "6"]]
+    assert (event["request_body"], event["response_body"]) == ("ping", "remote")
+    assert event["body_truncated"] is False
+
+
+def test_without_capture_events_have_only_the_stable_keys() -> None:
+    """By default a request event has exactly DESIGN §3's keys."""
+    r = router()
+    r.handle(DownstreamData(data=GET), 0.0)
+    event = of(r.handle(UpstreamData(data=OK), 0.1), RecordFlow)[0].record.to_event()
+    assert set(event) == {"type", "id", "ts", "port", "protocol", "method", "authority",
+                          "path", "verdict", "status", "duration_ms", "bytes_in",
+                          "bytes_out", "matched"}

@@ -79,7 +79,8 @@ STRATEGIES: dict[type, st.SearchStrategy[Message]] = {
     Ping: st.builds(Ping, nonce=st.binary(min_size=8, max_size=8)),
     Pong: st.builds(Pong, nonce=st.binary(min_size=8, max_size=8)),
     Subscribe: st.builds(
-        Subscribe, sub_id=streams, port=ports, mode=modes, filter=st.none() | json_objects
+        Subscribe, sub_id=streams, port=ports, mode=modes, filter=st.none() | json_objects,
+        capture=st.booleans(),
     ),
     Subscribed: st.builds(
         Subscribed, sub_id=streams, port=ports, mode=modes, filter=st.none() | texts
@@ -189,12 +190,17 @@ def test_wire_format_of_ping_is_pinned() -> None:
 
 
 def test_wire_format_of_subscribe_is_pinned() -> None:
-    """Subscribe carries sub_id as the stream id and {port, mode, filter} as JSON."""
+    """Subscribe carries sub_id as the stream id and {port, mode, filter, capture} as JSON."""
     wire = encode(Subscribe(sub_id=7, port=80, mode="steal", filter={"path_filter": "^/api"}))
     length, ftype, stream = HEADER.unpack_from(wire)
     assert (ftype, stream, length) == (FrameType.SUBSCRIBE, 7, len(wire) - HEADER_SIZE)
     payload = json.loads(wire[HEADER_SIZE:])
-    assert payload == {"port": 80, "mode": "steal", "filter": {"path_filter": "^/api"}}
+    assert payload == {"port": 80, "mode": "steal", "filter": {"path_filter": "^/api"},
+                       "capture": False}
+    # An older client that never sends "capture" means false.
+    body = json.dumps({"port": 80, "mode": "steal", "filter": None}).encode()
+    (old,) = WireDecoder().receive_data(HEADER.pack(len(body), FrameType.SUBSCRIBE, 7) + body)
+    assert old == Subscribe(sub_id=7, port=80, mode="steal", filter=None)
 
 
 def test_wire_format_of_request_is_pinned() -> None:
