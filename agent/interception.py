@@ -96,6 +96,8 @@ class InterceptedConnection:
         self._up_sent = False  # bytes went to the current upstream: not reusable as-is
         self._relay_record: FlowRecord | None = None  # a relayed or whole-stolen connection
         self._resume = asyncio.Event()
+        self._done = asyncio.Event()  # the engine closed the connection
+        self._up_eof = False  # the client's EOF is to be passed on to the app
         self._closed = False
 
     # --- entry ------------------------------------------------------------------------
@@ -142,6 +144,9 @@ class InterceptedConnection:
             data = await self._reader.read(READ_CHUNK)
             if self._mode == "detect":
                 if not data:
+                    if head:  # a short message, then EOF: relay it and wait for the answer
+                        self._start_relay(head)
+                        await self._end_relay()
                     return
                 head += data
                 protocol = detect(head)
@@ -157,6 +162,9 @@ class InterceptedConnection:
                 event = DownstreamData(data=data) if data else DownstreamClosed()
                 self._execute(self._router.handle(event, time.time()))
                 if not data:
+                    # A half-closed client still gets the answer in flight; the router
+                    # closes the connection once it is sent.
+                    await self._done.wait()
                     return
                 # Bound what this connection queues towards the session or the app.
                 if self._stream is not None:
@@ -165,7 +173,7 @@ class InterceptedConnection:
                     await _drain_if_full(self._up.writer)
             else:  # relay
                 if not data:
-                    self._relay_eof_upstream()
+                    await self._end_relay()
                     return
                 self._send_upstream(data)
                 if self._up is not None:
@@ -213,6 +221,8 @@ class InterceptedConnection:
         self._up = up
         for data in pending:
             up.writer.write(data)
+        if self._up_eof and up.writer.can_write_eof():
+            up.writer.write_eof()
         try:
             while self._up is up:
                 data = await up.reader.read(READ_CHUNK)
@@ -259,22 +269,36 @@ class InterceptedConnection:
             assert self._up_pending is not None
             self._up_pending.append(data)
 
-    def _relay_eof_upstream(self) -> None:
+    async def _end_relay(self) -> None:
+        """The client half-closed a relayed connection: pass the EOF on, wait for the app's."""
+        self._up_eof = True
         if self._up is not None and self._up.writer.can_write_eof():
             self._up.writer.write_eof()
+        task = self._up_task
+        if task is not None and task is not asyncio.current_task():
+            await asyncio.wait({task})
 
     def _drop_upstream(self, *, reusable: bool) -> None:
         up, self._up = self._up, None
         self._up_sent = False
         self._up_pending = None
         task, self._up_task = self._up_task, None
-        if task is not None and task is not asyncio.current_task():
+        reader_busy = task is not None and task is not asyncio.current_task() and not task.done()
+        if reader_busy:
+            assert task is not None
             task.cancel()
-        if up is not None:
-            if reusable:
-                self._agent.pool.put(up)
-            else:
-                up.close()
+        if up is None:
+            return
+        if not reusable:
+            up.close()
+        elif reader_busy:
+            # Its reader task is still inside reader.read(): pool the connection only once
+            # the cancellation has landed, or the next owner's read would collide with it.
+            assert task is not None
+            pool = self._agent.pool
+            task.add_done_callback(lambda _task: pool.put(up))
+        else:
+            self._agent.pool.put(up)
 
     # --- the engine's commands --------------------------------------------------------
 
@@ -297,6 +321,7 @@ class InterceptedConnection:
                     self._closed = True
                     self._writer.close()
                     self._resume.set()
+                    self._done.set()
                 case ConnectUpstream():
                     self._connect_upstream()
                 case SendUpstream(data=data):
