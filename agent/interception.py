@@ -20,6 +20,7 @@ import time
 from typing import TYPE_CHECKING, assert_never
 
 from core.detect import Protocol, detect
+from core.filters import RequestView
 from core.flow import FlowRecord, Verdict
 from core.http1 import Http1Router
 from core.observer import Http1Observer
@@ -33,8 +34,12 @@ from core.routing import (
     DownstreamData,
     Event,
     LocalAborted,
+    MirrorData,
+    MirrorEnd,
+    MirrorStart,
     RecordFlow,
     ReleaseUpstream,
+    Route,
     SendDownstream,
     SendUpstream,
     StealAbort,
@@ -46,7 +51,7 @@ from core.routing import (
 )
 
 if TYPE_CHECKING:
-    from agent.link import Stream
+    from agent.link import MirrorStream, Stream
     from agent.worker import Agent
 
 SO_ORIGINAL_DST = 80  # linux/netfilter_ipv4.h
@@ -92,6 +97,7 @@ class InterceptedConnection:
         self._up_pending: list[bytes] | None = None  # writes queued while connecting
         self._stream: Stream | None = None
         self._whole_owner: int | None = None
+        self._mirrors: list[MirrorStream] = []  # copies of the current request or connection
         self._observer: Http1Observer | None = None  # per-request records of a whole steal
         self._up_sent = False  # bytes went to the current upstream: not reusable as-is
         self._relay_record: FlowRecord | None = None  # a relayed or whole-stolen connection
@@ -121,6 +127,9 @@ class InterceptedConnection:
         if self._stream is not None:
             self._stream.reset("connection closed")
             self._stream = None
+        for mirror in self._mirrors:
+            mirror.reset("connection closed")
+        self._mirrors = []
         record, self._relay_record = self._relay_record, None
         if record is not None:
             record.finish(time.time())
@@ -186,16 +195,28 @@ class InterceptedConnection:
         dest = f"{self._destination[0]}:{self._destination[1]}"
         self._router = Http1Router(
             port=self.port, authority=dest,
-            decide=lambda view: agent.registry.decide(self.port, view),
+            decide=self._decide,
             next_id=agent.next_flow_id,
             capture=lambda: agent.registry.capturing(self.port),
         )
         self._execute(self._router.handle(DownstreamData(data=head), time.time()))
 
+    def _decide(self, view: RequestView) -> Route:
+        route = self._agent.registry.decide(self.port, view)
+        if route.shadowed:
+            self._agent.shadowed(route.shadowed)
+        return route
+
     def _start_relay(self, head: bytes) -> None:
         self._mode = "relay"
-        self._relay_record = FlowRecord(id=self._agent.next_flow_id(), ts=time.time(),
+        agent = self._agent
+        self._relay_record = FlowRecord(id=agent.next_flow_id(), ts=time.time(),
                                         port=self.port, protocol="tcp", verdict=Verdict.PASSED)
+        for sub in agent.registry.whole_mirrors(self.port):
+            mirror = agent.open_mirror_stream(sub.sub_id, self.port, self.peer, None)
+            if mirror is not None:
+                self._mirrors.append(mirror)
+                self._relay_record.verdict = Verdict.MIRRORED
         if head:
             self._send_upstream(head)
 
@@ -259,6 +280,8 @@ class InterceptedConnection:
     def _send_upstream(self, data: bytes) -> None:
         if self._mode == "relay" and self._relay_record is not None:
             self._relay_record.bytes_in += len(data)
+            if self._mirrors:
+                self._copy_to_mirrors(data)
         self._up_sent = True
         if self._up is not None:
             self._up.writer.write(data)
@@ -272,6 +295,8 @@ class InterceptedConnection:
     async def _end_relay(self) -> None:
         """The client half-closed a relayed connection: pass the EOF on, wait for the app's."""
         self._up_eof = True
+        for mirror in self._mirrors:
+            mirror.end()
         if self._up is not None and self._up.writer.can_write_eof():
             self._up.writer.write_eof()
         task = self._up_task
@@ -344,12 +369,37 @@ class InterceptedConnection:
                     if self._stream is not None:
                         self._stream.reset(reason)
                         self._stream = None
+                case MirrorStart(sub_id=sub_id):
+                    stream = self._agent.open_mirror_stream(sub_id, self.port, self.peer,
+                                                            command)
+                    if stream is not None:
+                        self._mirrors.append(stream)
+                case MirrorData(data=data):
+                    self._copy_to_mirrors(data)
+                case MirrorEnd():
+                    for mirror in self._mirrors:
+                        mirror.end()
+                    self._mirrors = []
                 case RecordFlow(record=record, owner=owner, timed_out=timed_out):
                     if owner is not None:
                         self._stream = None  # that exchange is over
                     self._agent.record(record, owner, timed_out)
                 case _:
                     assert_never(command)
+
+    def _copy_to_mirrors(self, data: bytes) -> None:
+        """Copy client bytes to the mirrors; a congested session loses its copy, never
+        slows this connection down."""
+        kept = []
+        for mirror in self._mirrors:
+            if mirror.link.congested:
+                mirror.reset("dropped: the session is not keeping up")
+                mirror.link.mirror_drops += 1
+                mirror.link.note()
+            else:
+                mirror.send_data(data)
+                kept.append(mirror)
+        self._mirrors = kept
 
     # --- whole-connection steal -------------------------------------------------------
 

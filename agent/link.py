@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from agent.registry import Subscription, SubscriptionRefused
@@ -45,6 +47,7 @@ from core.wire import (
 if TYPE_CHECKING:
     from agent.interception import InterceptedConnection
     from agent.worker import Agent
+    from core.flow import FlowRecord
 
 log = logging.getLogger("waylay.agent")
 
@@ -56,17 +59,16 @@ LINK_HIGH_WATER = 1024 * 1024
 # cheap on a busy port. The count keeps a frame far below the wire's MAX_PAYLOAD.
 FLOW_BATCH_DELAY_S = 0.05
 FLOW_BATCH_MAX = 200
+# Counted warnings (dropped mirror copies, shadowed requests) go out at most this often.
+NOTES_DELAY_S = 1.0
 
 
-class Stream:
-    """A stolen request, or a whole stolen connection, on one wire stream."""
+class _WireStream:
+    """One wire stream from the agent to a session: the sending half and its end."""
 
-    def __init__(self, link: ClientLink, stream_id: int, conn: InterceptedConnection,
-                 *, whole: bool) -> None:
+    def __init__(self, link: ClientLink, stream_id: int) -> None:
         self.link = link
         self.stream_id = stream_id
-        self.conn = conn
-        self.whole = whole
         self.finished = asyncio.Event()
         self._sent_end = False
         self._got_end = False
@@ -74,9 +76,6 @@ class Stream:
     def send_data(self, data: bytes) -> None:
         if not self.finished.is_set():
             self.link.send_raw(encode_data(self.stream_id, data))
-
-    async def drain(self) -> None:
-        await self.link.drain()
 
     def end(self) -> None:
         if not self.finished.is_set() and not self._sent_end:
@@ -88,6 +87,33 @@ class Stream:
         if not self.finished.is_set():
             self.link.send(Reset(stream=self.stream_id, reason=reason))
             self._finish()
+
+    def receive(self, message: Message) -> None:
+        raise NotImplementedError
+
+    def link_lost(self) -> None:
+        raise NotImplementedError
+
+    def _maybe_finish(self) -> None:
+        if self._sent_end and self._got_end:
+            self._finish()
+
+    def _finish(self) -> None:
+        self.finished.set()
+        self.link.streams.pop(self.stream_id, None)
+
+
+class Stream(_WireStream):
+    """A stolen request, or a whole stolen connection: the local app answers the client."""
+
+    def __init__(self, link: ClientLink, stream_id: int, conn: InterceptedConnection,
+                 *, whole: bool) -> None:
+        super().__init__(link, stream_id)
+        self.conn = conn
+        self.whole = whole
+
+    async def drain(self) -> None:
+        await self.link.drain()
 
     def receive(self, message: Message) -> None:
         """A frame from the session for this stream."""
@@ -118,6 +144,9 @@ class Stream:
             case _:
                 log.debug("ignoring %r on stream %d", message, self.stream_id)
 
+    async def drain_receiver(self) -> None:
+        await self.conn.drain_downstream()
+
     def link_lost(self) -> None:
         if self.finished.is_set():
             return
@@ -127,13 +156,58 @@ class Stream:
         else:
             self.conn.on_local(LocalAborted(reason="the session's link to the agent ended"))
 
-    def _maybe_finish(self) -> None:
-        if self._sent_end and self._got_end:
+
+class MirrorStream(_WireStream):
+    """A copy of a request (or of a connection's client bytes) for a mirroring session.
+
+    The local app's answer is measured (status, time) into the flow record and dropped:
+    the remote client only ever hears the original app.
+    """
+
+    def __init__(self, link: ClientLink, stream_id: int, record: FlowRecord | None,
+                 on_done: Callable[[MirrorStream], None]) -> None:
+        super().__init__(link, stream_id)
+        self.record = record
+        self.started = time.monotonic()
+        self._on_done = on_done
+        link.mirrors_in_flight += 1
+
+    def receive(self, message: Message) -> None:
+        match message:
+            case ResponseStart(status=status):
+                if self.record is not None:
+                    self.record.mirror_status = status
+            case End():
+                self._got_end = True
+                if self.record is not None:
+                    self._finish()  # a request copy is done once its answer is
+                else:
+                    self._maybe_finish()
+            case Reset(reason=reason):
+                if self.record is not None:
+                    self.record.mirror_error = reason
+                self._finish()
+            case _:
+                pass  # the local app's body: measured, not kept
+
+    def link_lost(self) -> None:
+        if not self.finished.is_set():
+            if self.record is not None:
+                self.record.mirror_error = "the session's link to the agent ended"
             self._finish()
 
+    async def drain_receiver(self) -> None:
+        return None
+
     def _finish(self) -> None:
-        self.finished.set()
-        self.link.streams.pop(self.stream_id, None)
+        if self.finished.is_set():
+            return
+        super()._finish()
+        self.link.mirrors_in_flight -= 1
+        if self.record is not None:
+            self.record.mirror_duration_ms = round(
+                (time.monotonic() - self.started) * 1000.0, 3)
+        self._on_done(self)
 
 
 class ClientLink:
@@ -145,10 +219,15 @@ class ClientLink:
         self.link_id = link_id
         self._reader = reader
         self._writer = writer
-        self.streams: dict[int, Stream] = {}
+        self.streams: dict[int, Stream | MirrorStream] = {}
+        self.mirrors_in_flight = 0
+        self.last_seen = time.monotonic()  # the session pings; silence means it is gone
+        self.mirror_drops = 0  # copies dropped since the last warning about it
+        self.shadowed = 0  # requests matching this session's filter taken by an earlier one
         self.client_subs: dict[int, int] = {}  # agent sub id -> the session's own sub id
         self._flows: list[dict[str, object]] = []
         self._flush_handle: asyncio.TimerHandle | None = None
+        self._notes_handle: asyncio.TimerHandle | None = None
         self.name = "?"
 
     def send(self, message: Message) -> None:
@@ -157,6 +236,11 @@ class ClientLink:
     def send_raw(self, frame: bytes) -> None:
         if not self._writer.is_closing():
             self._writer.write(frame)
+
+    @property
+    def congested(self) -> bool:
+        """Too much is queued towards this session: mirror copies are dropped, not queued."""
+        return self._writer.transport.get_write_buffer_size() > LINK_HIGH_WATER
 
     async def drain(self) -> None:
         if self._writer.transport.get_write_buffer_size() > LINK_HIGH_WATER:
@@ -180,6 +264,7 @@ class ClientLink:
                 data = await self._reader.read(256 * 1024)
                 if not data:
                     break
+                self.last_seen = time.monotonic()
                 for message in decoder.receive_data(data):
                     await self._dispatch(message)
         except WireProtocolError as exc:
@@ -223,16 +308,13 @@ class ClientLink:
                     # Bounds the bytes queued towards a slow remote client. It holds up
                     # this session's other streams meanwhile (head-of-line): per-stream
                     # windows arrive with HTTP/2 support.
-                    await stream.conn.drain_downstream()
+                    await stream.drain_receiver()
             case _:
                 self.send(Error(stream=0, message=f"unexpected {type(message).__name__}",
                                 code="protocol"))
 
     async def _subscribe(self, message: Subscribe) -> None:
         try:
-            if message.mode != "steal":
-                raise SubscriptionRefused(
-                    f"mode {message.mode!r} is not supported by this agent yet (only steal)")
             http_filter = (compile_http_filter(message.filter)
                            if message.filter is not None else None)
             existing = next((mine for mine, theirs in self.client_subs.items()
@@ -276,11 +358,32 @@ class ClientLink:
             records, self._flows = tuple(self._flows), []
             self.send(Flow(records=records))
 
+    def note(self) -> None:
+        """Counters changed (drops, shadowed requests): report them within a second."""
+        if self._notes_handle is None:
+            loop = asyncio.get_running_loop()
+            self._notes_handle = loop.call_later(NOTES_DELAY_S, self.flush_notes)
+
+    def flush_notes(self) -> None:
+        self._notes_handle = None
+        if self.mirror_drops:
+            self.warn(f"dropped {self.mirror_drops} mirror copies: the local app (or the "
+                      "link to it) is slower than the traffic; the original app was not "
+                      "slowed down")
+            self.mirror_drops = 0
+        if self.shadowed:
+            self.warn(f"{self.shadowed} requests matching your filter went to another "
+                      "session that subscribed earlier")
+            self.shadowed = 0
+
     def warn(self, message: str) -> None:
         self.send(Notice(level="warning", message=message))
 
     async def _teardown(self) -> None:
         self.flush_flows()
+        if self._notes_handle is not None:
+            self._notes_handle.cancel()
+            self.flush_notes()
         for stream in list(self.streams.values()):
             stream.link_lost()
         self.streams.clear()

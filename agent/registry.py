@@ -1,8 +1,9 @@
 """Who takes what: the agent's table of subscriptions, and the routing decision per request.
 
 Precedence is deterministic: subscriptions on a port are consulted in the order they were
-made (earliest first); the first whose filter matches takes the request. An unfiltered
-steal takes whole connections and so excludes any other unfiltered steal of that port.
+made (earliest first); the first steal whose filter matches takes the request, and every
+matching mirror gets a copy. An unfiltered steal takes whole connections and so excludes
+any other unfiltered steal of that port; steals and mirrors coexist.
 Filters are immutable and the table is replaced, never edited in place, so a decision
 always sees one consistent state (the agent is single-threaded; this keeps it obvious).
 """
@@ -26,7 +27,7 @@ class Subscription:
     sub_id: int  # agent-wide unique id (the link maps it to the client's own id)
     link_id: int  # the client connection that owns it
     port: int
-    mode: str  # "steal" (mirror arrives with the protocols issue)
+    mode: str  # "steal" or "mirror"
     http_filter: HttpFilter | None
     capture: bool = False  # the session wants headers and body starts in flow records
 
@@ -106,21 +107,59 @@ class Registry:
     def capturing(self, port: int) -> bool:
         return any(s.capture for s in self._by_port.get(port, ()))
 
-    def has_filters(self, port: int) -> bool:
-        return any(s.http_filter is not None for s in self._by_port.get(port, ()))
+    def routes_requests(self, port: int) -> bool:
+        """True if requests on ``port`` are routed one by one (a filter, or a mirror)."""
+        return any(s.http_filter is not None or s.mode == "mirror"
+                   for s in self._by_port.get(port, ()))
+
+    def whole_mirrors(self, port: int) -> list[Subscription]:
+        """Unfiltered mirrors: they copy connections that are not HTTP, too."""
+        return [s for s in self._by_port.get(port, ())
+                if s.mode == "mirror" and s.http_filter is None]
 
     def decide(self, port: int, request: RequestView) -> Route:
-        """Route one HTTP request arriving on ``port`` (see the module doc for precedence)."""
+        """Route one HTTP request arriving on ``port`` (see the module doc for precedence).
+
+        The earliest matching steal takes it; later matching steals are reported as
+        shadowed (their sessions are told, never shown the request); every matching mirror
+        gets a copy. An unfiltered mirror matches everything; an unfiltered steal is not
+        consulted here (it takes whole connections before any request is read).
+        """
+        subs = self._by_port.get(port, ())
+        only_filter = subs[0].http_filter if len(subs) == 1 else None
+        if only_filter is not None and subs[0].mode == "steal":
+            only = subs[0]  # the common case, kept cheap
+            result = only_filter.evaluate(request, clock=time.perf_counter)
+            if result.timed_out:
+                self.timeouts += 1
+            if result.matched:
+                return Route(steal_by=only.sub_id, clause=result.clause,
+                             timed_out=result.timed_out)
+            return Route(steal_by=None, timed_out=result.timed_out) if result.timed_out else PASS
+        steal_by: int | None = None
+        clause: str | None = None
         timed_out: list[str] = []
-        for sub in self._by_port.get(port, ()):
+        mirrors: list[int] = []
+        shadowed: list[int] = []
+        for sub in subs:
             if sub.http_filter is None:
+                if sub.mode == "mirror":
+                    mirrors.append(sub.sub_id)
                 continue
             result = sub.http_filter.evaluate(request, clock=time.perf_counter)
             timed_out.extend(result.timed_out)
-            if result.matched:
-                return Route(steal_by=sub.sub_id, clause=result.clause,
-                             timed_out=tuple(timed_out))
+            if not result.matched:
+                continue
+            if sub.mode == "mirror":
+                mirrors.append(sub.sub_id)
+                clause = clause or result.clause
+            elif steal_by is None:
+                steal_by, clause = sub.sub_id, result.clause
+            else:
+                shadowed.append(sub.sub_id)
         if timed_out:
             self.timeouts += 1
-            return Route(steal_by=None, timed_out=tuple(timed_out))
-        return PASS
+        if steal_by is None and not mirrors and not timed_out:
+            return PASS
+        return Route(steal_by=steal_by, clause=clause, timed_out=tuple(timed_out),
+                     mirror_to=tuple(mirrors), shadowed=tuple(shadowed))

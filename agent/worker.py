@@ -17,22 +17,31 @@ import itertools
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 from typing import TYPE_CHECKING
 
 from agent.interception import serve_connection
 from agent.iptables import Redirector
-from agent.link import ClientLink, Stream
+from agent.link import ClientLink, MirrorStream, Stream
 from agent.registry import Registry, Subscription
 from agent.upstream import upstream_pool
-from core.flow import FlowRecord
+from core.flow import FlowRecord, Verdict
 from core.local_targets import listening_ports, parse_proc_net_tcp
 from core.wire import ConnectionStart, RequestStart, headers_to_wire
 
 if TYPE_CHECKING:
     from agent.interception import InterceptedConnection
-    from core.routing import StealStart
+    from core.routing import MirrorStart, StealStart
+
+
+# Unanswered mirror copies per session before new ones are dropped: bounds the agent's
+# memory and the local app's backlog (a copy answered 2 s late is of little use anyway).
+MAX_MIRRORS_IN_FLIGHT = 64
+# Sessions ping every 5 s: a link silent for this long belongs to a session that is gone
+# (a laptop that slept, a dead port-forward) and its subscriptions are removed.
+LINK_SILENCE_S = 15.0
 
 
 def emit(event: dict[str, object]) -> None:
@@ -60,6 +69,8 @@ class Agent:
         self._next_link_id = itertools.count(1).__next__
         self._iptables_lock = asyncio.Lock()
         self._idle_since = time.monotonic()
+        # Records of mirrored requests whose copies are still being answered.
+        self._held: dict[int, tuple[int | None, tuple[str, ...]]] = {}
 
     # --- sessions and subscriptions ---------------------------------------------------
 
@@ -78,6 +89,32 @@ class Agent:
             except BaseException:
                 self.registry.remove(sub.sub_id)
                 raise
+            if sub.mode == "steal":
+                await self._reset_old_connections(sub.port)
+
+    async def _reset_old_connections(self, port: int) -> None:
+        """Connections made before the redirect never reach the agent (NAT decides at a
+        connection's first packet), so a sidecar's keep-alive connection would bypass a
+        steal forever. The policy: reset them once, right when the steal begins; their
+        clients reconnect, through the agent. Mirror never does this (it must not disturb).
+        """
+        self.pool.drop(port)  # our own idle connections to the app would be reset too
+        argv = ["ss", "-K", "-H", "state", "established", f"( sport = :{port} )"]
+        try:
+            done = await asyncio.to_thread(subprocess.run, argv, capture_output=True,
+                                           text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError) as exc:
+            self._warn_all(f"could not reset the connections open before the steal of port "
+                           f"{port} ({exc}); they keep reaching the original app")
+            return
+        killed = len([line for line in done.stdout.splitlines() if line.strip()])
+        if killed:
+            self._warn_all(f"reset {killed} connection(s) to port {port} opened before the "
+                           "steal began; their clients reconnect through waylay")
+
+    def _warn_all(self, message: str) -> None:
+        for link in self.links.values():
+            link.warn(message)
 
     async def unsubscribe(self, sub_id: int) -> None:
         sub = self.registry.remove(sub_id)
@@ -133,9 +170,69 @@ class Agent:
                                   port=sub.port, peer=conn.peer))
         return stream
 
+    def open_mirror_stream(self, sub_id: int, port: int, peer: str,
+                           start: MirrorStart | None) -> MirrorStream | None:
+        """A copy for a mirroring session, or None when it must be dropped.
+
+        Copies never wait: when the session already has MAX_MIRRORS_IN_FLIGHT copies
+        unanswered, or its link is congested, this one is dropped and counted, so a slow
+        or dead local app never slows the original app's path.
+        """
+        found = self._link_of(sub_id)
+        if found is None:
+            return None
+        link, sub = found
+        if link.mirrors_in_flight >= MAX_MIRRORS_IN_FLIGHT or link.congested:
+            link.mirror_drops += 1
+            link.note()
+            return None
+        record = start.record if start is not None else None
+        stream = MirrorStream(link, self._next_stream_id(), record, self._mirror_done)
+        link.streams[stream.stream_id] = stream
+        client_sub = link.client_subs.get(sub.sub_id, 0)
+        if start is None:
+            link.send(ConnectionStart(stream=stream.stream_id, sub_id=client_sub, port=port,
+                                      peer=peer))
+        else:
+            record = start.record
+            record.mirrors_pending += 1
+            if record.verdict is Verdict.PASSED:
+                record.verdict = Verdict.MIRRORED
+            link.send(RequestStart(
+                stream=stream.stream_id, sub_id=client_sub, port=port, method=start.method,
+                target=start.target, http_version=start.http_version,
+                headers=headers_to_wire(start.headers), peer=peer))
+        return stream
+
+    def _mirror_done(self, stream: MirrorStream) -> None:
+        record = stream.record
+        if record is None:
+            return
+        record.mirrors_pending -= 1
+        if record.mirrors_pending == 0 and record.remote_done:
+            owner, timed_out = self._held.pop(record.id, (None, ()))
+            self._send_record(record, owner, timed_out)
+
+    def shadowed(self, sub_ids: tuple[int, ...]) -> None:
+        """Tell sessions whose filter matched a request that an earlier session took it."""
+        for sub_id in sub_ids:
+            found = self._link_of(sub_id)
+            if found is not None:
+                found[0].shadowed += 1
+                found[0].note()
+
     def record(self, record: FlowRecord, owner: int | None,
                timed_out: tuple[str, ...]) -> None:
-        """Report a finished request: to its thief only, or to every session on the port."""
+        """A request is finished on the remote side; report it once its copies are too."""
+        record.remote_done = True
+        if record.mirrors_pending:
+            self._held[record.id] = (owner, timed_out)
+            return
+        self._send_record(record, owner, timed_out)
+
+    def _send_record(self, record: FlowRecord, owner: int | None,
+                     timed_out: tuple[str, ...]) -> None:
+        """To its thief only, or to every session on the port."""
         event = record.to_event()
         if owner is not None:
             found = self._link_of(owner)
@@ -184,6 +281,11 @@ class Agent:
             while not stop.is_set():
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), 1.0)
+                now = time.monotonic()
+                for link in list(self.links.values()):
+                    if now - link.last_seen > LINK_SILENCE_S:
+                        link.warn(f"no word from this session for {LINK_SILENCE_S:g} s")
+                        link.close()  # its reader ends; its ports revert to passthrough
                 if not self.links and time.monotonic() - self._idle_since > self.ttl:
                     emit({"event": "exit", "reason": f"no session for {self.ttl:g} s"})
                     break

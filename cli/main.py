@@ -66,6 +66,23 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-q", "--quiet", action="store_true",
                      help="no per-request lines on stderr")
 
+    ui = commands.add_parser(
+        "ui", help="the dashboard",
+        description="Open the dashboard: pick a target, switch steal / mirror / off, edit "
+        "filters with a live preview and watch the traffic.",
+    )
+    ui.add_argument("-t", "--target", help="start a session on netns/NAME or pid/N at once "
+                    "(default: the config's `target`, else pick one in the dashboard)")
+    ui.add_argument("-f", "--config", metavar="CONFIG",
+                    help="mirrord-compatible config file (.json, .toml, .yaml)")
+    ui.add_argument("-p", "--port", action="append", type=_port_spec, default=[],
+                    metavar="REMOTE[:LOCAL]", help="as for `run` (repeatable)")
+    ui.add_argument("--ttl", type=float, default=30.0, metavar="SECONDS",
+                    help="the agent exits this long after its last session (default "
+                    "%(default)s)")
+    ui.add_argument("--clean-on-start", action="store_true",
+                    help="remove waylay iptables rules left in the target by dead agents")
+
     targets = commands.add_parser("targets", help="list local targets",
                                   description="List the targets waylay can intercept here.")
     targets.add_argument("--json", action="store_true", help="one JSON document")
@@ -89,6 +106,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from cli.run import run_command
 
             return run_command(args)
+        if args.command == "ui":
+            from cli.ui import ui_command
+
+            return ui_command(args)
         if args.command == "targets":
             from cli.targets import targets_command
 

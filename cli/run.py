@@ -10,9 +10,9 @@ import signal
 import sys
 from typing import IO, Any
 
-from core.attach import attach
+from core.attach import AttachedSession, attach
 from core.config import Config, Mode, default_config, load_config
-from core.errors import AgentError, UsageError
+from core.errors import AgentError, UsageError, WaylayError
 from core.target import parse_target
 
 
@@ -91,6 +91,14 @@ async def _run(args: argparse.Namespace, config: Config, target_text: str,
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, attached.stop)
+    reloads: set[asyncio.Task[None]] = set()
+
+    def reload() -> None:
+        task = loop.create_task(_reload(args, attached, cli_ports, events), name="reload")
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, reload)
     try:
         await attached.run()
         return 0
@@ -99,3 +107,23 @@ async def _run(args: argparse.Namespace, config: Config, target_text: str,
         return exc.exit_code
     finally:
         print(f"waylay: {attached.session.stats.summary()}", file=sys.stderr, flush=True)
+
+
+async def _reload(args: argparse.Namespace, attached: AttachedSession,
+                  cli_ports: dict[int, int | None], events: EventWriter) -> None:
+    """SIGHUP: read the config file again and apply it to the running session in place.
+
+    A broken file is reported and changes nothing: the session keeps its current filter.
+    """
+    if not args.config:
+        events({"type": "warning", "message": "SIGHUP: no config file (-f) to reload"})
+        return
+    try:
+        config = _load(args)
+    except WaylayError as exc:
+        events({"type": "error", "message": f"reload refused, filter unchanged: {exc}"})
+        return
+    accepted = await attached.update(config.incoming, cli_ports)
+    events({"type": "warning" if accepted else "error",
+            "message": f"reloaded {args.config}" if accepted else
+            f"the agent refused part of {args.config}; see the errors above"})

@@ -41,9 +41,9 @@ class AttachedSession:
         self.session.stop()
 
     async def update(self, incoming: IncomingConfig,
-                     cli_ports: dict[int, int | None] | None = None) -> None:
-        """Replace mode, filter and ports in place (see ``Session.update``)."""
-        await self.session.update(incoming, cli_ports)
+                     cli_ports: dict[int, int | None] | None = None) -> bool:
+        """Replace mode, filter and ports in place (see ``Session.update``); True if taken."""
+        return await self.session.update(incoming, cli_ports)
 
     async def close(self) -> None:
         with contextlib.suppress(ProcessLookupError):

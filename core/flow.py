@@ -45,6 +45,12 @@ class FlowRecord:
     request_body: bytearray | None = None
     response_body: bytearray | None = None
     body_truncated: bool = False
+    # Mirrored requests: the local app's answer to the copy (the remote one is status).
+    mirrors_pending: int = 0  # copies whose local answer is still awaited
+    remote_done: bool = False
+    mirror_status: int | None = None
+    mirror_duration_ms: float | None = None
+    mirror_error: str | None = None
 
     def capture_request_body(self, data: bytes) -> None:
         self.request_body = self._capped(self.request_body, data)
@@ -81,6 +87,14 @@ class FlowRecord:
             "bytes_out": self.bytes_out,
             "matched": self.matched,
         }
+        if self.verdict is Verdict.MIRRORED:
+            # DESIGN §3: status and duration are the local app's; the remote's beside them.
+            event["remote_status"] = self.status
+            event["remote_duration_ms"] = self.duration_ms
+            event["status"] = self.mirror_status
+            event["duration_ms"] = self.mirror_duration_ms
+            if self.mirror_error is not None:
+                event["mirror_error"] = self.mirror_error
         if self.request_headers is not None:
             event["request_headers"] = _text_pairs(self.request_headers)
             event["response_headers"] = _text_pairs(self.response_headers or [])

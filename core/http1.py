@@ -61,6 +61,9 @@ from core.routing import (
     LocalData,
     LocalEnd,
     LocalResponse,
+    MirrorData,
+    MirrorEnd,
+    MirrorStart,
     RecordFlow,
     ReleaseUpstream,
     Route,
@@ -202,6 +205,8 @@ class Http1Router:
             exchange.record.bytes_in += len(decoded)
             if exchange.record.request_body is not None and decoded:
                 exchange.record.capture_request_body(decoded)
+            if exchange.route.mirror_to and decoded:
+                out.append(MirrorData(data=decoded))
             if exchange.stolen:
                 if decoded:
                     out.append(StealData(data=decoded))
@@ -210,6 +215,8 @@ class Http1Router:
             if not exchange.request_body.done:
                 return
             exchange.request_done = True
+            if exchange.route.mirror_to:
+                out.append(MirrorEnd())
             if exchange.stolen:
                 out.append(StealEnd())
             if not self._finish_if_done(exchange, out):
@@ -236,6 +243,14 @@ class Http1Router:
         self.requests += 1
         exchange = _Exchange(head, record, route)
         self._exchange = exchange
+        if route.mirror_to:
+            copy = [(n, v) for n, v in head.headers if n.lower() != b"expect"]
+            if host is None:
+                copy.append((b"Host", self._authority))
+            for sub_id in route.mirror_to:
+                out.append(MirrorStart(sub_id=sub_id, method=method, target=target,
+                                       http_version=head.version.decode("ascii"),
+                                       headers=copy, record=record))
         if route.steal_by is None:
             if not self._has_upstream:
                 self._has_upstream = True

@@ -99,6 +99,12 @@ class ConnectionPool:
         conn.idle_since = time.monotonic()
         idle.append(conn)
 
+    def drop(self, port: int) -> None:
+        """Close the idle connections to any destination on ``port``."""
+        for destination in [d for d in self._idle if d[1] == port]:
+            for conn in self._idle.pop(destination):
+                conn.close()
+
     def close(self) -> None:
         for idle in self._idle.values():
             for conn in idle:

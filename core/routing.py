@@ -1,8 +1,13 @@
 """The vocabulary between a protocol engine and the agent: routes, events and commands.
 
-A protocol engine (``core.http1``) is sans-I/O: the agent's driver feeds it the events
-below and executes the commands it returns, in order. Routes come from a ``Decide``
-callable the agent supplies, so a filter change takes effect on the very next request.
+A protocol engine (``core.http1``, ``core.h2_router``) is sans-I/O: the agent's driver
+feeds it the events below and executes the commands it returns, in order. Routes come from
+a ``Decide`` callable the agent supplies, so a filter change takes effect on the very next
+request.
+
+The local-side events and the steal commands carry a ``stream``: the HTTP/2 stream id the
+stolen request arrived on. HTTP/1.1 has one request in flight per connection and leaves
+it at 0.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ class Route:
     steal_by: int | None  # subscription id of the session that takes it; None = pass through
     clause: str | None = None  # the filter clause that matched, for the event line
     timed_out: tuple[str, ...] = ()  # filter clauses that hit the regex time budget
+    mirror_to: tuple[int, ...] = ()  # mirror subscriptions that get a copy
+    shadowed: tuple[int, ...] = ()  # later steal subscriptions that matched too (and lost)
 
 
 PASS = Route(steal_by=None)
@@ -57,6 +64,7 @@ class UpstreamClosed:
 class LocalResponse:
     """The head of the local app's response to the stolen request in flight."""
 
+    stream: int = 0
     status: int
     reason: bytes
     headers: list[tuple[bytes, bytes]]
@@ -64,6 +72,7 @@ class LocalResponse:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class LocalData:
+    stream: int = 0
     data: bytes
 
 
@@ -71,11 +80,22 @@ class LocalData:
 class LocalEnd:
     """The local app's response is complete."""
 
+    stream: int = 0
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class LocalTrailers:
+    """Trailer fields of the local app's response (gRPC's grpc-status); LocalEnd follows."""
+
+    stream: int = 0
+    headers: list[tuple[bytes, bytes]]
+
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class LocalAborted:
     """The session could not deliver the stolen request, or its link died."""
 
+    stream: int = 0
     reason: str
 
 
@@ -87,6 +107,7 @@ Event = (
     | LocalResponse
     | LocalData
     | LocalEnd
+    | LocalTrailers
     | LocalAborted
 )
 
@@ -125,6 +146,7 @@ class ReleaseUpstream:
 class StealStart:
     """Open a stream to session ``sub_id`` carrying this request head."""
 
+    stream: int = 0
     sub_id: int
     method: str
     target: str
@@ -134,6 +156,7 @@ class StealStart:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class StealData:
+    stream: int = 0
     data: bytes
 
 
@@ -141,12 +164,45 @@ class StealData:
 class StealEnd:
     """The stolen request's body is complete."""
 
+    stream: int = 0
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class StealTrailers:
+    """Trailer fields of the stolen request; StealEnd follows."""
+
+    stream: int = 0
+    headers: list[tuple[bytes, bytes]]
+
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class StealAbort:
     """Abandon the stolen stream (the remote client went away)."""
 
+    stream: int = 0
     reason: str
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class MirrorStart:
+    """Open a copy of the current request to mirror subscription ``sub_id``."""
+
+    sub_id: int
+    method: str
+    target: str
+    http_version: str
+    headers: list[tuple[bytes, bytes]]
+    record: FlowRecord  # where the copy's outcome is written
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class MirrorData:
+    data: bytes
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class MirrorEnd:
+    """The copied request's body is complete."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -167,6 +223,10 @@ Command = (
     | StealStart
     | StealData
     | StealEnd
+    | StealTrailers
     | StealAbort
+    | MirrorStart
+    | MirrorData
+    | MirrorEnd
     | RecordFlow
 )

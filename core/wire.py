@@ -53,6 +53,7 @@ __all__ = [
     "ResponseStart",
     "Subscribe",
     "Subscribed",
+    "Trailers",
     "Unsubscribe",
     "Welcome",
     "WireDecoder",
@@ -107,6 +108,7 @@ class FrameType(IntEnum):
     RESET = 15  # either way: abort the stream
     FLOW = 16  # agent → client: a batch of flow records
     NOTICE = 17  # agent → client: a warning or error for the user
+    TRAILERS = 18  # either way: trailer fields of a stream's message; END follows
 
 
 # --- messages ---------------------------------------------------------------------------
@@ -246,6 +248,15 @@ class ResponseStart:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class Trailers:
+    """Trailer fields ending the message on ``stream`` (gRPC's ``grpc-status``), sent after
+    its last DATA and before its END. JSON ``{headers}``."""
+
+    stream: int
+    headers: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class Reset:
     """Abort ``stream`` in both directions. JSON ``{reason}``."""
 
@@ -286,6 +297,7 @@ Message: TypeAlias = (
     | Data
     | End
     | ResponseStart
+    | Trailers
     | Reset
     | Flow
     | Notice
@@ -449,6 +461,10 @@ def encode(message: Message) -> bytes:
                 "headers": _headers(message.headers, "ResponseStart.headers"),
             }
             return _frame(FrameType.RESPONSE, stream, _json_payload(payload, "ResponseStart"))
+        case Trailers(stream=stream, headers=headers):
+            payload = {"headers": _headers(headers, "Trailers.headers")}
+            return _frame(FrameType.TRAILERS, _stream(stream, "Trailers.stream"),
+                          _json_payload(payload, "Trailers"))
         case ConnectionStart():
             stream = _stream(message.stream, "ConnectionStart.stream")
             payload = {
@@ -604,6 +620,10 @@ def _decode_response(stream: int, payload: memoryview) -> Message:
     )
 
 
+def _decode_trailers(stream: int, payload: memoryview) -> Message:
+    return Trailers(stream=stream, headers=_headers(_json_object(payload)["headers"], "headers"))
+
+
 def _decode_connection(stream: int, payload: memoryview) -> Message:
     fields = _json_object(payload)
     return ConnectionStart(
@@ -720,6 +740,7 @@ _DECODERS: Final[dict[int, Callable[[int, memoryview], Message]]] = {
     FrameType.RESET: _decode_reset,
     FrameType.FLOW: _decode_flow,
     FrameType.NOTICE: _decode_notice,
+    FrameType.TRAILERS: _decode_trailers,
 }
 
 

@@ -33,6 +33,7 @@ from core.wire import (
     ResponseStart,
     Subscribe,
     Subscribed,
+    Trailers,
     Unsubscribe,
     Welcome,
     WireDecoder,
@@ -110,6 +111,7 @@ STRATEGIES: dict[type, st.SearchStrategy[Message]] = {
         headers=wire_headers,
     ),
     Reset: st.builds(Reset, stream=streams, reason=texts),
+    Trailers: st.builds(Trailers, stream=streams, headers=wire_headers),
     Flow: st.builds(Flow, records=st.lists(json_objects, max_size=3).map(tuple)),
     Notice: st.builds(Notice, level=st.sampled_from(["warning", "error"]), message=texts),
 }
@@ -226,6 +228,22 @@ def test_wire_format_of_request_is_pinned() -> None:
         "headers": [["host", "svc"]],
         "peer": "10.0.0.2:5555",
     }
+
+
+def test_wire_format_of_trailers_is_pinned() -> None:
+    """Trailers carry the stream id in the header and {headers} as [name, value] lists."""
+    wire = encode(Trailers(stream=5, headers=(("grpc-status", "3"), ("grpc-message", "bad"))))
+    assert HEADER.unpack_from(wire)[1:] == (FrameType.TRAILERS, 5)
+    assert json.loads(wire[HEADER_SIZE:]) == {
+        "headers": [["grpc-status", "3"], ["grpc-message", "bad"]]}
+
+
+def test_trailers_reject_bad_headers() -> None:
+    """A TRAILERS frame whose headers are not [name, value] string pairs is refused."""
+    with pytest.raises(WireProtocolError, match="TRAILERS frame on stream 2"):
+        decode_json_frame(FrameType.TRAILERS, {"headers": [["a"]]}, stream=2)
+    with pytest.raises(WireProtocolError, match="lacks field 'headers'"):
+        decode_json_frame(FrameType.TRAILERS, {}, stream=2)
 
 
 def test_hello_defaults_to_this_protocol_version() -> None:
