@@ -29,7 +29,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--listen", required=True, metavar="unix:PATH",
                         help="control socket where sessions attach (a Unix socket path)")
     parser.add_argument("--ttl", type=float, default=DEFAULT_TTL_S, metavar="SECONDS",
-                        help="exit after this long without any session (default %(default)s)")
+                        help="exit if no session attached within this long (default "
+                        "%(default)s)")
+    parser.add_argument("--linger", type=float, default=0.0, metavar="SECONDS",
+                        help="stay this long after the last session left (default: exit "
+                        "at once, removing every rule)")
     parser.add_argument("--proxy-port", type=int, default=0, metavar="PORT",
                         help="port of the redirect listener (default: any free port)")
     parser.add_argument("--token-env", default="WAYLAY_TOKEN", metavar="NAME",
@@ -53,9 +57,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     if args.worker:
         return run_worker(token=token, chain=args.chain, control_path=args.listen[5:],
-                          proxy_port=args.proxy_port, ttl=args.ttl)
+                          proxy_port=args.proxy_port, ttl=args.ttl, linger=args.linger)
     worker_argv = [sys.executable, "-m", "agent", "--worker", "--listen", args.listen,
-                   "--ttl", str(args.ttl), "--proxy-port", str(args.proxy_port),
+                   "--ttl", str(args.ttl), "--linger", str(args.linger),
+                   "--proxy-port", str(args.proxy_port),
                    "--token-env", args.token_env]
     try:
         return run_guard(worker_argv, clean_on_start=args.clean_on_start, report=emit)

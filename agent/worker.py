@@ -33,6 +33,7 @@ from core.wire import ConnectionStart, RequestStart, headers_to_wire
 
 if TYPE_CHECKING:
     from agent.interception import InterceptedConnection
+    from agent.link import StreamOwner
     from core.routing import MirrorStart, StealStart
 
 
@@ -45,20 +46,28 @@ LINK_SILENCE_S = 15.0
 
 
 def emit(event: dict[str, object]) -> None:
-    """One JSON line on stdout: how the launcher learns the agent's state."""
-    sys.stdout.write(json.dumps(event) + "\n")
-    sys.stdout.flush()
+    """One JSON line on stdout: how the launcher learns the agent's state.
+
+    The launcher may be gone (the agent outlives it while other sessions use it): then
+    there is nobody to tell, which is fine.
+    """
+    with contextlib.suppress(OSError, ValueError):
+        sys.stdout.write(json.dumps(event) + "\n")
+        sys.stdout.flush()
 
 
 class Agent:
     """The state of one agent process (single-threaded; driven by asyncio)."""
 
-    def __init__(self, *, token: str, chain: str, redirector: Redirector, ttl: float) -> None:
+    def __init__(self, *, token: str, chain: str, redirector: Redirector, ttl: float,
+                 linger: float = 0.0) -> None:
         self.token = token
         self.chain = chain
         self.name = f"waylay-agent/{os.getpid()}"
         self.redirector = redirector
-        self.ttl = ttl
+        self.ttl = ttl  # how long to wait for a first session
+        self.linger = linger  # how long to stay once the last session left
+        self._ever_attached = False
         self.registry = Registry()
         self.pool = upstream_pool()
         self.links: dict[int, ClientLink] = {}
@@ -77,6 +86,7 @@ class Agent:
     async def attach(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         link = ClientLink(self, self._next_link_id(), reader, writer)
         self.links[link.link_id] = link
+        self._ever_attached = True
         await link.run()
 
     async def subscribe(self, sub: Subscription) -> None:
@@ -143,7 +153,7 @@ class Agent:
 
     # --- streams ----------------------------------------------------------------------
 
-    def open_request_stream(self, conn: InterceptedConnection, start: StealStart) -> Stream | None:
+    def open_request_stream(self, conn: StreamOwner, start: StealStart) -> Stream | None:
         found = self._link_of(start.sub_id)
         if found is None:
             return None
@@ -286,8 +296,11 @@ class Agent:
                     if now - link.last_seen > LINK_SILENCE_S:
                         link.warn(f"no word from this session for {LINK_SILENCE_S:g} s")
                         link.close()  # its reader ends; its ports revert to passthrough
-                if not self.links and time.monotonic() - self._idle_since > self.ttl:
-                    emit({"event": "exit", "reason": f"no session for {self.ttl:g} s"})
+                limit = self.linger if self._ever_attached else self.ttl
+                if not self.links and time.monotonic() - self._idle_since >= limit:
+                    why = ("the last session left" if self._ever_attached
+                           else f"no session came within {self.ttl:g} s")
+                    emit({"event": "exit", "reason": why})
                     break
         finally:
             redirect_server.close()
@@ -300,10 +313,10 @@ class Agent:
 
 
 def run_worker(*, token: str, chain: str, control_path: str, proxy_port: int,
-               ttl: float) -> int:
+               ttl: float, linger: float = 0.0) -> int:
     """Entry point of the worker process (started by the guard)."""
     redirector = Redirector(chain=chain, owner_pid=os.getppid())
-    agent = Agent(token=token, chain=chain, redirector=redirector, ttl=ttl)
+    agent = Agent(token=token, chain=chain, redirector=redirector, ttl=ttl, linger=linger)
     try:
         import uvloop
     except ImportError:

@@ -13,6 +13,7 @@ import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from core import agent_directory
 from core.agent_launch import AgentProcess, launch_local_agent
 from core.config import IncomingConfig
 from core.errors import TargetError
@@ -22,13 +23,19 @@ from core.target import Target
 ProgressSink = Callable[[str], None]
 
 
+# How long the starter of an agent waits for it to exit by itself after its session
+# ended; an agent still up after that serves other sessions and is left to them.
+AGENT_EXIT_WAIT_S = 5.0
+
+
 @dataclass
 class AttachedSession:
-    """A running session and the agent it started."""
+    """A running session, and the agent it started (None if it joined another's agent)."""
 
     target: Target
-    agent: AgentProcess
+    agent: AgentProcess | None
     session: Session
+    key: str | None = None
 
     async def run(self) -> None:
         """Serve until ``stop()`` or until the link fails (AgentError); always stops the agent."""
@@ -46,8 +53,22 @@ class AttachedSession:
         return await self.session.update(incoming, cli_ports)
 
     async def close(self) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            await self.agent.stop()
+        """End this session's part. The agent leaves by itself with its last session (its
+        guard removing every rule); one still serving others is left running."""
+        self.session.stop()
+        agent = self.agent
+        if agent is None:
+            return
+        try:
+            await asyncio.wait_for(agent.process.wait(), AGENT_EXIT_WAIT_S)
+        except TimeoutError:
+            if not self.session.ended_cleanly:
+                with contextlib.suppress(ProcessLookupError):
+                    await agent.stop()  # our link broke: the agent may be wedged
+            return
+        await agent.stop()  # reaps it, drains its pipes, removes its socket directory
+        if self.key is not None:
+            agent_directory.forget(self.key)
 
 
 async def attach(target: Target, *, incoming: IncomingConfig,
@@ -69,6 +90,19 @@ async def attach(target: Target, *, incoming: IncomingConfig,
         elif kind == "cleaned":
             progress(f"removed leftover rules in chain {message.get('chain')}")
 
+    key = agent_directory.namespace_key(target)
+    existing = agent_directory.find(key) if key is not None else None
+    if existing is not None:
+        try:
+            progress(f"joining the agent already serving {existing.target}")
+            reader, writer = await asyncio.open_unix_connection(existing.socket_path)
+        except OSError:
+            existing = None  # it just went away: start our own
+        else:
+            session = Session(reader=reader, writer=writer, token=existing.token,
+                              incoming=incoming, cli_ports=cli_ports, on_event=on_event,
+                              local_host=local_host, capture=capture)
+            return AttachedSession(target=target, agent=None, session=session, key=key)
     agent = await launch_local_agent(
         target, ttl=ttl, extra_args=["--clean-on-start"] if clean_on_start else [],
         on_message=agent_message)
@@ -79,7 +113,11 @@ async def attach(target: Target, *, incoming: IncomingConfig,
         with contextlib.suppress(ProcessLookupError):
             await agent.stop()
         raise
+    if key is not None:
+        agent_directory.remember(key, agent_directory.AgentRecord(
+            socket_path=agent.socket_path, token=agent.token, pid=agent.process.pid,
+            target=str(target)))
     session = Session(reader=reader, writer=writer, token=agent.token, incoming=incoming,
                       cli_ports=cli_ports, on_event=on_event, local_host=local_host,
                       capture=capture)
-    return AttachedSession(target=target, agent=agent, session=session)
+    return AttachedSession(target=target, agent=agent, session=session, key=key)

@@ -134,6 +134,7 @@ class Session:
         self._streams: dict[int, _StreamState] = {}
         self._pool = LocalPool()
         self._stopping = asyncio.Event()
+        self.ended_cleanly = False  # run() ended by stop(), not by a link failure
         self._last_seen = time.monotonic()
         self._plans_by_sub: dict[int, PortPlan] = {}
         self._pending_subs: dict[int, asyncio.Future[bool]] = {}
@@ -171,6 +172,7 @@ class Session:
                                              return_when=asyncio.FIRST_COMPLETED)
                 for task in (reader, pinger, stopper):
                     task.cancel()
+                self.ended_cleanly = stopper in done
                 for task in done:
                     if task is not stopper and not task.cancelled():
                         exc = task.exception()

@@ -1,0 +1,89 @@
+"""Several sessions on one agent: precedence, refusal, coexistence, clean departures."""
+
+from __future__ import annotations
+
+import signal
+
+import pytest
+
+from tests.integration.conftest import (
+    Bed,
+    StartWaylay,
+    agent_pids,
+    curl,
+    requires_root_netns,
+)
+from tests.netns import nat_rules
+
+pytestmark = [pytest.mark.integration, requires_root_netns]
+
+
+def steal(filter_json: str | None) -> str:
+    body = f', "http_filter": {filter_json}' if filter_json else ""
+    return f'{{"feature": {{"network": {{"incoming": {{"mode": "steal"{body}}}}}}}}}'
+
+
+ALICE = steal('{"header_filter": "^x-user: alice$"}')
+API = steal('{"path_filter": "^/api"}')
+WHOLE = steal(None)
+MIRROR = '{"feature": {"network": {"incoming": "mirror"}}}'
+
+
+def test_second_session_joins_the_same_agent(bed: Bed, waylay: StartWaylay) -> None:
+    """Two runs on one target share one agent (one guard, one worker)."""
+    before = nat_rules(bed.ns)
+    first = waylay(ALICE)
+    second = waylay(API)
+    pids = agent_pids(bed.ns)
+    assert len(pids["guard"]) == 1 and len(pids["worker"]) == 1, pids
+    assert "joining the agent" in second.stderr
+    second.stop()
+    first.stop()
+    assert nat_rules(bed.ns) == before
+
+
+def test_earliest_subscription_wins_and_the_other_is_told(bed: Bed,
+                                                         waylay: StartWaylay) -> None:
+    """Both filters match: the first session takes it; the second gets only a warning."""
+    first = waylay(ALICE)
+    second = waylay(API)
+    both = curl(bed.url("/api/both"), "-H", "X-User: alice")
+    api_only = curl(bed.url("/api/only"), "-H", "X-User: bob")
+    assert (both.served_by, api_only.served_by) == ("local", "local")
+    first_events = first.wait_requests(1)
+    assert [e["path"] for e in first_events] == ["/api/both"]
+    assert second.wait_for(lambda evs: any(
+        e.get("type") == "warning" and "went to another session" in e.get("message", "")
+        for e in evs), 10.0), second.events
+    # The second session saw the request it took, never the one the first took.
+    second_requests = second.wait_requests(1)
+    assert "/api/both" not in [e["path"] for e in second_requests if e["verdict"] == "stolen"]
+    assert not any("/api/both" in str(e) for e in second.events if e.get("type") == "warning")
+
+
+def test_second_unfiltered_steal_is_refused(bed: Bed, waylay: StartWaylay) -> None:
+    """Only one session may take a port whole; the second is refused with a clear error."""
+    first = waylay(WHOLE)
+    second = waylay(WHOLE, wait=False)
+    code = second.wait()
+    assert code == 3, second.stderr
+    assert "already stolen without a filter" in second.stderr
+    assert curl(bed.url("/still")).served_by == "local"  # the first is undisturbed
+    first.stop()
+
+
+def test_steal_and_mirror_coexist_and_a_departure_reverts_only_its_part(
+        bed: Bed, waylay: StartWaylay) -> None:
+    """A steal and a mirror share a port; when the steal leaves, alice goes back to remote."""
+    stealer = waylay(ALICE)
+    mirror = waylay(MIRROR)
+    assert curl(bed.url("/c/alice"), "-H", "X-User: alice").served_by == "local"
+    assert curl(bed.url("/c/bob"), "-H", "X-User: bob").served_by == "remote"
+    mirrored = mirror.wait_for(lambda evs: any(
+        e.get("path") == "/c/bob" and e.get("verdict") == "mirrored" for e in evs), 10.0)
+    assert mirrored, mirror.events
+    stealer.proc.send_signal(signal.SIGINT)
+    assert stealer.wait() == 0
+    assert curl(bed.url("/c/alice-after"), "-H", "X-User: alice").served_by == "remote"
+    assert mirror.wait_for(lambda evs: any(e.get("path") == "/c/alice-after" for e in evs),
+                           10.0)
