@@ -38,6 +38,7 @@ from core.wire import (
     Reset,
     Subscribe,
     Subscribed,
+    Trailers,
     Unsubscribe,
     Welcome,
     WireDecoder,
@@ -178,8 +179,13 @@ class Session:
                         exc = task.exception()
                         if exc is not None:
                             raise exc
-        except* AgentError as group:
-            raise group.exceptions[0] from None
+        except BaseExceptionGroup as group:
+            # A plain except, not except*: before Python 3.11.4 raising inside except*
+            # wraps the error in a new group, and callers could not catch AgentError.
+            failure = _first(group, AgentError)
+            if failure is None:
+                raise
+            raise failure from None
         finally:
             for state in self._streams.values():
                 if state.task is not None:
@@ -297,7 +303,7 @@ class Session:
                     self._event(record)
             case RequestStart(stream=sid) | ConnectionStart(stream=sid):
                 self._open_stream(sid, message)
-            case Data(stream=sid) | End(stream=sid) | Reset(stream=sid):
+            case Data(stream=sid) | End(stream=sid) | Reset(stream=sid) | Trailers(stream=sid):
                 state = self._streams.get(sid)
                 if state is not None:
                     await state.queue.put(message)
@@ -361,3 +367,15 @@ class Session:
         elif event.get("type") == "warning":
             self.stats.warnings += 1
         self.on_event(event)
+
+
+def _first(group: BaseExceptionGroup[BaseException], kind: type[AgentError]) -> AgentError | None:
+    """The first ``kind`` error among a task group's (possibly nested) failures."""
+    for exc in group.exceptions:
+        if isinstance(exc, kind):
+            return exc
+        if isinstance(exc, BaseExceptionGroup):
+            found = _first(exc, kind)
+            if found is not None:
+                return found
+    return None

@@ -390,6 +390,38 @@ def waylay_argv(target: str, config: Path | None, ports: Sequence[str],
     return [*argv, "--events", "-", *extra]
 
 
+def launch_waylay(argv: Sequence[str], ports: int, *, wait: bool = True,
+                  env: dict[str, str] | None = None, cwd: str | None = None) -> WaylayRun:
+    """Start ``waylay run`` (``argv``); with ``wait``, return once ``ports`` subscribed events came.
+
+    Fails the test with waylay's stderr when the subscriptions do not arrive.
+    """
+    proc = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=CLEAN_ENV if env is None else env,
+                            cwd=cwd)
+    run = WaylayRun(proc)
+    if wait:
+        ok = run.wait_for(
+            lambda evs: sum(e.get("type") == "subscribed" for e in evs) >= ports,
+            START_TIMEOUT_S)
+        if not ok:
+            code = run.stop()
+            raise AssertionError(f"waylay run did not subscribe {ports} port(s) (exit {code}); "
+                                 f"events {run.events}; stderr:\n{run.stderr}")
+    return run
+
+
+def finish_waylay(run: WaylayRun) -> None:
+    """Teardown: SIGINT a run still alive (SIGKILL if it hangs), close its pipes."""
+    if run.proc.poll() is None:
+        with contextlib.suppress(AssertionError):
+            run.stop()
+    for stream in (run.proc.stdout, run.proc.stderr):
+        if stream is not None:
+            with contextlib.suppress(OSError):
+                stream.close()
+
+
 StartWaylay = Callable[..., WaylayRun]
 
 
@@ -405,35 +437,20 @@ def waylay(bed: Bed, tmp_path: Path) -> Iterator[StartWaylay]:
     counter = iter(range(1000))
 
     def start(config_text: str | None, ports: Sequence[str] | None = None,
-              extra: Sequence[str] = (), wait: bool = True,
-              user: Sequence[str] = (), target: str | None = None) -> WaylayRun:
+              extra: Sequence[str] = (), wait: bool = True) -> WaylayRun:
         ports = [f"{REMOTE_HTTP_PORT}:{bed.local_http}"] if ports is None else list(ports)
         config = (write_config(tmp_path, config_text, f"waylay-{next(counter)}.json")
                   if config_text is not None else None)
-        argv = [*user, *waylay_argv(target or f"netns/{bed.ns}", config, ports, extra)]
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, env=CLEAN_ENV)
-        run = WaylayRun(proc)
+        run = launch_waylay(waylay_argv(f"netns/{bed.ns}", config, ports, extra), len(ports),
+                            wait=wait)
         runs.append(run)
-        if wait:
-            ok = run.wait_for(
-                lambda evs: sum(e.get("type") == "subscribed" for e in evs) >= len(ports),
-                START_TIMEOUT_S)
-            assert ok, (f"waylay run did not subscribe {ports} (exit {proc.poll()}); "
-                        f"events {run.events}; stderr:\n{run.stderr}")
         return run
 
     try:
         yield start
     finally:
         for run in runs:
-            if run.proc.poll() is None:
-                with contextlib.suppress(AssertionError):
-                    run.stop()
-            for stream in (run.proc.stdout, run.proc.stderr):
-                if stream is not None:
-                    with contextlib.suppress(OSError):
-                        stream.close()
+            finish_waylay(run)
 
 
 def summary_counts(stderr: str) -> dict[str, int]:

@@ -137,15 +137,11 @@ def test_mirrord_guide_config_routes_each_request_as_the_guide_says(
         verdict = "stolen" if req.name in case.stolen else "passed"
         assert event["port"] == 80, event
         assert event["verdict"] == verdict, (req.name, event)
-        if case.filtered:
-            assert event["protocol"] == "http/1.1", event
-            assert (event["method"], event["path"], event["status"]) == (
-                req.method, req.path, 200), (req.name, event)
-            assert (event["matched"] is not None) == (verdict == "stolen"), (req.name, event)
-        else:
-            # A port stolen without a filter is taken whole: one event per TCP connection.
-            assert event["protocol"] == "tcp", event
-            assert event["matched"] is not None, event
+        # Also on a port taken whole, each HTTP request gets its own event.
+        assert event["protocol"] == "http/1.1", event
+        assert (event["method"], event["path"], event["status"]) == (
+            req.method, req.path, 200), (req.name, event)
+        assert (event["matched"] is not None) == (verdict == "stolen"), (req.name, event)
 
     counts = summary_counts(run.stderr)
     assert counts["stolen"] == len(case.stolen), run.stderr

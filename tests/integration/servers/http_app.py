@@ -32,7 +32,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_name_tag = "?"
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib name
+    def log_message(self, format: str, *args: object) -> None:
         pass
 
     def _answer(self, status: int, body: bytes, extra: dict[str, str] | None = None) -> None:
@@ -47,7 +47,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(body)
 
-    def do_GET(self) -> None:  # noqa: N802 - stdlib naming
+    def do_GET(self) -> None:
         if self.path.startswith("/bytes/"):
             n = int(self.path.split("/")[2].split("?")[0])
             body = pattern(n)
@@ -73,7 +73,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         return self.rfile.read(length)
 
-    def do_POST(self) -> None:  # noqa: N802 - stdlib naming
+    def do_POST(self) -> None:
         body = self._read_body()
         digest = hashlib.sha256(body).hexdigest()
         self._answer(200, (digest + "\n").encode(),

@@ -3,8 +3,9 @@
     python3 tcp_app.py echo NAME [PORT] [--host HOST]
     python3 tcp_app.py greet NAME [PORT] [--host HOST]
 
-``echo``: echoes every byte back unchanged; when the client half-closes, sends
-``TRAILER + NAME`` and closes, so the client can tell which server answered.
+``echo``: answers ``NAME + b":"`` followed by every byte it receives, unchanged; when the
+client half-closes, sends ``TRAILER + NAME`` and closes. The client can tell which server
+answered without closing, and whether a half-close travelled through.
 ``greet``: the same, but first sends ``GREETING_PREFIX + NAME + "\r\n"`` as soon as a
 connection is accepted (a server-first protocol such as SMTP).
 
@@ -14,6 +15,7 @@ Prints ``LISTENING <port>`` on stdout once it accepts connections.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import socket
 import socketserver
 
@@ -30,11 +32,13 @@ class Handler(socketserver.BaseRequestHandler):
         sock.settimeout(60)
         if self.greet:
             sock.sendall(GREETING_PREFIX + self.name + b"\r\n")
+        prefix = self.name + b":"
         while True:
             data = sock.recv(65536)
             if not data:
                 break
-            sock.sendall(data)
+            sock.sendall(prefix + data)
+            prefix = b""
         sock.sendall(TRAILER + self.name)
         sock.shutdown(socket.SHUT_WR)
 
@@ -55,10 +59,8 @@ def main() -> None:
     Handler.greet = args.kind == "greet"
     with Server((args.host, args.port), Handler) as server:
         print(f"LISTENING {server.server_address[1]}", flush=True)
-        try:
+        with contextlib.suppress(KeyboardInterrupt):
             server.serve_forever()
-        except KeyboardInterrupt:
-            pass
 
 
 if __name__ == "__main__":
