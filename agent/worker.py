@@ -68,6 +68,8 @@ class Agent:
         self.ttl = ttl  # how long to wait for a first session
         self.linger = linger  # how long to stay once the last session left
         self._ever_attached = False
+        self._shutting_down = False
+        self._link_tasks: set[asyncio.Task[object]] = set()
         self.registry = Registry()
         self.pool = upstream_pool()
         self.links: dict[int, ClientLink] = {}
@@ -87,7 +89,14 @@ class Agent:
         link = ClientLink(self, self._next_link_id(), reader, writer)
         self.links[link.link_id] = link
         self._ever_attached = True
-        await link.run()
+        task = asyncio.current_task()
+        if task is not None:
+            self._link_tasks.add(task)
+        try:
+            await link.run()
+        finally:
+            if task is not None:
+                self._link_tasks.discard(task)
 
     async def subscribe(self, sub: Subscription) -> None:
         newly = sub.port not in self.registry.ports()
@@ -140,6 +149,8 @@ class Agent:
 
     async def _release_ports(self, ports: set[int]) -> None:
         """Ports nobody subscribes any more go back to the original app untouched."""
+        if self._shutting_down:
+            return  # the guard removes the whole chain as soon as we are gone
         for port in ports - self.registry.ports():
             async with self._iptables_lock:
                 await asyncio.to_thread(self.redirector.unredirect, port)
@@ -303,10 +314,13 @@ class Agent:
                     emit({"event": "exit", "reason": why})
                     break
         finally:
+            self._shutting_down = True
             redirect_server.close()
             control_server.close()
             for link in list(self.links.values()):
                 link.close()
+            if self._link_tasks:  # let them say goodbye (flush their last records)
+                await asyncio.wait(set(self._link_tasks), timeout=2.0)
             self.pool.close()
             if os.path.exists(control_path):
                 os.unlink(control_path)
