@@ -19,7 +19,8 @@ import struct
 import time
 from typing import TYPE_CHECKING, assert_never
 
-from core.detect import Protocol, detect
+from agent.h2_connection import serve_h2
+from core.detect import Protocol, detect, h2_server_preface
 from core.filters import RequestView
 from core.flow import FlowRecord, Verdict
 from core.http1 import Http1Router
@@ -46,6 +47,7 @@ from core.routing import (
     StealData,
     StealEnd,
     StealStart,
+    StealTrailers,
     UpstreamClosed,
     UpstreamData,
 )
@@ -163,7 +165,10 @@ class InterceptedConnection:
                     continue
                 if protocol is Protocol.HTTP1:
                     self._start_http(head)
-                else:  # raw TCP, and h2 until the protocols issue routes it per stream
+                elif protocol is Protocol.H2:
+                    await self._serve_h2(head)
+                    return
+                else:
                     self._start_relay(head)
                 head = b""
             elif self._mode == "http":
@@ -200,6 +205,14 @@ class InterceptedConnection:
             capture=lambda: agent.registry.capturing(self.port),
         )
         self._execute(self._router.handle(DownstreamData(data=head), time.time()))
+
+    async def _serve_h2(self, head: bytes) -> None:
+        """HTTP/2 prior knowledge: routed per stream by ``agent.h2_connection``, which opens
+        its own upstream connection (h2 state cannot ride a pooled HTTP/1.1 one)."""
+        self._mode = "h2"
+        self._drop_upstream(reusable=not self._up_sent)
+        await serve_h2(self._agent, self._reader, self._writer, self._destination, head,
+                       peer=self.peer, decide=self._decide)
 
     def _decide(self, view: RequestView) -> Route:
         route = self._agent.registry.decide(self.port, view)
@@ -250,7 +263,9 @@ class InterceptedConnection:
                 if self._up is not up:
                     return  # released while we were reading: the bytes belong to no one
                 if self._mode == "detect":
-                    if not data:
+                    if not data or h2_server_preface(data):
+                        # An h2c server greets at once; it is no server-first protocol.
+                        # The h2 driver opens its own connection (a relay, a new one).
                         self._drop_upstream(reusable=False)
                         return
                     self._start_relay(b"")  # the server spoke first
@@ -365,6 +380,9 @@ class InterceptedConnection:
                 case StealEnd():
                     if self._stream is not None:
                         self._stream.end()
+                case StealTrailers(headers=headers):
+                    if self._stream is not None:
+                        self._stream.send_trailers(headers)
                 case StealAbort(reason=reason):
                     if self._stream is not None:
                         self._stream.reset(reason)
@@ -381,8 +399,8 @@ class InterceptedConnection:
                         mirror.end()
                     self._mirrors = []
                 case RecordFlow(record=record, owner=owner, timed_out=timed_out):
-                    if owner is not None:
-                        self._stream = None  # that exchange is over
+                    # The stream may live on (a stolen upgrade); the next StealStart
+                    # replaces it, and a finished one ignores whatever comes.
                     self._agent.record(record, owner, timed_out)
                 case _:
                     assert_never(command)

@@ -14,12 +14,12 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from agent.registry import Subscription, SubscriptionRefused
 from core.errors import ConfigError
 from core.filters import compile_http_filter
-from core.routing import LocalAborted, LocalData, LocalEnd, LocalResponse
+from core.routing import Event, LocalAborted, LocalData, LocalEnd, LocalResponse, LocalTrailers
 from core.wire import (
     Data,
     End,
@@ -34,6 +34,7 @@ from core.wire import (
     ResponseStart,
     Subscribe,
     Subscribed,
+    Trailers,
     Unsubscribe,
     Welcome,
     WireDecoder,
@@ -42,10 +43,10 @@ from core.wire import (
     encode,
     encode_data,
     headers_from_wire,
+    headers_to_wire,
 )
 
 if TYPE_CHECKING:
-    from agent.interception import InterceptedConnection
     from agent.worker import Agent
     from core.flow import FlowRecord
 
@@ -103,23 +104,46 @@ class _WireStream:
         self.link.streams.pop(self.stream_id, None)
 
 
+class StreamOwner(Protocol):
+    """The connection a stolen stream belongs to: an ``InterceptedConnection``, or one
+    stream of an HTTP/2 connection (``agent.h2_connection``)."""
+
+    peer: str
+
+    def on_local(self, event: Event) -> None: ...
+    async def drain_downstream(self) -> None: ...
+    def write_local(self, data: bytes) -> None: ...
+    def end_local(self) -> None: ...
+    def abort_local(self) -> None: ...
+
+
 class Stream(_WireStream):
     """A stolen request, or a whole stolen connection: the local app answers the client."""
 
-    def __init__(self, link: ClientLink, stream_id: int, conn: InterceptedConnection,
+    def __init__(self, link: ClientLink, stream_id: int, conn: StreamOwner,
                  *, whole: bool) -> None:
         super().__init__(link, stream_id)
         self.conn = conn
         self.whole = whole
+        self.tunnel = False  # a stolen upgrade the local app accepted
 
     async def drain(self) -> None:
         await self.link.drain()
+
+    def send_trailers(self, headers: list[tuple[bytes, bytes]]) -> None:
+        if not self.finished.is_set():
+            self.link.send(Trailers(stream=self.stream_id, headers=headers_to_wire(headers)))
 
     def receive(self, message: Message) -> None:
         """A frame from the session for this stream."""
         conn = self.conn
         match message:
             case ResponseStart(status=status, reason=reason, headers=headers):
+                if status == 101:
+                    # An upgrade: the stream now carries the new protocol both ways and
+                    # each direction gets a fresh End (the request's already went).
+                    self.tunnel = True
+                    self._sent_end = self._got_end = False
                 conn.on_local(LocalResponse(status=status, reason=reason.encode("latin-1"),
                                             headers=headers_from_wire(headers)))
             case Data(data=data):
@@ -132,9 +156,15 @@ class Stream(_WireStream):
                 if self.whole:
                     conn.end_local()
                     self._maybe_finish()
+                elif self.tunnel:
+                    self._maybe_finish()
+                    conn.on_local(LocalEnd())
                 else:
                     self._finish()
                     conn.on_local(LocalEnd())
+            case Trailers(headers=headers):
+                if not self.whole:
+                    conn.on_local(LocalTrailers(headers=headers_from_wire(headers)))
             case Reset(reason=reason):
                 self._finish()
                 if self.whole:
@@ -301,7 +331,7 @@ class ClientLink:
                         await self.agent.unsubscribe(sub_id)
             case ResponseStart(stream=sid) | Data(stream=sid) | End(stream=sid) | Reset(
                 stream=sid
-            ):
+            ) | Trailers(stream=sid):
                 stream = self.streams.get(sid)
                 if stream is not None:
                     stream.receive(message)

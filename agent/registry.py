@@ -122,8 +122,9 @@ class Registry:
 
         The earliest matching steal takes it; later matching steals are reported as
         shadowed (their sessions are told, never shown the request); every matching mirror
-        gets a copy. An unfiltered mirror matches everything; an unfiltered steal is not
-        consulted here (it takes whole connections before any request is read).
+        gets a copy. An unfiltered mirror matches everything; so does an unfiltered steal
+        (it takes new connections whole; here it takes the requests of connections that
+        were already routed one by one when it arrived).
         """
         subs = self._by_port.get(port, ())
         only_filter = subs[0].http_filter if len(subs) == 1 else None
@@ -145,6 +146,10 @@ class Registry:
             if sub.http_filter is None:
                 if sub.mode == "mirror":
                     mirrors.append(sub.sub_id)
+                elif steal_by is None:
+                    # New connections go to it whole; this takes the requests of
+                    # connections that were already being routed one by one.
+                    steal_by, clause = sub.sub_id, "whole port"
                 continue
             result = sub.http_filter.evaluate(request, clock=time.perf_counter)
             timed_out.extend(result.timed_out)

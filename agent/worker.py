@@ -20,7 +20,8 @@ import signal
 import subprocess
 import sys
 import time
-from typing import TYPE_CHECKING
+import traceback
+from typing import TYPE_CHECKING, Any
 
 from agent.interception import serve_connection
 from agent.iptables import Redirector
@@ -29,7 +30,7 @@ from agent.registry import Registry, Subscription
 from agent.upstream import upstream_pool
 from core.flow import FlowRecord, Verdict
 from core.local_targets import listening_ports, parse_proc_net_tcp
-from core.wire import ConnectionStart, RequestStart, headers_to_wire
+from core.wire import ConnectionStart, Notice, RequestStart, headers_to_wire
 
 if TYPE_CHECKING:
     from agent.interception import InterceptedConnection
@@ -130,6 +131,17 @@ class Agent:
         if killed:
             self._warn_all(f"reset {killed} connection(s) to port {port} opened before the "
                            "steal began; their clients reconnect through waylay")
+
+    def _unexpected(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        """A bug in the agent: tell the sessions (an error event) instead of only stderr."""
+        exc = context.get("exception")
+        where = context.get("message", "unexpected error")
+        detail = "".join(traceback.format_exception(exc)) if exc is not None else ""
+        message = f"agent error: {where}: {exc!r}" if exc is not None else f"agent: {where}"
+        emit({"event": "error", "message": message, "detail": detail[-4000:]})
+        for link in self.links.values():
+            link.send(Notice(level="error", message=message))
+        loop.default_exception_handler(context)
 
     def _warn_all(self, message: str) -> None:
         for link in self.links.values():
@@ -294,6 +306,7 @@ class Agent:
         os.chmod(control_path, 0o600)  # the token is the lock; the mode is the door
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+        loop.set_exception_handler(self._unexpected)
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.add_signal_handler(sig, stop.set)
         emit({"event": "ready", "listen": f"unix:{control_path}", "chain": self.chain,

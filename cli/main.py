@@ -83,6 +83,19 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("--clean-on-start", action="store_true",
                     help="remove waylay iptables rules left in the target by dead agents")
 
+    demo = commands.add_parser(
+        "demo", help="a live sample service to intercept (no cluster, no sudo)",
+        description="Start a sample shop with live traffic in a private network namespace "
+        "and a local dev version of it, then open the dashboard on it in mirror mode.",
+    )
+    demo.add_argument("--headless", action="store_true",
+                      help="no dashboard: print the event lines, then a summary and a verdict")
+    demo.add_argument("--seconds", type=float, metavar="N",
+                      help="stop after N seconds (default: headless until Ctrl-C; the "
+                      "dashboard until you quit)")
+    demo.add_argument("-f", "--config", metavar="CONFIG",
+                      help="mirrord-compatible config file (default: mirror everything)")
+
     targets = commands.add_parser("targets", help="list local targets",
                                   description="List the targets waylay can intercept here.")
     targets.add_argument("--json", action="store_true", help="one JSON document")
@@ -110,6 +123,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from cli.ui import ui_command
 
             return ui_command(args)
+        if args.command == "demo":
+            from cli.demo.runner import demo_command
+
+            return demo_command(args)
         if args.command == "targets":
             from cli.targets import targets_command
 

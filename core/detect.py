@@ -32,6 +32,14 @@ class Protocol(enum.Enum):
     NEED_MORE = "need-more"
 
 
+def h2_server_preface(data: bytes) -> bool:
+    """True if ``data`` opens with a server's HTTP/2 preface: a SETTINGS frame on stream 0
+    (RFC 9113 §3.4), which an h2c server may send before the client said anything."""
+    return (len(data) >= 9 and data[3] == 0x04 and not data[4] & 0x01
+            and data[5:9] == b"\x00\x00\x00\x00"
+            and int.from_bytes(data[:3], "big") % 6 == 0)
+
+
 def detect(data: bytes) -> Protocol:
     """Classify a connection by its first client bytes (``data`` is everything so far)."""
     if not data:

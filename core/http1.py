@@ -35,6 +35,7 @@ from core.flow import FlowRecord, Verdict
 from core.http1_framing import (
     CHUNKED,
     LAST_CHUNK,
+    MAX_HEAD_BYTES,
     NO_BODY,
     UNTIL_CLOSE,
     BodyReader,
@@ -61,6 +62,7 @@ from core.routing import (
     LocalData,
     LocalEnd,
     LocalResponse,
+    LocalTrailers,
     MirrorData,
     MirrorEnd,
     MirrorStart,
@@ -126,8 +128,11 @@ class Http1Router:
         self._down = bytearray()
         self._up = bytearray()
         self._down_eof = False
+        self._tunnel_sent_end = False
+        self._awaiting_head = False  # a partial head is buffered (see DownstreamData)
         self._has_upstream = False
-        self._tunnel = False
+        # After a 101: "upstream" relays to the original app, "local" to the session.
+        self._tunnel = ""
         self._exchange: _Exchange | None = None
         self._now = 0.0
         self.closed = False
@@ -136,7 +141,8 @@ class Http1Router:
     @property
     def wants_downstream(self) -> bool:
         """False while enough pipelined bytes wait in the buffer (backpressure)."""
-        return not self.closed and (self._tunnel or len(self._down) < MAX_BUFFERED_DOWNSTREAM)
+        return not self.closed and (
+            bool(self._tunnel) or len(self._down) < MAX_BUFFERED_DOWNSTREAM)
 
     def handle(self, event: Event, now: float) -> list[Command]:
         """Feed one event; return the commands to execute, in order."""
@@ -147,6 +153,11 @@ class Http1Router:
         match event:
             case DownstreamData(data=data):
                 self._down += data
+                # A head can only complete with a line end: a head dripping in byte by
+                # byte is not rescanned on every byte (that would be quadratic).
+                if (self._awaiting_head and b"\n" not in data
+                        and len(self._down) <= MAX_HEAD_BYTES):
+                    return out
                 self._pump_downstream(out)
             case DownstreamClosed():
                 self._down_eof = True
@@ -164,6 +175,8 @@ class Http1Router:
                 self._local_end(out)
             case LocalAborted(reason=reason):
                 self._fail(f"waylay: the local app failed: {reason}", out)
+            case LocalTrailers():
+                pass  # an HTTP/1.1 client gets a stolen answer without its trailers
             case _:
                 raise AssertionError(f"unhandled event {event!r}")
         return _coalesce(out)
@@ -172,12 +185,20 @@ class Http1Router:
 
     def _pump_downstream(self, out: list[Command]) -> None:
         while not self.closed:
-            if self._tunnel:
+            if self._tunnel == "upstream":
                 if self._down:
                     out.append(SendUpstream(data=bytes(self._down)))
                     self._down.clear()
                 if self._down_eof:
                     self._close(out)
+                return
+            if self._tunnel == "local":
+                if self._down:
+                    out.append(StealData(data=bytes(self._down)))
+                    self._down.clear()
+                if self._down_eof and not self._tunnel_sent_end:
+                    self._tunnel_sent_end = True
+                    out.append(StealEnd())  # half-close; the local side ends the tunnel
                 return
             exchange = self._exchange
             if exchange is None:
@@ -186,6 +207,7 @@ class Http1Router:
                 except HttpParseError as exc:
                     self._bad_request(exc, out)
                     return
+                self._awaiting_head = head is None and bool(self._down)
                 if head is None:
                     if self._down_eof:
                         self._close(out)  # a clean close between requests, or a torn head
@@ -280,7 +302,7 @@ class Http1Router:
 
     def _pump_upstream(self, out: list[Command]) -> None:
         while not self.closed and self._up:
-            if self._tunnel:
+            if self._tunnel == "upstream":
                 out.append(SendDownstream(data=bytes(self._up)))
                 self._up.clear()
                 return
@@ -338,7 +360,7 @@ class Http1Router:
 
     def _switch_protocols(self, exchange: _Exchange, out: list[Command]) -> None:
         """101 to a passed upgrade: from now on bytes flow untouched both ways."""
-        self._tunnel = True
+        self._tunnel = "upstream"
         exchange.record.status = 101
         exchange.response_started = exchange.response_done = True
         exchange.request_done = True
@@ -353,7 +375,7 @@ class Http1Router:
             return
         self._has_upstream = False
         out.append(ReleaseUpstream(reusable=False))
-        if self._tunnel:
+        if self._tunnel == "upstream":
             self._close(out)
             return
         exchange = self._exchange
@@ -385,6 +407,9 @@ class Http1Router:
         if exchange is None or not exchange.stolen or exchange.response_started:
             return
         request = exchange.request
+        if status == 101 and request.upgrade:
+            self._local_switch(exchange, reason, headers, out)
+            return
         kept = [(n, v) for n, v in headers if n.lower() not in _HOP_BY_HOP]
         sized = any(n.lower() == b"content-length" for n, _ in kept)
         if request.method == b"HEAD" or status in (204, 304) or 100 <= status < 200:
@@ -410,7 +435,24 @@ class Http1Router:
         exchange.record.status = status
         out.append(SendDownstream(data=response_head_bytes(status, reason, kept)))
 
+    def _local_switch(self, exchange: _Exchange, reason: bytes,
+                      headers: list[tuple[bytes, bytes]], out: list[Command]) -> None:
+        """The local app accepted a stolen upgrade (RFC 9110 §7.8): the connection is its
+        now, both ways, byte for byte (a WebSocket to the local app)."""
+        kept = [(n, v) for n, v in headers
+                if n.lower() not in (b"content-length", b"transfer-encoding")]
+        out.append(SendDownstream(data=response_head_bytes(101, reason, kept)))
+        self._tunnel = "local"
+        exchange.record.status = 101
+        exchange.response_started = exchange.response_done = True
+        self._record(exchange, out)
+        self._exchange = None
+        self._pump_downstream(out)  # bytes the client sent right behind its request
+
     def _local_data(self, data: bytes, out: list[Command]) -> None:
+        if self._tunnel == "local":
+            out.append(SendDownstream(data=data))
+            return
         exchange = self._exchange
         if (exchange is None or not exchange.stolen or not exchange.response_started
                 or exchange.response_done or not data):
@@ -424,6 +466,9 @@ class Http1Router:
         out.append(SendDownstream(data=chunk(data) if framing is CHUNKED else data))
 
     def _local_end(self, out: list[Command]) -> None:
+        if self._tunnel == "local":
+            self._close(out)  # the local app ended the upgraded connection
+            return
         exchange = self._exchange
         if (exchange is None or not exchange.stolen or not exchange.response_started
                 or exchange.response_done):
@@ -494,6 +539,8 @@ class Http1Router:
             if exchange.stolen:
                 out.append(StealAbort(reason="connection closed"))
             self._record(exchange, out)
+        if self._tunnel == "local" and not self._tunnel_sent_end:
+            out.append(StealAbort(reason="connection closed"))
         if self._has_upstream:
             self._has_upstream = False
             out.append(ReleaseUpstream(reusable=exchange is None and not self._tunnel

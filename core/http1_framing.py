@@ -14,8 +14,9 @@ boundaries (RFC 9112) and hands back the exact bytes consumed, to forward verbat
   for the next pipelined message.
 * ``response_head_bytes``, ``chunk`` and ``LAST_CHUNK`` write what the agent itself sends.
 
-The parsers hold no state between calls; ``BodyReader`` is the only state machine
-(``_SIZE -> _DATA -> _DATA_END -> _SIZE ... -> _TRAILER -> _DONE`` for chunked bodies).
+The head parsers hold no state between calls (only a bounded memo of field names already
+validated); ``BodyReader`` is the only state machine (for chunked bodies
+``_SIZE -> _DATA -> _DATA_END -> _SIZE ... -> _TRAILER -> _DONE``).
 
 Strictness follows h11 where leniency would let two parsers disagree about where a
 message ends (request smuggling, RFC 9112 §11.2): a forwarded message is one that both
@@ -64,6 +65,9 @@ MAX_CHUNK_LINE_BYTES: Final = 4096
 _MAX_LENGTH_DIGITS: Final = 18
 # Chunk-size hex digits: 16 is 64 bits.
 _MAX_CHUNK_SIZE_DIGITS: Final = 16
+# How much of a method an incomplete head has checked on each call: enough to refuse
+# garbage at once, little enough that a peer sending a huge "method" costs nothing per call.
+_METHOD_PREFIX: Final = 64
 
 _BAD_GATEWAY: Final = 502
 
@@ -258,6 +262,12 @@ def parse_request_head(buf: bytearray) -> RequestHead | None:
     success the head's bytes are removed from ``buf`` and nothing else is. Raises
     HttpParseError as soon as the bytes so far cannot start a valid head, with the error
     the whole head would get, so the outcome is the same however the input is split.
+
+    Holding no state, each call rescans ``buf`` (up to MAX_HEAD_BYTES, ~100 us at worst).
+    A head can only complete when an LF arrives, so call again only when the bytes just
+    received contain b"\n" (or ``buf`` was empty before them, for early refusal of
+    garbage): a peer trickling a large head byte by byte then costs at most
+    MAX_HEADERS + 2 calls per head instead of one per byte.
     """
     if buf and buf[0] in b"\r\n":
         _skip_empty_lines(buf)
@@ -284,6 +294,7 @@ def parse_response_head(buf: bytearray, *, request_method: bytes) -> ResponseHea
         prefix = bytes(buf[:5])
         if not b"HTTP/".startswith(prefix):
             raise _bad_gateway(f"not an HTTP/1.x status line: {prefix!r}...")
+        _check_field_count(buf.count(b"\n", 0, MAX_HEAD_BYTES) - 1, _BAD_GATEWAY)
         if len(buf) > MAX_HEAD_BYTES:
             raise _bad_gateway(f"response head larger than {MAX_HEAD_BYTES} bytes")
         return None
@@ -318,19 +329,30 @@ def _head_end(buf: bytearray) -> int:
 
 
 def _check_partial_request(buf: bytearray) -> None:
-    """Refuse an incomplete head early, with the error the complete one would get."""
+    """Refuse an incomplete head early, with the error the complete one would get.
+
+    Each check here is one the complete head gets first, in the same order, so refusing
+    early never changes the outcome, only when it is known.
+    """
     lf = buf.find(b"\n")
     if lf >= 0:
         _parse_request_line(_strip_cr(bytes(buf[:lf])), lf)
+        _check_field_count(buf.count(b"\n", 0, MAX_HEAD_BYTES) - 1, 431)
     else:
-        sp = buf.find(b" ")
-        method = bytes(buf[:sp]) if sp >= 0 else _strip_cr(bytes(buf))
+        # The method so far (a prefix is enough to refuse, and bounds the work per call).
+        sp = buf.find(b" ", 0, _METHOD_PREFIX)
+        method = bytes(buf[:sp]) if sp >= 0 else _strip_cr(bytes(buf[:_METHOD_PREFIX]))
         if _learn_token(method) is None:
             raise _bad_method(method)
         if len(buf) > MAX_HEAD_BYTES:
             raise HttpParseError(f"request line longer than {MAX_HEAD_BYTES} bytes", 431)
     if len(buf) > MAX_HEAD_BYTES:
         raise HttpParseError(f"request head larger than {MAX_HEAD_BYTES} bytes", 431)
+
+
+def _check_field_count(lines: int, status: int) -> None:
+    if lines > MAX_HEADERS:
+        raise HttpParseError(f"more than {MAX_HEADERS} header fields", status)
 
 
 def _strip_cr(line: bytes) -> bytes:
@@ -381,13 +403,13 @@ def _parse_request(raw: bytes) -> RequestHead:
         if name == b"host":
             hosts += 1
         elif name == b"connection":
-            connection += b"," + value
+            connection = connection + b"," + value if connection else value
         elif name == b"content-length":
             has_length = True
         elif name == b"transfer-encoding":
             has_coding = True
         elif name == b"expect":
-            expect += b"," + value
+            expect = expect + b"," + value if expect else value
         else:
             has_upgrade = True
     if hosts != 1 and (hosts or version == b"1.1"):
@@ -461,7 +483,7 @@ def _parse_response(raw: bytes, request_method: bytes) -> ResponseHead:
     has_length = has_coding = False
     for name, value in tracked:
         if name == b"connection":
-            connection += b"," + value
+            connection = connection + b"," + value if connection else value
         elif name == b"content-length":
             has_length = True
         elif name == b"transfer-encoding":
@@ -516,9 +538,12 @@ def _parse_fields(
         return [], []
     # and the last field line's ending
     text = raw[start : block_end - (2 if raw[block_end - 2] == 0x0D else 1)]
+    lf = text.count(b"\n")
+    if lf >= MAX_HEADERS:  # lf + 1 lines
+        raise HttpParseError(f"more than {MAX_HEADERS} header fields", too_many_status)
     lines = text.split(b"\r\n")
     crlf = len(lines) - 1
-    if text.count(b"\n") != crlf or text.count(b"\r") != crlf:
+    if lf != crlf or text.count(b"\r") != crlf:
         # Bare LF line endings (allowed, RFC 9112 §2.2), or a bare CR (refused, same §).
         # Split the block with its last line ending still on, so that a CR is taken
         # off a line only when it is part of that line's CRLF.
@@ -526,8 +551,6 @@ def _parse_fields(
         del lines[-1]  # the empty string after the last LF
         if any(b"\r" in line for line in lines):
             raise HttpParseError("bare CR in header section (RFC 9112 §2.2)", status)
-    if len(lines) > MAX_HEADERS:
-        raise HttpParseError(f"more than {MAX_HEADERS} header fields", too_many_status)
     if text.translate(None, _HEAD_CHARS):
         raise HttpParseError("control character in header section (RFC 9110 §5.5)", status)
     headers: list[tuple[bytes, bytes]] = []
@@ -600,8 +623,10 @@ def _transfer_codings(tracked: list[tuple[bytes, bytes]], status: int) -> list[b
 
 
 def _tokens(value: bytes) -> list[bytes]:
-    """The lower-cased elements of a comma-separated list of tokens (RFC 9110 §5.6.1)."""
-    return value.lower().replace(b" ", b"").replace(b"\t", b"").split(b",")
+    """The lower-cased elements of a comma-separated list (RFC 9110 §5.6.1)."""
+    if b"," not in value:  # the usual single token (field values come stripped)
+        return [value.lower()]
+    return [item.strip(_OWS) for item in value.lower().split(b",")]
 
 
 # --- bodies ------------------------------------------------------------------------------

@@ -187,6 +187,7 @@ class StealAbort:
 class MirrorStart:
     """Open a copy of the current request to mirror subscription ``sub_id``."""
 
+    stream: int = 0
     sub_id: int
     method: str
     target: str
@@ -197,12 +198,15 @@ class MirrorStart:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class MirrorData:
+    stream: int = 0
     data: bytes
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class MirrorEnd:
     """The copied request's body is complete."""
+
+    stream: int = 0
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -212,6 +216,7 @@ class RecordFlow:
     record: FlowRecord
     owner: int | None
     timed_out: tuple[str, ...] = ()
+    stream: int = 0
 
 
 Command = (

@@ -55,3 +55,12 @@ def test_timed_out_filter_counts_as_no_match() -> None:
     route = reg.decide(80, view(("X-Evil", "a" * 40 + "!")))
     assert route.steal_by is None
     assert route.timed_out
+
+
+def test_unfiltered_steal_takes_requests_of_connections_already_routed() -> None:
+    """A port switched to a whole steal takes the next request on older connections too."""
+    reg = Registry()
+    reg.add(sub(1, 1, {"header_filter": "x-user: alice"}))
+    reg.add(sub(2, 2, None))
+    assert reg.decide(80, view(("X-User", "bob"))).steal_by == 2
+    assert reg.decide(80, view(("X-User", "alice"))).steal_by == 1  # earlier one first

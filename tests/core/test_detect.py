@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from core.detect import H2_PREFACE, MAX_DETECT_BYTES, Protocol, detect
+from core.detect import H2_PREFACE, MAX_DETECT_BYTES, Protocol, detect, h2_server_preface
 
 
 def test_http1_request_line() -> None:
@@ -45,3 +45,13 @@ def test_whole_and_prefix_agree(data: bytes) -> None:
     first = detect(data)
     if first is not Protocol.NEED_MORE:
         assert detect(data + b"more bytes\r\n") is first
+
+
+def test_h2_server_preface_is_recognised() -> None:
+    """A SETTINGS frame on stream 0 is an h2c server's greeting; other bytes are not."""
+    assert h2_server_preface(b"\x00\x00\x06\x04\x00\x00\x00\x00\x00\x00\x03\x00\x00\x00\x64")
+    assert h2_server_preface(b"\x00\x00\x00\x04\x00\x00\x00\x00\x00")  # empty SETTINGS
+    assert not h2_server_preface(b"\x00\x00\x00\x04\x01\x00\x00\x00\x00")  # an ACK
+    assert not h2_server_preface(b"220 smtp.example ESMTP\r\n")
+    assert not h2_server_preface(b"SSH-2.0-OpenSSH_9.2\r\n")
+    assert not h2_server_preface(b"\x00\x00\x06\x04")

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import ast
+import re
 import string
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import h11
 import pytest
@@ -89,6 +92,18 @@ def body_error(framing: Framing, data: bytes) -> HttpParseError:
     with pytest.raises(HttpParseError) as caught:
         BodyReader(framing).read(bytearray(data))
     return caught.value
+
+
+def test_module_is_sans_io() -> None:
+    """The framing module imports no socket, asyncio, clock or other I/O (STYLE rule 1)."""
+    path = Path(__file__).resolve().parents[2] / "core" / "http1_framing.py"
+    imported: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            imported.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            imported.add(node.module.split(".")[0])
+    assert imported <= {"__future__", "dataclasses", "typing"}
 
 
 # --- request line -------------------------------------------------------------------------
@@ -281,6 +296,17 @@ def test_header_count_limit_is_431() -> None:
     fields = [b"X-%d: v" % i for i in range(MAX_HEADERS - 1)]
     assert len(request(get(*fields)).headers) == MAX_HEADERS
     assert request_error(get(*fields, b"Y: 1")).status_hint == 431
+
+
+def test_too_many_fields_are_431_before_the_head_ends() -> None:
+    """Field lines are counted as they arrive, so a stream of them is cut off early."""
+    start = b"GET / HTTP/1.1\r\n" + b"a:b\r\n" * MAX_HEADERS
+    assert parse_request_head(bytearray(start)) is None
+    assert request_error(start + b"a:b\r\n").status_hint == 431
+    assert request_error(start + b"a:b\r\nbad line\r\n\r\n").status_hint == 431
+    start = b"HTTP/1.1 200 OK\r\n" + b"a:b\r\n" * MAX_HEADERS
+    assert parse_response_head(bytearray(start), request_method=b"GET") is None
+    assert response_error(start + b"a:b\r\n").status_hint == 502
 
 
 def test_head_size_limit_is_431_complete_or_not() -> None:
@@ -1081,13 +1107,11 @@ def parse_responses(
     return drive(pieces, parse, eof=eof)
 
 
-def splits(draw: st.DrawFn, data: bytes) -> list[bytes]:
-    """``data`` cut at random points."""
-    cuts = (
-        sorted(draw(st.sets(st.integers(1, max(1, len(data) - 1)), max_size=12)))
-        if len(data) > 1
-        else []
-    )
+def splits(source: st.DataObject, data: bytes) -> list[bytes]:
+    """``data`` cut at points drawn from ``source``."""
+    if len(data) < 2:
+        return [data]
+    cuts = sorted(source.draw(st.sets(st.integers(1, len(data) - 1), max_size=12)))
     return [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)], strict=True)]
 
 
@@ -1119,12 +1143,11 @@ def check_message(parsed: Parsed, expected: Message) -> None:
 def test_pipelined_requests_round_trip_in_any_split(
     messages: list[Message], data: st.DataObject
 ) -> None:
-    """Requests fed whole, cut anywhere or byte by byte give the same heads and bodies, and
-    the raw bytes concatenate back to the input (minus skipped empty lines)."""
+    """Requests in any split parse the same, and their raw bytes rebuild the input."""
     wire = b"".join(m.wire for m in messages)
     forwarded = b"".join(m.forwarded for m in messages)
     whole = parse_requests([wire])
-    for result in (whole, parse_requests(splits(data.draw, wire)), parse_requests(bytewise(wire))):
+    for result in (whole, parse_requests(splits(data, wire)), parse_requests(bytewise(wire))):
         parsed, raw, rest = result
         assert rest == b""
         assert raw == forwarded
@@ -1149,7 +1172,7 @@ def test_pipelined_responses_round_trip_in_any_split(
     methods = [method for method, _ in exchanges]
     messages = [m for _, group in exchanges for m in group]
     wire = b"".join(m.wire for m in messages)
-    for pieces in ([wire], splits(data.draw, wire), bytewise(wire)):
+    for pieces in ([wire], splits(data, wire), bytewise(wire)):
         parsed, raw, rest = parse_responses(pieces, methods, eof=True)
         assert rest == b""
         assert raw == wire
@@ -1270,7 +1293,7 @@ def test_garbage_heads_parse_or_raise_the_same_in_any_split(
 ) -> None:
     """Arbitrary bytes give a head, None or HttpParseError; the same whole, cut or bytewise."""
     whole = head_outcome(parse, [data])
-    assert head_outcome(parse, splits(draw.draw, data)) == whole
+    assert head_outcome(parse, splits(draw, data)) == whole
     assert head_outcome(parse, bytewise(data)) == whole
 
 
@@ -1308,7 +1331,7 @@ def test_head_like_garbage_parses_or_raises_the_same_in_any_split(
 ) -> None:
     """Near-miss heads built from HTTP fragments behave the same whole, cut or bytewise."""
     whole = head_outcome(parse, [data])
-    assert head_outcome(parse, splits(draw.draw, data)) == whole
+    assert head_outcome(parse, splits(draw, data)) == whole
     assert head_outcome(parse, bytewise(data)) == whole
 
 
@@ -1394,7 +1417,7 @@ def test_garbage_bodies_read_or_raise_the_same_in_any_split(
 ) -> None:
     """Any bytes as any body: the same payload or error whole, cut or bytewise."""
     whole = body_outcome(framing, [data], eof)
-    assert body_outcome(framing, splits(draw.draw, data), eof) == whole
+    assert body_outcome(framing, splits(draw, data), eof) == whole
     assert body_outcome(framing, bytewise(data), eof) == whole
     if not isinstance(whole, tuple) or whole[0] == "error":
         return
@@ -1422,7 +1445,7 @@ def test_mutated_request_streams_parse_or_raise_the_same_in_any_split(
 ) -> None:
     """Damaged pipelined requests give the same messages or error whole, cut or bytewise."""
     whole = stream_outcome(parse_requests, [data])
-    assert stream_outcome(parse_requests, splits(draw.draw, data)) == whole
+    assert stream_outcome(parse_requests, splits(draw, data)) == whole
     assert stream_outcome(parse_requests, bytewise(data)) == whole
 
 
@@ -1437,5 +1460,153 @@ def test_mutated_response_streams_parse_or_raise_the_same_in_any_split(
         return parse_responses(pieces, [b"GET"] * 8, eof=True)
 
     whole = stream_outcome(driver, [data])
-    assert stream_outcome(driver, splits(draw.draw, data)) == whole
+    assert stream_outcome(driver, splits(draw, data)) == whole
     assert stream_outcome(driver, bytewise(data)) == whole
+
+
+# --- framing agreement with h11 on damaged input -------------------------------------------
+# The smuggling question: whenever this parser frames a message, does another strict parser
+# find the same message and the same bytes after it? Known, deliberate differences, where
+# this parser follows RFC 9112 and h11 refuses: empty lines before a request line
+# (skipped, §2.2), transfer codings other than chunked in a response (read until close,
+# §6.3), whitespace before a chunk extension (BWS, §7.1.1).
+BWS_BEFORE_EXTENSION = re.compile(rb"(?:^|\n)[0-9A-Fa-f]+[ \t]+;")
+
+
+def first_request(data: bytes) -> tuple[object, ...] | None:
+    """This parser's first request in ``data`` with its body, and the bytes after it."""
+    buf = bytearray(data)
+    parsed = parse_request_head(buf)
+    if parsed is None:
+        return None
+    reader = BodyReader(parsed.framing)
+    _, body = reader.read(buf)
+    if not reader.done:
+        return None
+    return parsed.method, parsed.target, parsed.headers, body, reader.trailers, bytes(buf)
+
+
+def h11_first_request(data: bytes) -> tuple[object, ...] | None:
+    """h11's first request in ``data`` with its body, and the bytes after it."""
+    conn = h11.Connection(h11.SERVER)
+    conn.receive_data(data)
+    parsed = conn.next_event()
+    if parsed is h11.NEED_DATA:
+        return None
+    assert isinstance(parsed, h11.Request)
+    body = b""
+    while True:
+        event = conn.next_event()
+        if event is h11.NEED_DATA:
+            return None
+        if isinstance(event, h11.Data):
+            body += event.data
+        else:
+            assert isinstance(event, h11.EndOfMessage)
+            trailers = list(event.headers.raw_items())
+            rest = bytes(conn.trailing_data[0])
+            return (
+                parsed.method,
+                parsed.target,
+                list(parsed.headers.raw_items()),
+                body,
+                trailers,
+                rest,
+            )
+
+
+two_requests = st.tuples(requests(h11_compatible=True), requests(h11_compatible=True)).map(
+    lambda pair: pair[0].wire + pair[1].wire
+)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(mutated(two_requests))
+def test_damaged_requests_we_accept_are_framed_identically_by_h11(data: bytes) -> None:
+    """If this parser frames a damaged request, h11 reads the same head, body and remainder."""
+    try:
+        ours = first_request(data)
+    except HttpParseError:
+        return
+    if ours is None:
+        return
+    try:
+        theirs = h11_first_request(data.lstrip(b"\r\n"))
+    except h11.RemoteProtocolError:
+        assert BWS_BEFORE_EXTENSION.search(data), "h11 refuses a request we accepted"
+        return
+    assert theirs == ours
+
+
+def first_response(data: bytes, method: bytes) -> tuple[object, ...] | None:
+    """This parser's heads up to the first final response, its body, and the bytes after."""
+    buf = bytearray(data)
+    heads = []
+    while True:
+        parsed = parse_response_head(buf, request_method=method)
+        if parsed is None:
+            return None
+        heads.append((parsed.status, parsed.reason, parsed.headers))
+        reader = BodyReader(parsed.framing)
+        _, body = reader.read(buf)
+        if not reader.done:
+            return None
+        if not parsed.informational:
+            return heads, body, reader.trailers, bytes(buf)
+
+
+def h11_first_response(data: bytes, method: bytes) -> tuple[object, ...] | None:
+    """h11's heads up to the first final response, its body, and the bytes after."""
+    conn = h11.Connection(h11.CLIENT)
+    conn.send(h11.Request(method=method, target="/", headers=[("Host", "h")]))
+    conn.send(h11.EndOfMessage())
+    conn.receive_data(data)
+    heads = []
+    body = b""
+    while True:
+        event = conn.next_event()
+        if event is h11.NEED_DATA:
+            return None
+        if isinstance(event, h11.InformationalResponse | h11.Response):
+            heads.append((event.status_code, event.reason, list(event.headers.raw_items())))
+        elif isinstance(event, h11.Data):
+            body += event.data
+        else:
+            assert isinstance(event, h11.EndOfMessage)
+            rest = bytes(conn.trailing_data[0])
+            return heads, body, list(event.headers.raw_items()), rest
+
+
+@st.composite
+def damaged_responses(draw: st.DrawFn) -> tuple[bytes, bytes]:
+    """A request method and two damaged responses in a row."""
+    method, first = draw(responses(h11_compatible=True))
+    _, second = draw(responses(h11_compatible=True))
+    return method, draw(mutated(st.just(b"".join(m.wire for m in first + second))))
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(damaged_responses())
+def test_damaged_responses_we_accept_are_framed_identically_by_h11(
+    exchange: tuple[bytes, bytes],
+) -> None:
+    """If this parser frames a damaged response, h11 reads the same heads, body and remainder."""
+    method, data = exchange
+    try:
+        ours = first_response(data, method)
+    except HttpParseError:
+        return
+    if ours is None:
+        return
+    heads = ours[0]
+    assert isinstance(heads, list)
+    for _, _, fields in heads:
+        for name, value in fields:
+            if name.lower() == b"transfer-encoding" and value.lower() != b"chunked":
+                return  # read until close here (§6.3); h11 knows only chunked
+    try:
+        theirs = h11_first_response(data, method)
+    except h11.RemoteProtocolError:
+        assert BWS_BEFORE_EXTENSION.search(data), "h11 refuses a response we accepted"
+        return
+    assert theirs == ours

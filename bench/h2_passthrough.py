@@ -1,0 +1,330 @@
+"""HTTP/2 passthrough benchmark: what a filtered steal costs the h2 streams it does not take.
+
+Theory of operation. Like ``bench/passthrough.py`` (whose helpers it reuses), it builds
+its own network namespace with a veth pair and runs nginx inside, here serving h2c with
+prior knowledge (``listen 80 http2``, ``return 200``). ``h2load`` on the host loads the
+namespace's own address (DESIGN §5), many streams per connection:
+
+1. **direct**: h2load straight at nginx:80.
+2. **waylay agent**: ``waylay run -t netns/NS -p 80:LOCAL`` with a header filter that no
+   request matches: port 80 is REDIRECTed to the agent, which routes every h2 stream
+   (``core.h2_router``) and passes it through to nginx on its own upstream h2 connection.
+   h2load hits the very same URL as in (1).
+
+The issue's first target: through the agent, at least ``TARGET_RATIO`` of the direct
+throughput, with no failed request.
+
+Everything started here (nginx, waylay, the namespace and its veth) is stopped in
+``finally`` blocks, also on Ctrl-C. Every load is bounded by ``h2load -D``. Needs root,
+nginx (with its HTTP/2 module, as Debian's nginx-light has) and h2load (nghttp2-client).
+
+Usage: ``.venv/bin/python bench/h2_passthrough.py [-d SECONDS] [-c CLIENTS]
+[-m STREAMS] [-t THREADS] [--json] [--check]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from bench.passthrough import (  # noqa: E402
+    _HANDLED_SIGNALS,
+    EXIT_MISSING,
+    EXIT_USAGE,
+    NEVER_MATCHING_FILTER,
+    ORIGIN_PORT,
+    STARTUP_TIMEOUT_S,
+    STOP_TIMEOUT_S,
+    BenchError,
+    Waylay,
+    _free_local_port,
+    _Interrupted,
+    _kill_leftovers,
+    _redirect_installed,
+    _stop,
+    _tail,
+    children,
+    cpu_seconds,
+    nginx,
+)
+from tests.netns import have_root_netns, netns, veth_pair  # noqa: E402
+
+TARGET_RATIO = 0.2
+"""The issue's first target: h2 passthrough throughput at least this fraction of direct."""
+
+H2LOAD_SLACK_S = 30.0  # h2load -D bounds the load; this bounds a wedged h2load
+
+ORIGIN_SERVERS = f"""\
+    server {{
+        listen {ORIGIN_PORT} http2;
+        http2_max_concurrent_streams 256;
+        keepalive_requests 100000000;
+        location / {{ return 200 "ok\\n"; }}
+    }}"""
+
+
+# --- h2load -------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class H2loadResult:
+    """What one h2load run measured (request times in milliseconds)."""
+
+    requests_per_s: float
+    succeeded: int
+    failed: int
+    errored: int
+    non_2xx: int
+    mean_ms: float
+    max_ms: float
+
+    @property
+    def failures(self) -> int:
+        return self.failed + self.errored + self.non_2xx
+
+
+_TIME_MS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+_RATE = re.compile(r"^finished in [\d.]+\w+, ([\d.]+) req/s", re.M)
+_REQUESTS = re.compile(r"^requests: \d+ total, \d+ started, \d+ done, (\d+) succeeded, "
+                       r"(\d+) failed, (\d+) errored", re.M)
+_STATUS = re.compile(r"^status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", re.M)
+_REQUEST_TIME = re.compile(r"^time for request:\s+([\d.]+)(us|ms|s)\s+([\d.]+)(us|ms|s)\s+"
+                           r"([\d.]+)(us|ms|s)", re.M)
+
+
+def parse_h2load(text: str) -> H2loadResult:
+    """Parse h2load's summary; raises ValueError naming what is missing."""
+    rate, requests = _RATE.search(text), _REQUESTS.search(text)
+    status, times = _STATUS.search(text), _REQUEST_TIME.search(text)
+    missing = [name for name, found in (("req/s", rate), ("requests:", requests),
+                                        ("status codes:", status),
+                                        ("time for request:", times)) if found is None]
+    if missing or rate is None or requests is None or status is None or times is None:
+        raise ValueError(f"h2load output lacks {', '.join(missing)}:\n{text}")
+    return H2loadResult(
+        requests_per_s=float(rate.group(1)),
+        succeeded=int(requests.group(1)), failed=int(requests.group(2)),
+        errored=int(requests.group(3)),
+        non_2xx=sum(int(status.group(i)) for i in (2, 3, 4)),
+        max_ms=float(times.group(3)) * _TIME_MS[times.group(4)],
+        mean_ms=float(times.group(5)) * _TIME_MS[times.group(6)],
+    )
+
+
+def run_h2load(url: str, args: argparse.Namespace, seconds: int) -> H2loadResult:
+    argv = ["h2load", f"-c{args.clients}", f"-m{args.streams}", f"-t{args.threads}",
+            f"-D{seconds}", url]
+    env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
+    done = subprocess.run(argv, capture_output=True, text=True, check=False, env=env,
+                          timeout=seconds + H2LOAD_SLACK_S)
+    if done.returncode != 0:
+        raise BenchError(f"{' '.join(argv)} failed (exit {done.returncode}): "
+                         f"{done.stderr.strip() or done.stdout.strip()}")
+    try:
+        return parse_h2load(done.stdout)
+    except ValueError as exc:
+        raise BenchError(str(exc)) from None
+
+
+def _measure(name: str, url: str, args: argparse.Namespace,
+             pids_of: Callable[[], list[int]]) -> dict[str, Any]:
+    if args.warmup > 0:
+        run_h2load(url, args, args.warmup)
+    pids = pids_of()
+    before = [cpu_seconds(pid) for pid in pids]
+    started = time.monotonic()
+    result = run_h2load(url, args, args.duration)
+    elapsed = time.monotonic() - started
+    cpu = [round(100 * (cpu_seconds(pid) - b) / elapsed, 1)
+           for pid, b in zip(pids, before, strict=True)]
+    if not args.json:
+        print(f"  {name}: {result.requests_per_s:,.0f} requests/s, mean "
+              f"{result.mean_ms:.3f} ms, {result.failures} failures", file=sys.stderr,
+              flush=True)
+    return {**dataclasses.asdict(result), "failures": result.failures, "cpu_percent": cpu}
+
+
+# --- waylay -------------------------------------------------------------------------------
+
+
+def _h2_get(url: str) -> str:
+    done = subprocess.run(["curl", "-sS", "--noproxy", "*", "--max-time", "10",
+                           "--http2-prior-knowledge", url], capture_output=True, text=True,
+                          check=False, timeout=20)
+    return done.stdout if done.returncode == 0 else f"curl failed: {done.stderr.strip()}"
+
+
+@contextlib.contextmanager
+def waylay_h2_passthrough(ns: str, ns_ip: str, workdir: Path) -> Iterator[Waylay]:
+    """``waylay run`` stealing port 80 with a filter nothing matches; SIGINT on exit."""
+    executable = Path(sys.executable).parent / "waylay"
+    if not executable.exists():
+        raise BenchError(f"{executable} not found: run ./dev setup", EXIT_MISSING)
+    config = workdir / "waylay.json"
+    config.write_text(json.dumps({"feature": {"network": {"incoming": {
+        "mode": "steal", "http_filter": {"header_filter": NEVER_MATCHING_FILTER}}}}}))
+    log = workdir / "waylay.stderr"
+    argv = [str(executable), "run", "-t", f"netns/{ns}", "-f", str(config),
+            "-p", f"{ORIGIN_PORT}:{_free_local_port()}", "--events", "/dev/null", "-q",
+            "--ttl", "5"]
+    with open(log, "wb") as err:
+        process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                   stderr=err, start_new_session=True)
+    running = Waylay(process=process, stderr=log, ns=ns)
+    try:
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while not _redirect_installed(ns):
+            if process.poll() is not None:
+                raise BenchError(f"waylay run exited ({process.returncode}): {_tail(log)}")
+            if time.monotonic() > deadline:
+                raise BenchError(f"waylay did not redirect port {ORIGIN_PORT} after "
+                                 f"{STARTUP_TIMEOUT_S:g} s: {_tail(log)}")
+            time.sleep(0.1)
+        answer = _h2_get(f"http://{ns_ip}:{ORIGIN_PORT}/")
+        if answer != "ok\n":
+            raise BenchError(f"an h2 request through the agent got {answer[:200]!r}")
+        yield running
+    finally:
+        _stop(process, signal.SIGINT, STOP_TIMEOUT_S)
+
+
+# --- the benchmark ------------------------------------------------------------------------
+
+
+def preflight() -> None:
+    reason = have_root_netns()
+    if reason is not None:
+        raise BenchError(f"the benchmark {reason}", EXIT_MISSING)
+    for tool, package in (("nginx", "nginx-light"), ("h2load", "nghttp2-client"),
+                          ("curl", "curl")):
+        if shutil.which(tool) is None and not os.access(f"/usr/sbin/{tool}", os.X_OK):
+            raise BenchError(f"{tool} is not installed (apt-get install {package})",
+                             EXIT_MISSING)
+
+
+def bench(stack: contextlib.ExitStack, args: argparse.Namespace) -> dict[str, Any]:
+    preflight()
+    workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="waylay-h2bench-")))
+    os.chmod(workdir, 0o755)  # nginx workers run unprivileged
+    ns = stack.enter_context(netns("wlh2bench"))
+    _host_ip, ns_ip = stack.enter_context(veth_pair(ns))
+    stack.callback(_kill_leftovers, ns)
+    origin = stack.enter_context(nginx(ns, ns_ip, ORIGIN_PORT, ORIGIN_SERVERS, workdir,
+                                       "origin"))
+    url = f"http://{ns_ip}:{ORIGIN_PORT}/"
+    load = os.getloadavg()[0]
+    if not args.json:
+        print(f"waylay h2 bench: namespace {ns} at {ns_ip}; h2load -c{args.clients} "
+              f"-m{args.streams} -t{args.threads} -D{args.duration} (after a "
+              f"{args.warmup} s warm-up); load average {load:.2f}", file=sys.stderr,
+              flush=True)
+    results: dict[str, Any] = {}
+    results["direct"] = _measure("direct", url, args, lambda: children(origin.pid))
+    with waylay_h2_passthrough(ns, ns_ip, workdir) as waylay:
+        def agent_pids() -> list[int]:
+            worker = waylay.worker_pid()
+            return [*([worker] if worker else []), waylay.process.pid, *children(origin.pid)]
+
+        results["agent"] = _measure("through the waylay agent", url, args, agent_pids)
+    ratio = round(results["agent"]["requests_per_s"] / results["direct"]["requests_per_s"], 3)
+    met = ratio >= TARGET_RATIO and results["agent"]["failures"] == 0
+    return {"h2load": {"clients": args.clients, "streams": args.streams,
+                       "threads": args.threads, "duration_s": args.duration,
+                       "warmup_s": args.warmup},
+            "cpus": os.cpu_count(), "load_average_at_start": round(load, 2), "url": url,
+            "results": results, "throughput_ratio": ratio,
+            "waylay_summary": waylay.summary(),
+            "target": {"min_throughput_ratio": TARGET_RATIO, "met": met}}
+
+
+def print_table(report: dict[str, Any]) -> None:
+    h = report["h2load"]
+    print(f"\nh2load -c{h['clients']} -m{h['streams']} -t{h['threads']} -D{h['duration_s']}, "
+          f"nginx h2c `return 200` in a namespace, {report['cpus']} CPUs, load average "
+          f"{report['load_average_at_start']:.2f} at the start")
+    print(f"{'':28} {'requests/s':>11} {'mean ms':>8} {'max ms':>8} {'ratio':>6} "
+          f"{'failures':>8}  CPU %")
+    direct = report["results"]["direct"]["requests_per_s"]
+    labels = {"direct": "direct", "agent": "waylay agent (passthrough)"}
+    for name, r in report["results"].items():
+        cpu = " + ".join(f"{p:.0f}" for p in r["cpu_percent"])
+        print(f"{labels[name]:28} {r['requests_per_s']:>11,.0f} {r['mean_ms']:>8.3f} "
+              f"{r['max_ms']:>8.3f} {r['requests_per_s'] / direct:>5.2f}x "
+              f"{r['failures']:>8}  {cpu}")
+    print("CPU % (of one core): direct: origin nginx; agent: agent worker + waylay run "
+          "client + origin nginx")
+    if report["waylay_summary"]:
+        print(f"waylay: {report['waylay_summary']}")
+    target = report["target"]
+    print(f"target (>= {target['min_throughput_ratio']:.2f}x direct, no failures): "
+          f"{'MET' if target['met'] else 'NOT MET'} ({report['throughput_ratio']:.2f}x)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bench/h2_passthrough.py",
+        description="Measure what waylay's HTTP/2 passthrough costs: h2load against nginx "
+        "(h2c) in a network namespace, directly and through the waylay agent with a filter "
+        "that matches nothing. Needs root, nginx and h2load.")
+    parser.add_argument("-d", "--duration", type=int, default=8, metavar="SECONDS",
+                        help="h2load duration of each measured run (default %(default)s)")
+    parser.add_argument("-c", "--clients", type=int, default=16,
+                        help="h2load clients, one connection each (default %(default)s)")
+    parser.add_argument("-m", "--streams", type=int, default=10,
+                        help="concurrent streams per connection (default %(default)s)")
+    parser.add_argument("-t", "--threads", type=int, default=2,
+                        help="h2load threads (default %(default)s)")
+    parser.add_argument("--warmup", type=int, default=1, metavar="SECONDS",
+                        help="unmeasured run before each measured one (default %(default)s)")
+    parser.add_argument("--json", action="store_true",
+                        help="print one JSON document on stdout instead of the table")
+    parser.add_argument("--check", action="store_true",
+                        help=f"exit 1 unless the target is met (>= {TARGET_RATIO}x direct)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.duration <= 0 or args.clients < 1 or args.streams < 1 or not (
+        1 <= args.threads <= args.clients
+    ):
+        print("bench: need -d > 0, -c >= 1, -m >= 1 and 1 <= -t <= -c", file=sys.stderr)
+        return EXIT_USAGE
+    interrupted = _Interrupted()
+    previous = {sig: signal.signal(sig, interrupted) for sig in _HANDLED_SIGNALS}
+    try:
+        with contextlib.ExitStack() as stack:
+            report = bench(stack, args)
+    except BenchError as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 128 + (interrupted.signum or signal.SIGINT)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print_table(report)
+    return 1 if args.check and not report["target"]["met"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,23 @@
+"""`waylay ui`: the dashboard (DESIGN §3)."""
+
+from __future__ import annotations
+
+import argparse
+
+from core.config import default_config, load_config
+from core.target import parse_target
+
+
+def ui_command(args: argparse.Namespace) -> int:
+    config = load_config(args.config) if args.config else default_config()
+    target = args.target or config.target
+    if target:
+        parse_target(target, namespace=config.namespace)  # a bad target fails before the UI
+    # Textual is imported only here: `waylay run` and the agent never load it.
+    from tui.app import WaylayApp
+
+    app = WaylayApp(target=target, config=config, config_path=args.config,
+                    cli_ports=dict(args.port), ttl=args.ttl,
+                    clean_on_start=args.clean_on_start, freeze_gc=True)
+    code = app.run()
+    return code or 0

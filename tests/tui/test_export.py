@@ -1,0 +1,56 @@
+"""Copy as curl and HAR export."""
+
+from __future__ import annotations
+
+import shlex
+from typing import Any
+
+from tui.export import to_curl, to_har
+
+
+def ev(**kw: Any) -> dict[str, Any]:
+    base = {"type": "request", "id": 3, "ts": 1_790_000_000.25, "port": 80,
+            "protocol": "http/1.1", "method": "POST", "authority": "shop.local",
+            "path": "/api/orders?x=1&y=", "verdict": "stolen", "status": 201,
+            "duration_ms": 12.5, "bytes_in": 11, "bytes_out": 2, "matched": "method: POST",
+            "request_headers": [["Host", "shop.local"], ["Content-Type", "application/json"],
+                                ["Content-Length", "11"], ["X-User", "o'brien"]],
+            "response_headers": [["Content-Type", "application/json"]],
+            "request_body": '{"a": "b"}\n', "response_body": "{}", "body_truncated": False}
+    base.update(kw)
+    return base
+
+
+def test_curl_repeats_the_request() -> None:
+    """Method, headers (minus the ones curl computes), body and URL, shell-quoted."""
+    argv = shlex.split(to_curl(ev()))
+    assert argv == ["curl", "-X", "POST", "-H", "Content-Type: application/json",
+                    "-H", "X-User: o'brien", "--data-binary", '{"a": "b"}\n',
+                    "http://shop.local/api/orders?x=1&y="]
+
+
+def test_curl_without_capture_uses_what_the_event_has() -> None:
+    event = ev(method="GET", authority=None, request_headers=None, request_body=None)
+    assert to_curl(event) == "curl 'http://localhost:80/api/orders?x=1&y='"
+
+
+def test_curl_marks_a_truncated_body() -> None:
+    assert to_curl(ev(body_truncated=True)).endswith("# body truncated by the capture")
+
+
+def test_har_has_one_entry_per_http_request() -> None:
+    """HAR 1.2 with request, response, timings and waylay's verdict; TCP is left out."""
+    har = to_har([ev(), ev(id=4, protocol="tcp", method=None, path=None)], version="9")
+    assert har["log"]["version"] == "1.2" and har["log"]["creator"]["name"] == "waylay"
+    (entry,) = har["log"]["entries"]
+    assert entry["startedDateTime"] == "2026-09-21T14:13:20.250Z"
+    assert entry["time"] == 12.5
+    assert entry["request"]["url"] == "http://shop.local/api/orders?x=1&y="
+    assert entry["request"]["queryString"] == [{"name": "x", "value": "1"},
+                                               {"name": "y", "value": ""}]
+    assert entry["request"]["postData"] == {"mimeType": "application/json",
+                                            "text": '{"a": "b"}\n'}
+    assert entry["response"]["status"] == 201
+    assert entry["response"]["content"] == {"size": 2, "mimeType": "application/json",
+                                            "text": "{}"}
+    assert entry["_waylay"]["verdict"] == "stolen"

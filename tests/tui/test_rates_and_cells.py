@@ -1,0 +1,39 @@
+"""Requests per second, and the table's cell texts and column layout."""
+
+from __future__ import annotations
+
+from tui.cells import cell_text, fit, fmt_duration, fmt_size, layout
+from tui.rates import RateBuckets
+
+
+def test_rates_per_second_over_a_bounded_window() -> None:
+    rates = RateBuckets(window=5)
+    for i in range(30):
+        rates.add(100.0 + i / 10, "stolen")
+    rates.add(102.5, "passed")
+    assert rates.series("stolen", 102.9) == [0, 0, 10, 10, 10]
+    assert rates.rate("stolen", 102.9) == 10
+    assert rates.series("passed", 102.9) == [0, 0, 0, 0, 1]
+    rates.add(200.0, "stolen")
+    rates.add(100.0, "stolen")  # older than the window: ignored
+    assert len(rates._buckets) == 1
+
+
+def test_cells_fit_their_width() -> None:
+    assert fit("abcdef", 4) == "abc…"
+    assert fit("ab", 4, right=True) == "  ab"
+    assert fit("ünï\x00", 3) == "ün…"
+    assert fmt_duration(0.25) == "250 µs" and fmt_duration(12.34) == "12.3 ms"
+    assert fmt_duration(2500) == "2.50 s" and fmt_size(512) == "512 B"
+    assert fmt_size(2048) == "2.0 KiB"
+    event = {"verdict": None, "protocol": "tcp", "method": None, "port": 7000}
+    assert cell_text("verdict", event) == "…" and cell_text("method", event) == "TCP"
+    assert cell_text("host", event) == ":7000"
+
+
+def test_layout_fills_the_width_and_drops_columns_when_narrow() -> None:
+    for width in (80, 120, 160, 240):
+        cols = layout(width)
+        assert sum(c.width + 1 for c in cols) - 1 == width
+    assert "matched" not in [c.name for c in layout(80)]
+    assert "matched" in [c.name for c in layout(160)]
