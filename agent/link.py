@@ -204,9 +204,15 @@ class MirrorStream(_WireStream):
 
     def receive(self, message: Message) -> None:
         match message:
-            case ResponseStart(status=status):
-                if self.record is not None:
-                    self.record.mirror_status = status
+            case ResponseStart(status=status, headers=headers):
+                record = self.record
+                if record is not None:
+                    record.mirror_status = status
+                    if record.request_headers is not None:  # the session asked to capture
+                        record.mirror_headers = headers_from_wire(headers)
+                        record.mirror_body = bytearray()
+            case Data(data=data) if self.record is not None and self.record.mirror_body is not None:
+                self.record.capture_mirror_body(data)
             case End():
                 self._got_end = True
                 if self.record is not None:

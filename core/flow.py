@@ -51,6 +51,11 @@ class FlowRecord:
     mirror_status: int | None = None
     mirror_duration_ms: float | None = None
     mirror_error: str | None = None
+    mirror_headers: list[tuple[bytes, bytes]] | None = None  # captured: the local answer
+    mirror_body: bytearray | None = None
+
+    def capture_mirror_body(self, data: bytes) -> None:
+        self.mirror_body = self._capped(self.mirror_body, data)
 
     def capture_request_body(self, data: bytes) -> None:
         self.request_body = self._capped(self.request_body, data)
@@ -95,6 +100,9 @@ class FlowRecord:
             event["duration_ms"] = self.mirror_duration_ms
             if self.mirror_error is not None:
                 event["mirror_error"] = self.mirror_error
+            if self.mirror_headers is not None:
+                event["local_response_headers"] = _text_pairs(self.mirror_headers)
+                event["local_response_body"] = bytes(self.mirror_body or b"").decode("latin-1")
         if self.request_headers is not None:
             event["request_headers"] = _text_pairs(self.request_headers)
             event["response_headers"] = _text_pairs(self.response_headers or [])

@@ -94,3 +94,15 @@ def test_slow_local_app_never_slows_the_original_path(bed: Bed, waylay: StartWay
     assert warnings, f"no drop warning; events: {run.events[-5:]}"
     drops = [e["message"] for e in run.of_type("warning") if "dropped" in e["message"]]
     assert any(int(m.split()[1]) > 0 for m in drops)
+
+
+def test_captured_mirror_events_carry_both_answers(bed: Bed, waylay: StartWaylay) -> None:
+    """With --capture a mirrored event holds the remote answer and the local one."""
+    run = waylay(MIRROR_ALL, extra=["--capture"])
+    assert curl(bed.url("/both")).served_by == "remote"
+    (event,) = run.wait_requests(1)
+    remote = {n.lower(): v for n, v in event["response_headers"]}
+    local = {n.lower(): v for n, v in event["local_response_headers"]}
+    assert (remote["x-served-by"], local["x-served-by"]) == ("remote", "local")
+    assert event["response_body"] == "remote /both\n"
+    assert event["local_response_body"] == "local /both\n"
