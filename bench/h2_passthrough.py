@@ -44,7 +44,6 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench.passthrough import (  # noqa: E402
-    _HANDLED_SIGNALS,
     EXIT_MISSING,
     EXIT_USAGE,
     NEVER_MATCHING_FILTER,
@@ -54,7 +53,6 @@ from bench.passthrough import (  # noqa: E402
     BenchError,
     Waylay,
     _free_local_port,
-    _Interrupted,
     _kill_leftovers,
     _redirect_installed,
     _stop,
@@ -62,6 +60,7 @@ from bench.passthrough import (  # noqa: E402
     children,
     cpu_seconds,
     nginx,
+    run,
 )
 from tests.netns import have_root_netns, netns, veth_pair  # noqa: E402
 
@@ -306,24 +305,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ):
         print("bench: need -d > 0, -c >= 1, -m >= 1 and 1 <= -t <= -c", file=sys.stderr)
         return EXIT_USAGE
-    interrupted = _Interrupted()
-    previous = {sig: signal.signal(sig, interrupted) for sig in _HANDLED_SIGNALS}
-    try:
-        with contextlib.ExitStack() as stack:
-            report = bench(stack, args)
-    except BenchError as exc:
-        print(f"bench: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        return 128 + (interrupted.signum or signal.SIGINT)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    if args.json:
-        print(json.dumps(report, indent=2))
-    else:
-        print_table(report)
-    return 1 if args.check and not report["target"]["met"] else 0
+    return run(args, bench, print_table)
 
 
 if __name__ == "__main__":

@@ -685,11 +685,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.duration <= 0 or args.connections < 1 or not 1 <= args.threads <= args.connections:
         print("bench: need -d > 0, -c >= 1 and 1 <= -t <= -c", file=sys.stderr)
         return EXIT_USAGE
+    return run(args, bench, print_table)
+
+
+def run(args: argparse.Namespace,
+        measure: Callable[[contextlib.ExitStack, argparse.Namespace], dict[str, Any]],
+        show: Callable[[dict[str, Any]], None]) -> int:
+    """Measure with signals handled (a second Ctrl-C never cuts the cleanup), then report;
+    shared by the HTTP/2 benchmark."""
     interrupted = _Interrupted()
     previous = {sig: signal.signal(sig, interrupted) for sig in _HANDLED_SIGNALS}
     try:
         with contextlib.ExitStack() as stack:
-            report = bench(stack, args)
+            report = measure(stack, args)
     except BenchError as exc:
         print(f"bench: {exc}", file=sys.stderr)
         return exc.exit_code
@@ -701,7 +709,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.json:
         print(json.dumps(report, indent=2))
     else:
-        print_table(report)
+        show(report)
     return 1 if args.check and not report["target"]["met"] else 0
 
 
