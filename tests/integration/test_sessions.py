@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import time
 
 import pytest
 
@@ -87,3 +88,28 @@ def test_steal_and_mirror_coexist_and_a_departure_reverts_only_its_part(
     assert curl(bed.url("/c/alice-after"), "-H", "X-User: alice").served_by == "remote"
     assert mirror.wait_for(lambda evs: any(e.get("path") == "/c/alice-after" for e in evs),
                            10.0)
+
+
+def test_a_silent_session_is_dropped_and_its_port_reverts(bed: Bed,
+                                                          waylay: StartWaylay) -> None:
+    """A session that stops answering (SIGSTOP) is dropped within ~15 s; others go on."""
+    keeper = waylay(API)  # the first session starts the agent and stays healthy
+    frozen = waylay(ALICE)
+    assert curl(bed.url("/frozen/1"), "-H", "X-User: alice").served_by == "local"
+    frozen.proc.send_signal(signal.SIGSTOP)  # its link goes silent, its socket stays open
+    try:
+        deadline = time.monotonic() + 40.0  # bounds the wait; 15 s silence + a ping cycle
+        while time.monotonic() < deadline:
+            try:  # while the session is silent, its stolen requests wait on it
+                if curl(bed.url("/frozen/2"), "-H", "X-User: alice",
+                        timeout=5).served_by == "remote":
+                    break
+            except AssertionError:
+                pass
+            time.sleep(1.0)
+        else:
+            raise AssertionError("the silent session's steal was never dropped")
+        assert curl(bed.url("/api/x")).served_by == "local"  # the other session is unharmed
+        assert keeper.proc.poll() is None
+    finally:
+        frozen.proc.send_signal(signal.SIGCONT)
