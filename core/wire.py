@@ -26,11 +26,41 @@ from __future__ import annotations
 
 import hmac
 import json
-import struct
 from collections.abc import Callable
-from dataclasses import dataclass
-from enum import IntEnum
-from typing import Any, Final, TypeAlias, assert_never
+from typing import Any, Final, assert_never
+
+from core.wire_messages import (
+    HEADER,
+    HEADER_SIZE,
+    MAX_PAYLOAD,
+    MAX_STREAM,
+    MODES,
+    NONCE_SIZE,
+    NOTICE_LEVELS,
+    PROTOCOL_VERSION,
+    ConnectionStart,
+    Data,
+    End,
+    Error,
+    Flow,
+    FrameType,
+    Hello,
+    Message,
+    Notice,
+    Ping,
+    Pong,
+    RequestStart,
+    Reset,
+    ResponseStart,
+    Subscribe,
+    Subscribed,
+    Trailers,
+    Unsubscribe,
+    Welcome,
+    WireProtocolError,
+    headers_from_wire,
+    headers_to_wire,
+)
 
 __all__ = [
     "HEADER",
@@ -64,260 +94,6 @@ __all__ = [
     "headers_from_wire",
     "headers_to_wire",
 ]
-
-PROTOCOL_VERSION: Final = 1
-
-HEADER: Final = struct.Struct("!IBI")  # payload length u32, frame type u8, stream id u32
-HEADER_SIZE: Final = HEADER.size  # 9
-
-# The largest payload a frame may carry. It bounds what a receiver buffers for one frame
-# (at most HEADER_SIZE + MAX_PAYLOAD bytes), whatever the peer announces; bodies larger
-# than this are split over several DATA frames by encode_data.
-MAX_PAYLOAD: Final = 256 * 1024
-
-MAX_STREAM: Final = 2**32 - 1  # stream ids (and sub_ids) fill the header's u32
-MODES: Final = ("steal", "mirror")
-NOTICE_LEVELS: Final = ("warning", "error")
-NONCE_SIZE: Final = 8
-
-
-class WireProtocolError(Exception):
-    """A frame or message breaks the wire protocol; the message says what was wrong.
-
-    Raised for bad input on decode (the peer's fault: the link should be closed) and for a
-    message that cannot be encoded (the caller's fault).
-    """
-
-
-class FrameType(IntEnum):
-    """The frame type byte of the header."""
-
-    HELLO = 1  # client → agent, first frame: session token and protocol version
-    WELCOME = 2  # agent → client, handshake accepted
-    ERROR = 3  # either way; on stream 0 it is fatal for the link
-    PING = 4
-    PONG = 5
-    SUBSCRIBE = 6  # client → agent: intercept a port
-    SUBSCRIBED = 7  # agent → client: the subscription is live
-    UNSUBSCRIBE = 8
-    REQUEST = 10  # agent → client: a new HTTP request on a stream
-    CONNECTION = 11  # agent → client: a whole stolen TCP connection on a stream
-    DATA = 12  # either way: body bytes or TCP bytes of a stream
-    END = 13  # either way: end of this direction of a stream (end of body / half-close)
-    RESPONSE = 14  # client → agent: the local app's response head
-    RESET = 15  # either way: abort the stream
-    FLOW = 16  # agent → client: a batch of flow records
-    NOTICE = 17  # agent → client: a warning or error for the user
-    TRAILERS = 18  # either way: trailer fields of a stream's message; END follows
-
-
-# --- messages ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class Hello:
-    """First frame of the client, stream 0. JSON ``{token, client, version}``."""
-
-    token: str
-    client: str
-    version: int = PROTOCOL_VERSION
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class Welcome:
-    """The agent's answer to a good Hello, stream 0.
-
-    JSON ``{agent, session, listening_ports, version}``.
-    """
-
-    agent: str
-    session: str
-    listening_ports: tuple[int, ...]
-    version: int = PROTOCOL_VERSION
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class Error:
-    """A refusal or failure; ``stream`` 0 means the link is unusable. JSON ``{message, code}``."""
-
-    stream: int
-    message: str
-    code: str
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class Ping:
-    """Liveness probe, stream 0; the payload is the 8-byte nonce."""
-
-    nonce: bytes
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class Pong:
-    """Answer to a Ping, echoing its 8-byte nonce, stream 0."""
-
-    nonce: bytes
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class Subscribe:
-    """Intercept ``port``; ``sub_id`` is the stream id. JSON ``{port, mode, filter}``.
-
-    ``mode`` is "steal" or "mirror"; ``filter`` is mirrord's ``http_filter`` object, or None
-    for the whole port. A Subscribe reusing a live ``sub_id`` (same port) replaces its mode
-    and filter in place, atomically, keeping its precedence: a live filter change.
-    ``capture`` asks for headers and the start of bodies in this port's flow records (the
-    dashboard's detail view); absent in the JSON means false.
-    """
-
-    sub_id: int
-    port: int
-    mode: str
-    filter: dict[str, object] | None
-    capture: bool = False
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class Subscribed:
-    """A subscription is live; ``filter`` is its human-readable text. Same JSON as Subscribe."""
-
-    sub_id: int
-    port: int
-    mode: str
-    filter: str | None
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class Unsubscribe:
-    """Drop a subscription; ``sub_id`` is the stream id, the payload is empty."""
-
-    sub_id: int
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class RequestStart:
-    """A request head opening ``stream``.
-
-    JSON ``{sub_id, port, method, target, http_version, headers, peer}``, headers as a list of
-    ``[name, value]`` pairs.
-    """
-
-    stream: int
-    sub_id: int
-    port: int
-    method: str
-    target: str
-    http_version: str
-    headers: tuple[tuple[str, str], ...]
-    peer: str
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class ConnectionStart:
-    """A whole stolen TCP connection opening ``stream``. JSON ``{sub_id, port, peer}``."""
-
-    stream: int
-    sub_id: int
-    port: int
-    peer: str
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class Data:
-    """Bytes of a stream; the payload is the data itself."""
-
-    stream: int
-    data: bytes
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class End:
-    """End of this direction of ``stream`` (end of body, or TCP half-close); empty payload."""
-
-    stream: int
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class ResponseStart:
-    """The response head on ``stream``. JSON ``{status, reason, headers}``."""
-
-    stream: int
-    status: int
-    reason: str
-    headers: tuple[tuple[str, str], ...]
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class Trailers:
-    """Trailer fields ending the message on ``stream`` (gRPC's ``grpc-status``), sent after
-    its last DATA and before its END. JSON ``{headers}``."""
-
-    stream: int
-    headers: tuple[tuple[str, str], ...]
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class Reset:
-    """Abort ``stream`` in both directions. JSON ``{reason}``."""
-
-    stream: int
-    reason: str
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class Flow:
-    """Flow records, stream 0, batched (``{"records": [...]}``): on a busy port one frame
-    carries many, which keeps the per-request cost of reporting small on both sides."""
-
-    records: tuple[dict[str, object], ...]
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class Notice:
-    """A message for the user, stream 0; ``level`` is "warning" or "error".
-
-    JSON ``{level, message}``.
-    """
-
-    level: str
-    message: str
-
-
-Message: TypeAlias = (
-    Hello
-    | Welcome
-    | Error
-    | Ping
-    | Pong
-    | Subscribe
-    | Subscribed
-    | Unsubscribe
-    | RequestStart
-    | ConnectionStart
-    | Data
-    | End
-    | ResponseStart
-    | Trailers
-    | Reset
-    | Flow
-    | Notice
-)
-
-
-# --- headers ------------------------------------------------------------------------------
-
-
-def headers_to_wire(headers: list[tuple[bytes, bytes]]) -> tuple[tuple[str, str], ...]:
-    """HTTP headers as bytes → the wire's latin-1 str pairs (lossless for any byte)."""
-    return tuple((name.decode("latin-1"), value.decode("latin-1")) for name, value in headers)
-
-
-def headers_from_wire(headers: tuple[tuple[str, str], ...]) -> list[tuple[bytes, bytes]]:
-    """The wire's latin-1 str pairs → HTTP headers as bytes; exact inverse of headers_to_wire."""
-    try:
-        return [(name.encode("latin-1"), value.encode("latin-1")) for name, value in headers]
-    except UnicodeEncodeError as exc:
-        raise WireProtocolError(f"header text outside latin-1: {exc.object!r}") from None
 
 
 # --- validation, shared by encode and decode ------------------------------------------------
