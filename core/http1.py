@@ -50,7 +50,6 @@ from core.http1_framing import (
     response_head_bytes,
 )
 from core.routing import (
-    PASS,
     CloseDownstream,
     Command,
     ConnectUpstream,
@@ -564,4 +563,4 @@ def _coalesce(commands: list[Command]) -> list[Command]:
     return merged
 
 
-__all__ = ["PASS", "UNTIL_CLOSE", "Http1Router"]
+__all__ = ["Http1Router"]
