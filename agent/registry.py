@@ -41,7 +41,6 @@ class Registry:
 
     def __init__(self) -> None:
         self._by_port: dict[int, tuple[Subscription, ...]] = {}
-        self.timeouts = 0  # filter evaluations that hit the regex budget
 
     def add(self, sub: Subscription) -> None:
         current = self._by_port.get(sub.port, ())
@@ -107,11 +106,6 @@ class Registry:
     def capturing(self, port: int) -> bool:
         return any(s.capture for s in self._by_port.get(port, ()))
 
-    def routes_requests(self, port: int) -> bool:
-        """True if requests on ``port`` are routed one by one (a filter, or a mirror)."""
-        return any(s.http_filter is not None or s.mode == "mirror"
-                   for s in self._by_port.get(port, ()))
-
     def whole_mirrors(self, port: int) -> list[Subscription]:
         """Unfiltered mirrors: they copy connections that are not HTTP, too."""
         return [s for s in self._by_port.get(port, ())
@@ -131,8 +125,6 @@ class Registry:
         if only_filter is not None and subs[0].mode == "steal":
             only = subs[0]  # the common case, kept cheap
             result = only_filter.evaluate(request, clock=time.perf_counter)
-            if result.timed_out:
-                self.timeouts += 1
             if result.matched:
                 return Route(steal_by=only.sub_id, clause=result.clause,
                              timed_out=result.timed_out)
@@ -162,8 +154,6 @@ class Registry:
                 steal_by, clause = sub.sub_id, result.clause
             else:
                 shadowed.append(sub.sub_id)
-        if timed_out:
-            self.timeouts += 1
         if steal_by is None and not mirrors and not timed_out:
             return PASS
         return Route(steal_by=steal_by, clause=clause, timed_out=tuple(timed_out),

@@ -210,16 +210,7 @@ async def _tunnel(link: StreamLink, conn: Connection, frames: asyncio.Queue[Mess
             conn.close()
             return
         request_open = not isinstance(frame, End)
-    try:
-        async with asyncio.TaskGroup() as group:
-            group.create_task(_frames_to_local(conn, frames), name=f"tunnel-in-{sid}")
-            group.create_task(_local_to_frames(link, conn, sid), name=f"tunnel-out-{sid}")
-    except* _Aborted:
-        pass
-    except* (ConnectionError, OSError) as errors:
-        link.send(Reset(stream=sid, reason=f"local app failed: {errors.exceptions[0]}"))
-    finally:
-        conn.close()
+    await _relay(link, conn, frames, sid)
 
 
 async def deliver_connection(link: StreamLink, start: ConnectionStart,
@@ -234,6 +225,13 @@ async def deliver_connection(link: StreamLink, start: ConnectionStart,
                           f"unreachable: {_describe(exc)}")
         link.send(Reset(stream=sid, reason=f"local app unreachable: {_describe(exc)}"))
         return
+    await _relay(link, conn, frames, sid)
+
+
+async def _relay(link: StreamLink, conn: Connection, frames: asyncio.Queue[Message],
+                 sid: int) -> None:
+    """Bytes both ways between a wire stream and the local app, half-close included,
+    until both directions ended or either side reset; then the connection is closed."""
     try:
         async with asyncio.TaskGroup() as group:
             group.create_task(_frames_to_local(conn, frames), name=f"to-local-{sid}")
