@@ -9,6 +9,7 @@ chain whenever the worker ends. The session token comes from the environment, ne
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 import sys
 from collections.abc import Sequence
@@ -26,8 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run the waylay agent inside the target's network namespace. Normally "
         "started for you by `waylay run` / `waylay ui`.",
     )
-    parser.add_argument("--listen", required=True, metavar="unix:PATH",
-                        help="control socket where sessions attach (a Unix socket path)")
+    parser.add_argument("--listen", required=True, metavar="unix:PATH|tcp:127.0.0.1:PORT",
+                        help="where sessions attach: a Unix socket path, or a TCP port on "
+                        "loopback (in a pod, reached through the API server's port-forward)")
     parser.add_argument("--ttl", type=float, default=DEFAULT_TTL_S, metavar="SECONDS",
                         help="exit if no session attached within this long (default "
                         "%(default)s)")
@@ -40,23 +42,53 @@ def build_parser() -> argparse.ArgumentParser:
                         help="environment variable holding the session token")
     parser.add_argument("--clean-on-start", action="store_true",
                         help="remove waylay iptables rules left by agents that are gone")
+    parser.add_argument("--enter-container", metavar="CONTAINER_ID",
+                        help="run the agent in the network namespace of this container "
+                        "(runtime://ID from the pod status; needs hostPID) and relay --listen "
+                        "to it (the Job form of the Kubernetes agent)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--chain", help=argparse.SUPPRESS)
     return parser
 
 
+def listen_problem(listen: str) -> str | None:
+    """Why ``--listen`` is unusable, or None. TCP is loopback only: the control port must
+    never be reachable from the pod's network, only through port-forward."""
+    if listen.startswith("unix:") and len(listen) > len("unix:"):
+        return None
+    if listen.startswith("tcp:"):
+        host, _, port = listen[len("tcp:"):].rpartition(":")
+        try:
+            loopback = ipaddress.ip_address(host.strip("[]")).is_loopback
+        except ValueError:
+            loopback = False
+        if not loopback:
+            return f"--listen {listen}: the control port listens on loopback only " \
+                   "(127.0.0.1 or [::1])"
+        if not port.isdigit() or not 0 < int(port) < 65536:
+            return f"--listen {listen}: bad port"
+        return None
+    return "--listen must be unix:PATH or tcp:127.0.0.1:PORT"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if not args.listen.startswith("unix:") or len(args.listen) <= len("unix:"):
-        emit({"event": "error", "message": "--listen must be unix:PATH", "exit": EXIT_USAGE})
+    problem = listen_problem(args.listen)
+    if problem is not None:
+        emit({"event": "error", "message": problem, "exit": EXIT_USAGE})
         return EXIT_USAGE
     token = os.environ.get(args.token_env, "")
     if not token:
         emit({"event": "error", "exit": EXIT_USAGE,
               "message": f"no session token: set the environment variable {args.token_env}"})
         return EXIT_USAGE
+    if args.enter_container:
+        from agent.container_relay import run_container_relay
+
+        return run_container_relay(container_id=args.enter_container, listen=args.listen,
+                                   token_env=args.token_env, ttl=args.ttl)
     if args.worker:
-        return run_worker(token=token, chain=args.chain, control_path=args.listen[5:],
+        return run_worker(token=token, chain=args.chain, listen=args.listen,
                           proxy_port=args.proxy_port, ttl=args.ttl, linger=args.linger)
     worker_argv = [sys.executable, "-m", "agent", "--worker", "--listen", args.listen,
                    "--ttl", str(args.ttl), "--linger", str(args.linger),

@@ -294,22 +294,31 @@ class Agent:
 
     # --- lifetime ---------------------------------------------------------------------
 
-    async def serve(self, control_path: str, proxy_port: int) -> None:
+    async def serve(self, listen: str, proxy_port: int) -> None:
+        """Serve until the TTL, the last session leaving, or a signal. ``listen`` is
+        ``unix:PATH`` (local targets) or ``tcp:127.0.0.1:PORT`` (in a pod, reached by the
+        API server's port-forward; loopback only, checked by ``agent.main``)."""
         redirect_server = await asyncio.start_server(
             lambda r, w: serve_connection(self, r, w), host="0.0.0.0", port=proxy_port,
             reuse_address=True, backlog=1024, limit=256 * 1024,
         )
         self.proxy_port = redirect_server.sockets[0].getsockname()[1]
-        if os.path.exists(control_path):
-            os.unlink(control_path)
-        control_server = await asyncio.start_unix_server(self.attach, path=control_path)
-        os.chmod(control_path, 0o600)  # the token is the lock; the mode is the door
+        control_path = listen[len("unix:"):] if listen.startswith("unix:") else None
+        if control_path is not None:
+            if os.path.exists(control_path):
+                os.unlink(control_path)
+            control_server = await asyncio.start_unix_server(self.attach, path=control_path)
+            os.chmod(control_path, 0o600)  # the token is the lock; the mode is the door
+        else:
+            host, _, port = listen[len("tcp:"):].rpartition(":")
+            control_server = await asyncio.start_server(self.attach, host=host.strip("[]"),
+                                                        port=int(port))
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         loop.set_exception_handler(self._unexpected)
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.add_signal_handler(sig, stop.set)
-        emit({"event": "ready", "listen": f"unix:{control_path}", "chain": self.chain,
+        emit({"event": "ready", "listen": listen, "chain": self.chain,
               "proxy_port": self.proxy_port, "pid": os.getpid()})
         try:
             while not stop.is_set():
@@ -335,11 +344,11 @@ class Agent:
             if self._link_tasks:  # let them say goodbye (flush their last records)
                 await asyncio.wait(set(self._link_tasks), timeout=2.0)
             self.pool.close()
-            if os.path.exists(control_path):
+            if control_path is not None and os.path.exists(control_path):
                 os.unlink(control_path)
 
 
-def run_worker(*, token: str, chain: str, control_path: str, proxy_port: int,
+def run_worker(*, token: str, chain: str, listen: str, proxy_port: int,
                ttl: float, linger: float = 0.0) -> int:
     """Entry point of the worker process (started by the guard)."""
     redirector = Redirector(chain=chain, owner_pid=os.getppid())
@@ -351,7 +360,7 @@ def run_worker(*, token: str, chain: str, control_path: str, proxy_port: int,
     else:
         runner = uvloop.run
     try:
-        runner(agent.serve(control_path, proxy_port))
+        runner(agent.serve(listen, proxy_port))
     except OSError as exc:
         emit({"event": "error", "message": f"agent cannot listen: {exc}", "exit": 3})
         return 3

@@ -27,6 +27,15 @@ def _port_spec(text: str) -> tuple[int, int | None]:
     return ports
 
 
+def _kube_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--context", metavar="CONTEXT",
+                        help="Kubernetes context (default: the config's `kube_context`, "
+                        "else the kubeconfig's current context)")
+    parser.add_argument("-n", "--namespace", metavar="NS",
+                        help="Kubernetes namespace (default: the config's "
+                        "`target.namespace`, else the context's namespace)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="waylay",
@@ -41,8 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
         "app until Ctrl-C. Stolen requests go to 127.0.0.1:LOCAL; the rest reach the "
         "original app.",
     )
-    run.add_argument("-t", "--target", help="netns/NAME or pid/N (default: the config's "
-                     "`target`)")
+    run.add_argument("-t", "--target", help="pod/NAME[/container/C], deployment/NAME, "
+                     "statefulset/NAME, rollout/NAME, netns/NAME or pid/N (default: the "
+                     "config's `target`)")
+    _kube_flags(run)
     run.add_argument("-f", "--config", metavar="CONFIG",
                      help="mirrord-compatible config file (.json, .toml, .yaml)")
     run.add_argument("-p", "--port", action="append", type=_port_spec, default=[],
@@ -71,8 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Open the dashboard: pick a target, switch steal / mirror / off, edit "
         "filters with a live preview and watch the traffic.",
     )
-    ui.add_argument("-t", "--target", help="start a session on netns/NAME or pid/N at once "
+    ui.add_argument("-t", "--target", help="start a session on this target at once "
                     "(default: the config's `target`, else pick one in the dashboard)")
+    _kube_flags(ui)
     ui.add_argument("-f", "--config", metavar="CONFIG",
                     help="mirrord-compatible config file (.json, .toml, .yaml)")
     ui.add_argument("-p", "--port", action="append", type=_port_spec, default=[],
@@ -96,9 +108,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("-f", "--config", metavar="CONFIG",
                       help="mirrord-compatible config file (default: mirror everything)")
 
-    targets = commands.add_parser("targets", help="list local targets",
-                                  description="List the targets waylay can intercept here.")
+    targets = commands.add_parser(
+        "targets", help="list local and Kubernetes targets",
+        description="List the targets waylay can intercept: network namespaces and "
+        "processes on this machine, and the pods and workloads of a Kubernetes namespace.")
     targets.add_argument("--json", action="store_true", help="one JSON document")
+    _kube_flags(targets)
 
     commands.add_parser("agent", help="run the agent (used inside the target)",
                         add_help=False)

@@ -10,7 +10,7 @@ import signal
 import sys
 from typing import IO, Any
 
-from core.attach import AttachedSession, attach
+from core.attach import Attachment, attach
 from core.config import Config, Mode, default_config, load_config
 from core.errors import AgentError, UsageError, WaylayError
 from core.target import parse_target
@@ -49,6 +49,7 @@ def _human_line(event: dict[str, Any]) -> str:
 
 def _load(args: argparse.Namespace) -> Config:
     config = load_config(args.config) if args.config else default_config()
+    config = config.with_kube_flags(context=args.context, namespace=args.namespace)
     if args.mode:
         incoming = dataclasses.replace(config.incoming, mode=Mode(args.mode))
         config = dataclasses.replace(config, incoming=incoming)
@@ -61,7 +62,8 @@ def run_command(args: argparse.Namespace) -> int:
     config = _load(args)
     target_text = args.target or config.target
     if not target_text:
-        raise UsageError("no target: give -t netns/NAME or -t pid/N, or `target` in the config")
+        raise UsageError("no target: give -t (pod/NAME, deployment/NAME, netns/NAME, pid/N, "
+                         "...) or `target` in the config")
     parse_target(target_text, namespace=config.namespace)  # a bad target fails before any I/O
     cli_ports: dict[int, int | None] = dict(args.port)
     sink: IO[str] | None = None
@@ -87,7 +89,7 @@ async def _run(args: argparse.Namespace, config: Config, target_text: str,
         target, incoming=config.incoming, cli_ports=cli_ports, on_event=events,
         on_progress=lambda text: print(f"waylay: {text} ...", file=sys.stderr, flush=True),
         local_host=args.local_host, ttl=args.ttl, clean_on_start=args.clean_on_start,
-        capture=args.capture)
+        capture=args.capture, agent=config.agent, kube_context=config.kube_context)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, attached.stop)
@@ -109,7 +111,7 @@ async def _run(args: argparse.Namespace, config: Config, target_text: str,
         print(f"waylay: {attached.session.stats.summary()}", file=sys.stderr, flush=True)
 
 
-async def _reload(args: argparse.Namespace, attached: AttachedSession,
+async def _reload(args: argparse.Namespace, attached: Attachment,
                   cli_ports: dict[int, int | None], events: EventWriter) -> None:
     """SIGHUP: read the config file again and apply it to the running session in place.
 

@@ -10,6 +10,7 @@ from core.target import parse_target
 
 def ui_command(args: argparse.Namespace) -> int:
     config = load_config(args.config) if args.config else default_config()
+    config = config.with_kube_flags(context=args.context, namespace=args.namespace)
     target = args.target or config.target
     if target:
         parse_target(target, namespace=config.namespace)  # a bad target fails before the UI

@@ -140,6 +140,7 @@ async def launch_local_agent(
     on_message: MessageCallback | None = None,
     startup_timeout: float = 20.0,
     agent_argv: Sequence[str] | None = None,
+    token: str | None = None,
 ) -> AgentProcess:
     """Start the agent inside ``target`` and wait for its ready line.
 
@@ -148,12 +149,13 @@ async def launch_local_agent(
     every other line the agent prints (warnings before ready, everything after), from the
     event loop. Raises the agent's own error (its ``exit`` code picks UsageError,
     TargetError or PrivilegeError), or TargetError quoting its stderr when it exits or
-    stays silent past ``startup_timeout``.
+    stays silent past ``startup_timeout``. ``token`` is the session token to use (default:
+    a fresh one).
     """
     prefix = enter_command(target)
     socket_dir = _make_socket_dir()
     socket_path = os.path.join(socket_dir, SOCKET_NAME)
-    token = secrets.token_urlsafe(32)
+    token = token or secrets.token_urlsafe(32)
     argv = [
         *prefix,
         *(agent_argv if agent_argv is not None else (sys.executable, "-m", "agent")),

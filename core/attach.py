@@ -12,15 +12,49 @@ import asyncio
 import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from core import agent_directory
 from core.agent_launch import AgentProcess, launch_local_agent
-from core.config import IncomingConfig
-from core.errors import TargetError
-from core.session import EventSink, Session
+from core.config import AgentConfig, IncomingConfig
+from core.session import EventSink, PortPlan, Session, SessionStats
 from core.target import Target
+from core.wire import Welcome
 
 ProgressSink = Callable[[str], None]
+
+
+class SessionView(Protocol):
+    """What callers read of a running session: one ``Session``, or a ``SessionGroup``
+    standing for the sessions of every pod of a Kubernetes workload."""
+
+    @property
+    def welcome(self) -> Welcome | None: ...
+
+    @property
+    def stats(self) -> SessionStats: ...
+
+    @property
+    def ended_cleanly(self) -> bool: ...
+
+    @property
+    def plans(self) -> list[PortPlan]: ...
+
+
+class Attachment(Protocol):
+    """What ``attach`` returns: ``AttachedSession`` (local) or ``KubeAttachment``."""
+
+    @property
+    def session(self) -> SessionView: ...
+
+    async def run(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+    async def update(self, incoming: IncomingConfig,
+                     cli_ports: dict[int, int | None] | None = None) -> bool: ...
+
+    async def close(self) -> None: ...
 
 
 # How long the starter of an agent waits for it to exit by itself after its session
@@ -75,11 +109,19 @@ async def attach(target: Target, *, incoming: IncomingConfig,
                  cli_ports: dict[int, int | None], on_event: EventSink,
                  on_progress: ProgressSink | None = None, local_host: str = "127.0.0.1",
                  ttl: float = 30.0, clean_on_start: bool = False,
-                 capture: bool = False) -> AttachedSession:
-    """Launch the agent in ``target`` and connect a session to it (not yet running)."""
+                 capture: bool = False, agent: AgentConfig | None = None,
+                 kube_context: str | None = None) -> Attachment:
+    """Launch the agent in ``target`` and connect a session to it (not yet running).
+
+    Kubernetes targets go to ``core.kube_attach`` (``agent`` and ``kube_context`` apply
+    there); local ones start or join the agent of their network namespace."""
     if not target.is_local:
-        raise TargetError(f"{target}: Kubernetes targets are not supported yet; "
-                          "use netns/NAME or pid/N")
+        from core.kube_attach import attach_kubernetes  # the kubernetes client loads slowly
+
+        return await attach_kubernetes(
+            target, incoming=incoming, cli_ports=cli_ports, on_event=on_event,
+            on_progress=on_progress, local_host=local_host, capture=capture,
+            agent=agent or AgentConfig(), kube_context=kube_context)
     progress = on_progress or (lambda _message: None)
     progress(f"starting the agent in {target}")
 
@@ -103,21 +145,21 @@ async def attach(target: Target, *, incoming: IncomingConfig,
                               incoming=incoming, cli_ports=cli_ports, on_event=on_event,
                               local_host=local_host, capture=capture)
             return AttachedSession(target=target, agent=None, session=session, key=key)
-    agent = await launch_local_agent(
+    process = await launch_local_agent(
         target, ttl=ttl, extra_args=["--clean-on-start"] if clean_on_start else [],
         on_message=agent_message)
     try:
         progress("connecting to the agent")
-        reader, writer = await asyncio.open_unix_connection(agent.socket_path)
+        reader, writer = await asyncio.open_unix_connection(process.socket_path)
     except BaseException:
         with contextlib.suppress(ProcessLookupError):
-            await agent.stop()
+            await process.stop()
         raise
     if key is not None:
         agent_directory.remember(key, agent_directory.AgentRecord(
-            socket_path=agent.socket_path, token=agent.token, pid=agent.process.pid,
+            socket_path=process.socket_path, token=process.token, pid=process.process.pid,
             target=str(target)))
-    session = Session(reader=reader, writer=writer, token=agent.token, incoming=incoming,
+    session = Session(reader=reader, writer=writer, token=process.token, incoming=incoming,
                       cli_ports=cli_ports, on_event=on_event, local_host=local_host,
                       capture=capture)
-    return AttachedSession(target=target, agent=agent, session=session, key=key)
+    return AttachedSession(target=target, agent=process, session=session, key=key)

@@ -1,11 +1,13 @@
 """The mirrord-compatible config file: ``target`` and ``feature.network.incoming``.
 
 A mirrord config file works unchanged (DESIGN §2). waylay reads the two parts it acts on,
-``target`` and ``feature.network.incoming``, checks them completely when the file is read,
-and compiles the HTTP filter once. Everything else in the file (``feature.fs``,
-``feature.env``, ``agent``, ``operator``, ...) configures other mirrord features and is
-ignored silently. Inside ``incoming``, mirrord options waylay does not act on are accepted
-with a warning; keys mirrord does not have either are errors naming the key path.
+``target``, ``kube_context``, ``agent`` (how the agent runs in a Kubernetes pod) and
+``feature.network.incoming``, checks them completely when the file is read, and compiles
+the HTTP filter once. Everything else in the file (``feature.fs``, ``feature.env``,
+``operator``, ...) configures other mirrord features and is ignored silently, as are the
+``agent`` keys waylay does not act on. Inside ``incoming``,
+mirrord options waylay does not act on are accepted with a warning; keys mirrord does not
+have either are errors naming the key path.
 
 Formats by extension: JSON (tolerant: comments and trailing commas, with line and column in
 errors), TOML (``tomllib``) and YAML (PyYAML, read with YAML 1.2 booleans as mirrord's
@@ -14,6 +16,7 @@ serde_yaml does, so ``mode: off`` is the string "off"; node marks give line and 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import tomllib
@@ -68,6 +71,23 @@ class IncomingConfig:
         return self.port_mapping.get(remote, remote)
 
 
+# The image `waylay run` deploys into pods unless ``agent.image`` says otherwise: what
+# `docker build -t waylay-agent:0.1 -f agent/Dockerfile .` makes. Push it where the cluster
+# can pull it and name that in ``agent.image``.
+DEFAULT_AGENT_IMAGE = "waylay-agent:0.1"
+
+
+@dataclass(frozen=True, kw_only=True)
+class AgentConfig:
+    """mirrord's ``agent`` section, the part that applies to waylay's Kubernetes agent."""
+
+    image: str = DEFAULT_AGENT_IMAGE
+    namespace: str | None = None  # where a Job agent runs (default: the target's namespace)
+    ttl: int = 30  # seconds the agent waits for a session (and lingers without one)
+    startup_timeout: int = 60  # seconds from deploying the agent to its first answer
+    ephemeral: bool = True  # an ephemeral container in the pod; False: a Job on its node
+
+
 @dataclass(frozen=True, kw_only=True)
 class Config:
     """What waylay takes from a config file."""
@@ -75,8 +95,15 @@ class Config:
     source: str | None = None
     target: str | None = None  # "pod/NAME", "netns/NAME", ...; also {"path": ...} in files
     namespace: str | None = None
+    kube_context: str | None = None
+    agent: AgentConfig = field(default_factory=AgentConfig)
     incoming: IncomingConfig = field(default_factory=IncomingConfig)
     warnings: tuple[str, ...] = ()
+
+    def with_kube_flags(self, *, context: str | None, namespace: str | None) -> Config:
+        """``--context`` and ``-n`` win over the file's ``kube_context`` and namespace."""
+        return dataclasses.replace(self, kube_context=context or self.kube_context,
+                                   namespace=namespace or self.namespace)
 
 
 # mirrord incoming options that waylay accepts (so the file loads) but does not act on.
@@ -241,6 +268,8 @@ class _Builder:
             source=self.where.source,
             target=target,
             namespace=namespace,
+            kube_context=self.optional_text(doc.get("kube_context"), ("kube_context",)),
+            agent=self.agent(doc.get("agent")),
             incoming=incoming,
             warnings=tuple(self.warnings),
         )
@@ -259,6 +288,47 @@ class _Builder:
             self.optional_text(value.get("path"), ("target", "path")),
             self.optional_text(value.get("namespace"), ("target", "namespace")),
         )
+
+    def agent(self, value: object) -> AgentConfig:
+        path: KeyPath = ("agent",)
+        if value is None:
+            return AgentConfig()
+        if not isinstance(value, Mapping):
+            raise self.where.error(f"expected an object, got {describe_type(value)}", path)
+        # Other mirrord agent options (log_level, tolerations, ...) are for mirrord's own
+        # agent; like the features waylay does not have, they load silently.
+        defaults = AgentConfig()
+        ephemeral = value.get("ephemeral", defaults.ephemeral)
+        if not isinstance(ephemeral, bool):
+            raise self.where.error(f"expected true or false, got {describe_type(ephemeral)}",
+                                   (*path, "ephemeral"))
+        return AgentConfig(
+            image=self.image(value.get("image"), (*path, "image")) or defaults.image,
+            namespace=self.optional_text(value.get("namespace"), (*path, "namespace")),
+            ttl=self.seconds(value.get("ttl"), (*path, "ttl"), defaults.ttl),
+            startup_timeout=self.seconds(value.get("startup_timeout"),
+                                         (*path, "startup_timeout"), defaults.startup_timeout),
+            ephemeral=ephemeral,
+        )
+
+    def image(self, value: object, path: KeyPath) -> str | None:
+        """A string, or mirrord's ``{"registry": ..., "tag": ...}`` form."""
+        if isinstance(value, Mapping):
+            registry = self.optional_text(value.get("registry"), (*path, "registry"))
+            tag = self.optional_text(value.get("tag"), (*path, "tag"))
+            if registry is None:
+                raise self.where.error("missing registry", path)
+            return f"{registry}:{tag}" if tag else registry
+        return self.optional_text(value, path)
+
+    def seconds(self, value: object, path: KeyPath, default: int) -> int:
+        if value is None:
+            return default
+        if isinstance(value, int) and not isinstance(value, bool) and 0 < value <= 86_400:
+            return value
+        shown = str(value) if isinstance(value, int | float) and not isinstance(value, bool) \
+            else describe_type(value)
+        raise self.where.error(f"expected whole seconds 1..86400, got {shown}", path)
 
     def optional_text(self, value: object, path: KeyPath) -> str | None:
         if value is None:

@@ -27,13 +27,13 @@ from typing import Any
 
 from textual.message import Message
 
-from core.attach import AttachedSession, attach
+from core.attach import Attachment, attach
 from core.config import IncomingConfig, Mode
 from core.errors import WaylayError
 from core.target import Target
 from tui.messages import SessionEnded, SessionProgress, SessionState, TrafficBatch, UpdateResult
 
-AttachFn = Callable[..., Awaitable[AttachedSession]]
+AttachFn = Callable[..., Awaitable[Attachment]]
 
 # Coalescing interval: 5 batches per second keeps the table live to the eye while the
 # per-batch costs (layout, scrollbar, counters) are paid 5 times a second, not per event.
@@ -64,7 +64,7 @@ class SessionClient:
         self._ttl = ttl
         self._clean_on_start = clean_on_start
         self._task: asyncio.Task[None] | None = None
-        self._attached: AttachedSession | None = None
+        self._attached: Attachment | None = None
         self._pending: list[dict[str, Any]] = []
         self._pending_session = 0
         self._flush_handle: asyncio.TimerHandle | None = None

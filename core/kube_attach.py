@@ -1,0 +1,250 @@
+"""Sessions on Kubernetes targets: one agent per pod, every replica, one event stream.
+
+Theory of operation. ``attach_kubernetes`` resolves the target to pods
+(``core.kube_model.pods_to_intercept``): ``pod/NAME`` is that pod; a deployment,
+statefulset or rollout is **every ready pod** its selector matches (mirrord's open-source
+edition picks one at random). For each pod it picks the container (mirrord's rule, saying
+which when there was a choice), warns before an unfiltered steal of a port the kubelet
+probes, deploys an agent (``core.kube_agent``) and opens a ``Session`` through
+port-forward. Pods are set up concurrently.
+
+``KubeAttachment`` has the shape of ``core.attach.AttachedSession``: ``run`` serves every
+pod's session at once, ``update`` applies a new mode or filter to all of them, ``stop``
+ends them. Every event carries the ``"pod"`` it came from. A pod whose link fails is
+reported and dropped; the others go on; ``run`` raises only when every link failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from core.config import AgentConfig, IncomingConfig, Mode
+from core.errors import AgentError, TargetError, WaylayError
+from core.kube_agent import Link, PodAgent, deploy_agent, open_link, remove_agent
+from core.kube_api import DEPLOYMENTS, PODS, ROLLOUTS, STATEFULSETS, KubeApi, Resource
+from core.kube_model import (
+    PodInfo,
+    WorkloadInfo,
+    choose_container,
+    pod_from_api,
+    pods_to_intercept,
+    probe_ports,
+    workload_from_api,
+)
+from core.session import EventSink, PortPlan, Session, SessionStats, plan_ports
+from core.target import Target
+from core.wire import Welcome
+
+ProgressSink = Callable[[str], None]
+
+_WORKLOADS: dict[str, Resource] = {"deployment": DEPLOYMENTS, "statefulset": STATEFULSETS,
+                                   "rollout": ROLLOUTS}
+PROBE_SAFE_FILTER = '"header_filter": "^User-Agent: (?!kube-probe)"'
+
+
+@dataclass
+class PodSession:
+    agent: PodAgent
+    link: Link
+    session: Session
+
+
+@dataclass
+class SessionGroup:
+    """The sessions of every pod, seen as one (what the CLI and the dashboard read)."""
+
+    members: list[PodSession]
+    ended_cleanly: bool = False
+
+    @property
+    def welcome(self) -> Welcome | None:
+        """None until every pod's agent welcomed us; then their listening ports merged."""
+        welcomes = [m.session.welcome for m in self.members]
+        if not welcomes or any(w is None for w in welcomes):
+            return None
+        first = welcomes[0]
+        assert first is not None
+        ports = sorted({p for w in welcomes if w is not None for p in w.listening_ports})
+        return replace(first, listening_ports=tuple(ports))
+
+    @property
+    def plans(self) -> list[PortPlan]:
+        """The ports subscribed (the same plan on every pod)."""
+        return self.members[0].session.plans if self.members else []
+
+    @property
+    def stats(self) -> SessionStats:
+        total = SessionStats()
+        for member in self.members:
+            for name in ("stolen", "passed", "mirrored", "errors", "warnings"):
+                setattr(total, name, getattr(total, name) + getattr(member.session.stats, name))
+        return total
+
+
+@dataclass
+class KubeAttachment:
+    """Running sessions on every pod of a Kubernetes target (see the module docstring)."""
+
+    target: Target
+    api: KubeApi
+    session: SessionGroup
+    on_event: EventSink
+    incoming: IncomingConfig
+    cli_ports: dict[int, int | None]
+    _stopping: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def run(self) -> None:
+        """Serve every pod until ``stop()``; raises AgentError if every link failed."""
+        try:
+            results = await asyncio.gather(*(self._run_member(m) for m in self.session.members),
+                                           return_exceptions=True)
+            failures = [r for r in results if isinstance(r, BaseException)]
+            self.session.ended_cleanly = not failures
+            if failures and len(failures) == len(results):
+                first = failures[0]
+                raise first if isinstance(first, AgentError) else AgentError(str(first))
+        finally:
+            await self.close()
+
+    async def _run_member(self, member: PodSession) -> None:
+        try:
+            await member.session.run()
+        except AgentError as exc:
+            why = member.link.forward_error(member.agent.port)
+            message = f"pod/{member.agent.pod.name}: {exc}" + (f" ({why})" if why else "")
+            if len(self.session.members) > 1 and not self._stopping.is_set():
+                self.on_event({"type": "error", "pod": member.agent.pod.name,
+                               "message": f"{message}; the other pods go on"})
+            raise AgentError(message) from None
+
+    def stop(self) -> None:
+        self._stopping.set()
+        for member in self.session.members:
+            member.session.stop()
+
+    async def update(self, incoming: IncomingConfig,
+                     cli_ports: dict[int, int | None] | None = None) -> bool:
+        """Replace mode, filter and ports on every pod in place; True if all took it."""
+        if cli_ports is not None:
+            self.cli_ports = cli_ports
+        self.incoming = incoming
+        for member in self.session.members:
+            _warn_probes(member.agent.pod, incoming, self.cli_ports, self.on_event)
+        results = await asyncio.gather(
+            *(m.session.update(incoming, cli_ports) for m in self.session.members
+              if m.session.welcome is not None))
+        return all(results)
+
+    async def close(self) -> None:
+        """Stop every session and delete Job agents (ephemeral ones leave by themselves)."""
+        self.stop()
+        for member in self.session.members:
+            with contextlib.suppress(WaylayError, OSError):
+                await remove_agent(self.api, member.agent)
+
+
+async def attach_kubernetes(target: Target, *, incoming: IncomingConfig,
+                            cli_ports: dict[int, int | None], on_event: EventSink,
+                            on_progress: ProgressSink | None = None,
+                            local_host: str = "127.0.0.1", capture: bool = False,
+                            agent: AgentConfig, kube_context: str | None = None,
+                            config_file: str | None = None) -> KubeAttachment:
+    """Deploy an agent into every pod ``target`` means and connect a session to each."""
+    progress = on_progress or (lambda _message: None)
+    api = await asyncio.to_thread(KubeApi, context=kube_context, config_file=config_file)
+    namespace = target.namespace or api.context.namespace
+    progress(f"looking up {target} in namespace {namespace} (context {api.context.name})")
+    pods = await asyncio.to_thread(_resolve, api, target, namespace)
+    if len(pods) > 1:
+        progress(f"{target}: intercepting all {len(pods)} ready pods: "
+                 f"{', '.join(p.name for p in pods)}")
+    chosen = []
+    for pod in pods:
+        choice = choose_container(pod, target.container)
+        if choice.note:
+            progress(choice.note)
+        chosen.append((pod, choice.name))
+        _warn_probes(pod, incoming, cli_ports, on_event)
+
+    async def start(pod: PodInfo, container: str) -> PodSession:
+        placed = await deploy_agent(api, pod, container, agent, progress)
+        try:
+            link = await open_link(api, placed)
+        except BaseException:
+            await remove_agent(api, placed)
+            raise
+
+        def tagged(event: dict[str, Any], pod_name: str = pod.name) -> None:
+            on_event({**event, "pod": pod_name})
+
+        session = Session(reader=link.reader, writer=link.writer, token=placed.token,
+                          incoming=incoming, cli_ports=cli_ports, on_event=tagged,
+                          local_host=local_host, capture=capture,
+                          client_name=f"waylay/{pod.name}")
+        return PodSession(agent=placed, link=link, session=session)
+
+    results = await asyncio.gather(*(start(pod, c) for pod, c in chosen),
+                                   return_exceptions=True)
+    members = [r for r in results if isinstance(r, PodSession)]
+    failures = [r for r in results if isinstance(r, BaseException)]
+    if failures:
+        if not members:
+            first = failures[0]
+            raise first if isinstance(first, WaylayError) else TargetError(str(first))
+        for failure in failures:
+            on_event({"type": "warning", "message": f"{failure}; the other pods are "
+                      "intercepted"})
+    return KubeAttachment(target=target, api=api, session=SessionGroup(members),
+                          on_event=on_event, incoming=incoming, cli_ports=dict(cli_ports))
+
+
+def _resolve(api: KubeApi, target: Target, namespace: str) -> list[PodInfo]:
+    """The pods ``target`` means (blocking: run in a thread)."""
+    if target.kind == "pod":
+        obj = api.get(PODS, namespace, target.name)
+        pods = [pod_from_api(obj)] if obj is not None else []
+        return pods_to_intercept("pod", target.name, pods)
+    found = api.get(_WORKLOADS[target.kind], namespace, target.name)
+    if found is None:
+        raise TargetError(f"{target.kind}/{target.name} not found in namespace {namespace} "
+                          f"(context {api.context.name})")
+    workload = workload_from_api(target.kind, found)
+    workload = _follow_workload_ref(api, workload)
+    items, _ = api.list(PODS, namespace, label_selector=workload.selector.to_query())
+    return pods_to_intercept(target.kind, target.name, [pod_from_api(i) for i in items],
+                             workload)
+
+
+def _follow_workload_ref(api: KubeApi, workload: WorkloadInfo) -> WorkloadInfo:
+    """An Argo rollout with ``workloadRef`` selects pods with its Deployment's selector."""
+    if workload.workload_ref is None or not workload.selector.empty:
+        return workload
+    kind, _, name = workload.workload_ref.partition("/")
+    resource = _WORKLOADS.get(kind)
+    referenced = api.get(resource, workload.namespace, name) if resource else None
+    if referenced is None:
+        raise TargetError(f"{workload.kind}/{workload.name} refers to {workload.workload_ref}, "
+                          "which was not found")
+    return replace(workload, selector=workload_from_api(kind, referenced).selector)
+
+
+def _warn_probes(pod: PodInfo, incoming: IncomingConfig, cli_ports: dict[int, int | None],
+                 on_event: EventSink) -> None:
+    """Warn before an unfiltered steal of a port the kubelet probes: its probes would
+    reach the local app (or fail with it), and the pod could be restarted or unlisted."""
+    if incoming.mode is not Mode.STEAL:
+        return
+    probes = probe_ports(pod)
+    known = sorted(set(probes) | {p for c in pod.containers for p in c.ports})
+    for plan in plan_ports(incoming, cli_ports, known):
+        if plan.http_filter is None and plan.remote in probes:
+            on_event({"type": "warning", "pod": pod.name, "message": (
+                f"pod/{pod.name}: port {plan.remote} is the "
+                f"{' and '.join(probes[plan.remote])}; an unfiltered steal sends the "
+                "kubelet's probes to your local app, and the pod may be restarted or taken "
+                "out of its Service. Steal with a filter that leaves them, e.g. "
+                f"{{{PROBE_SAFE_FILTER}}} (examples/steal-all-but-probes.json)")})

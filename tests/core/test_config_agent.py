@@ -1,0 +1,48 @@
+"""The config's ``agent`` section and ``kube_context`` (mirrord's names)."""
+
+from __future__ import annotations
+
+import pytest
+
+from core.config import DEFAULT_AGENT_IMAGE, parse_config
+from core.errors import ConfigError
+
+
+def test_defaults() -> None:
+    config = parse_config("{}", fmt="json")
+    assert config.agent.image == DEFAULT_AGENT_IMAGE
+    assert (config.agent.ephemeral, config.agent.ttl, config.kube_context) == (True, 30, None)
+
+
+def test_mirrord_agent_section_loads_and_the_rest_is_ignored() -> None:
+    text = """{
+      "kube_context": "staging",
+      "agent": {"image": {"registry": "ghcr.io/me/waylay-agent", "tag": "0.1"},
+                "namespace": "tools", "ttl": 60, "startup_timeout": 120,
+                "ephemeral": false, "log_level": "debug",},
+    }"""
+    config = parse_config(text, fmt="json", source="m.json")
+    assert config.kube_context == "staging"
+    agent = config.agent
+    assert (agent.image, agent.namespace, agent.ttl, agent.startup_timeout, agent.ephemeral) == (
+        "ghcr.io/me/waylay-agent:0.1", "tools", 60, 120, False)
+    assert config.warnings == ()
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ('{"agent": {"ttl": -1}}', "agent.ttl: expected whole seconds"),
+    ('{"agent": {"ephemeral": "yes"}}', "agent.ephemeral: expected true or false"),
+    ('{"agent": {"image": ""}}', "agent.image: empty string"),
+    ('{"agent": []}', "agent: expected an object"),
+])
+def test_bad_values_name_the_key(text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_config(text, fmt="json", source="m.json")
+
+
+def test_flags_win_over_the_file() -> None:
+    config = parse_config('{"kube_context": "a", "target": {"namespace": "x"}}', fmt="json")
+    both = config.with_kube_flags(context="b", namespace="y")
+    assert (both.kube_context, both.namespace) == ("b", "y")
+    neither = config.with_kube_flags(context=None, namespace=None)
+    assert (neither.kube_context, neither.namespace) == ("a", "x")
