@@ -40,11 +40,20 @@ from core.config import AgentConfig
 from core.errors import PrivilegeError, TargetError
 from core.kube_api import PODS, KubeApi, Resource
 from core.kube_model import PodInfo, pod_from_api
-from core.kube_specs import AGENT_PORT, APP_LABEL, agent_job, ephemeral_container
+from core.kube_specs import (
+    AGENT_PORT,
+    APP_LABEL,
+    TOKEN_ENV,
+    agent_job,
+    ephemeral_container,
+    listen_port,
+)
 
 ProgressSink = Callable[[str], None]
 
 POLL_S: Final = 0.5
+AGENT_NAME_PREFIX: Final = "waylay-agent-"
+_PORT_SPREAD: Final = 1000  # agent ports are AGENT_PORT .. AGENT_PORT + 999
 # Waiting reasons that will not fix themselves before the startup timeout.
 _HOPELESS: Final = frozenset({"ErrImagePull", "ImagePullBackOff", "InvalidImageName",
                               "CreateContainerConfigError", "CreateContainerError",
@@ -64,6 +73,34 @@ class PodAgent:
     token: str = field(repr=False)
     port: int = AGENT_PORT
     job: str | None = None  # the Job to delete on exit (Job form only)
+    joined: bool = False  # another session's agent, found running in the pod
+
+
+def running_agents(pod_obj: dict[str, Any], pod: PodInfo, container: str) -> list[PodAgent]:
+    """waylay agents already running in the pod as ephemeral containers, newest first.
+
+    Joining one instead of adding another lets several developers' filtered steals share
+    the pod's one agent (two agents would each redirect the same ports, and only the
+    first chain would ever see the traffic). Its port and token are in its spec: anyone
+    who can read the pod spec can read them, and still needs port-forward to use them.
+    """
+    spec = pod_obj.get("spec") or {}
+    status = pod_obj.get("status") or {}
+    running = {s.get("name") for s in status.get("ephemeralContainerStatuses") or []
+               if "running" in (s.get("state") or {})}
+    found = []
+    for entry in reversed(spec.get("ephemeralContainers") or []):
+        name = str(entry.get("name", ""))
+        if not name.startswith(AGENT_NAME_PREFIX) or name not in running:
+            continue
+        token = next((e.get("value") for e in entry.get("env") or []
+                      if e.get("name") == TOKEN_ENV), None)
+        port = listen_port(entry.get("args") or [])
+        if token and port:
+            found.append(PodAgent(pod=pod, container=container, namespace=pod.namespace,
+                                  agent_pod=pod.name, agent_container=name, token=str(token),
+                                  port=port, joined=True))
+    return found
 
 
 async def deploy_agent(api: KubeApi, pod: PodInfo, container: str, agent: AgentConfig,
@@ -71,16 +108,18 @@ async def deploy_agent(api: KubeApi, pod: PodInfo, container: str, agent: AgentC
     """Start an agent for ``pod`` and wait until it is ready (see the module docstring)."""
     session = secrets.token_hex(4)
     token = secrets.token_urlsafe(32)
+    # A port of its own: an earlier agent may still be leaving the pod's loopback.
+    port = AGENT_PORT + secrets.randbelow(_PORT_SPREAD)
     deadline = time.monotonic() + agent.startup_timeout
     if agent.ephemeral:
-        name = f"waylay-agent-{session}"
+        name = f"{AGENT_NAME_PREFIX}{session}"
         progress(f"pod/{pod.name}: adding the agent as ephemeral container {name} "
                  f"(image {agent.image})")
         spec = ephemeral_container(name=name, agent=agent, token=token,
-                                   target_container=container)
+                                   target_container=container, port=port)
         await asyncio.to_thread(api.add_ephemeral_container, pod.namespace, pod.name, spec)
         placed = PodAgent(pod=pod, container=container, namespace=pod.namespace,
-                          agent_pod=pod.name, agent_container=name, token=token)
+                          agent_pod=pod.name, agent_container=name, token=token, port=port)
         await _wait_ready(api, placed, deadline, agent, progress, ephemeral=True)
         return placed
     target = pod.container(container)
@@ -95,10 +134,10 @@ async def deploy_agent(api: KubeApi, pod: PodInfo, container: str, agent: AgentC
              f"(image {agent.image})")
     job = agent_job(name=name, namespace=namespace, session=session, agent=agent,
                     token=token, node=pod.node, container_id=target.container_id,
-                    target_pod=f"{pod.namespace}/{pod.name}")
+                    target_pod=f"{pod.namespace}/{pod.name}", port=port)
     await asyncio.to_thread(api.create_job, namespace, job)
     placed = PodAgent(pod=pod, container=container, namespace=namespace, agent_pod="",
-                      agent_container=APP_LABEL, token=token, job=name)
+                      agent_container=APP_LABEL, token=token, port=port, job=name)
     try:
         placed.agent_pod = await _job_pod(api, namespace, name, deadline, agent)
         progress(f"pod/{pod.name}: Job pod {placed.agent_pod} created")

@@ -24,7 +24,14 @@ from typing import Any
 
 from core.config import AgentConfig, IncomingConfig, Mode
 from core.errors import AgentError, TargetError, WaylayError
-from core.kube_agent import Link, PodAgent, deploy_agent, open_link, remove_agent
+from core.kube_agent import (
+    Link,
+    PodAgent,
+    deploy_agent,
+    open_link,
+    remove_agent,
+    running_agents,
+)
 from core.kube_api import DEPLOYMENTS, PODS, ROLLOUTS, STATEFULSETS, KubeApi, Resource
 from core.kube_model import (
     PodInfo,
@@ -170,21 +177,49 @@ async def attach_kubernetes(target: Target, *, incoming: IncomingConfig,
         chosen.append((pod, choice.name))
         _warn_probes(pod, incoming, cli_ports, on_event)
 
+    def connect(placed: PodAgent, link: Link) -> Session:
+        def tagged(event: dict[str, Any], pod_name: str = placed.pod.name) -> None:
+            on_event({**event, "pod": pod_name})
+
+        return Session(reader=link.reader, writer=link.writer, token=placed.token,
+                       incoming=incoming, cli_ports=cli_ports, on_event=tagged,
+                       local_host=local_host, capture=capture,
+                       client_name=f"waylay/{placed.pod.name}")
+
+    async def join(pod: PodInfo, container: str) -> PodSession | None:
+        """Share an agent already running in the pod (another developer's), if any."""
+        obj = await asyncio.to_thread(api.get, PODS, pod.namespace, pod.name)
+        for placed in running_agents(obj or {}, pod, container):
+            link = await open_link(api, placed)
+            session = connect(placed, link)
+            try:
+                await session.handshake()
+            except AgentError:  # it is leaving: try the next, else start our own
+                link.writer.close()
+                continue
+            progress(f"pod/{pod.name}: joined the agent already serving it "
+                     f"({placed.agent_container})")
+            return PodSession(agent=placed, link=link, session=session)
+        return None
+
     async def start(pod: PodInfo, container: str) -> PodSession:
+        if agent.ephemeral:
+            joined = await join(pod, container)
+            if joined is not None:
+                return joined
         placed = await deploy_agent(api, pod, container, agent, progress)
         try:
             link = await open_link(api, placed)
+            session = connect(placed, link)
+            try:
+                await session.handshake()
+            except AgentError as exc:
+                why = link.forward_error(placed.port)
+                raise TargetError(f"pod/{pod.name}: {exc}" + (f" ({why})" if why else "")) \
+                    from None
         except BaseException:
             await remove_agent(api, placed)
             raise
-
-        def tagged(event: dict[str, Any], pod_name: str = pod.name) -> None:
-            on_event({**event, "pod": pod_name})
-
-        session = Session(reader=link.reader, writer=link.writer, token=placed.token,
-                          incoming=incoming, cli_ports=cli_ports, on_event=tagged,
-                          local_host=local_host, capture=capture,
-                          client_name=f"waylay/{pod.name}")
         return PodSession(agent=placed, link=link, session=session)
 
     results = await asyncio.gather(*(start(pod, c) for pod, c in chosen),

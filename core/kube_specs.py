@@ -19,6 +19,7 @@ environment (the agent reads it from there, never from argv).
 
 from __future__ import annotations
 
+import itertools
 from typing import Any, Final
 
 from core.config import AgentConfig
@@ -38,6 +39,15 @@ def agent_args(agent: AgentConfig, *, port: int = AGENT_PORT,
     if container_id is not None:
         args += ["--enter-container", container_id]
     return args
+
+
+def listen_port(args: list[Any]) -> int | None:
+    """The control port in ``agent_args`` output (for joining a running agent)."""
+    for flag, value in itertools.pairwise(args):
+        if flag == "--listen" and str(value).startswith("tcp:"):
+            port = str(value).rpartition(":")[2]
+            return int(port) if port.isdigit() else None
+    return None
 
 
 def ephemeral_container(*, name: str, agent: AgentConfig, token: str, target_container: str,

@@ -160,7 +160,8 @@ class Session:
     async def run(self) -> None:
         """Handshake, subscribe, then serve until stopped; raises AgentError on link failure."""
         try:
-            await self._handshake()
+            if self.welcome is None:
+                await self.handshake()
             async with asyncio.TaskGroup() as group:
                 reader: asyncio.Task[Any] = group.create_task(self._read_loop(),
                                                               name="session-reader")
@@ -193,7 +194,9 @@ class Session:
             self._pool.close()
             self.writer.close()
 
-    async def _handshake(self) -> None:
+    async def handshake(self) -> None:
+        """Hello -> Welcome. ``run`` does it when it was not done before; doing it first
+        tells a caller whether the agent takes the session before anything is served."""
         self.send(Hello(token=self.token, client=self.client_name))
         while True:
             try:
