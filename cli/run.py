@@ -32,6 +32,15 @@ class EventWriter:
 
 
 def _human_line(event: dict[str, Any]) -> str:
+    """One line for stderr; events of a multi-pod target start with their pod."""
+    line = _describe(event)
+    pod = event.get("pod")
+    if pod and not line.startswith("waylay: "):
+        return f"[{pod}] {line}"
+    return f"waylay: [{pod}] {line[len('waylay: '):]}" if pod else line
+
+
+def _describe(event: dict[str, Any]) -> str:
     kind = event.get("type")
     if kind == "request":
         status = event.get("status") or "-"

@@ -51,6 +51,8 @@ ProgressSink = Callable[[str], None]
 _WORKLOADS: dict[str, Resource] = {"deployment": DEPLOYMENTS, "statefulset": STATEFULSETS,
                                    "rollout": ROLLOUTS}
 PROBE_SAFE_FILTER = '"header_filter": "^User-Agent: (?!kube-probe)"'
+# How often a workload's pods are listed again to pick up new replicas.
+FOLLOW_INTERVAL_S = 3.0
 
 
 @dataclass
@@ -93,29 +95,111 @@ class SessionGroup:
 
 
 @dataclass
+class PodStarter:
+    """Everything needed to put a session on one more pod (at attach, or a new replica)."""
+
+    api: KubeApi
+    target: Target
+    agent: AgentConfig
+    incoming: IncomingConfig
+    cli_ports: dict[int, int | None]
+    on_event: EventSink
+    progress: ProgressSink
+    local_host: str
+    capture: bool
+
+    async def start(self, pod: PodInfo) -> PodSession:
+        """Container choice, probe warning, agent (joined or new), session handshake."""
+        choice = choose_container(pod, self.target.container)
+        if choice.note:
+            self.progress(choice.note)
+        _warn_probes(pod, self.incoming, self.cli_ports, self.on_event)
+        if self.agent.ephemeral:
+            joined = await self._join(pod, choice.name)
+            if joined is not None:
+                return joined
+        placed = await deploy_agent(self.api, pod, choice.name, self.agent, self.progress)
+        try:
+            link = await open_link(self.api, placed)
+            session = self._session(placed, link)
+            try:
+                await session.handshake()
+            except AgentError as exc:
+                why = link.forward_error(placed.port)
+                raise TargetError(f"pod/{pod.name}: {exc}" + (f" ({why})" if why else "")) \
+                    from None
+        except BaseException:
+            await remove_agent(self.api, placed)
+            raise
+        return PodSession(agent=placed, link=link, session=session)
+
+    async def _join(self, pod: PodInfo, container: str) -> PodSession | None:
+        """Share an agent already running in the pod (another developer's), if any."""
+        obj = await asyncio.to_thread(self.api.get, PODS, pod.namespace, pod.name)
+        for placed in running_agents(obj or {}, pod, container):
+            link = await open_link(self.api, placed)
+            session = self._session(placed, link)
+            try:
+                await session.handshake()
+            except AgentError:  # it is leaving: try the next, else start our own
+                link.writer.close()
+                continue
+            self.progress(f"pod/{pod.name}: joined the agent already serving it "
+                          f"({placed.agent_container})")
+            return PodSession(agent=placed, link=link, session=session)
+        return None
+
+    def _session(self, placed: PodAgent, link: Link) -> Session:
+        def tagged(event: dict[str, Any], pod_name: str = placed.pod.name) -> None:
+            self.on_event({**event, "pod": pod_name})
+
+        return Session(reader=link.reader, writer=link.writer, token=placed.token,
+                       incoming=self.incoming, cli_ports=self.cli_ports, on_event=tagged,
+                       local_host=self.local_host, capture=self.capture,
+                       client_name=f"waylay/{placed.pod.name}")
+
+
+@dataclass
 class KubeAttachment:
     """Running sessions on every pod of a Kubernetes target (see the module docstring)."""
 
     target: Target
-    api: KubeApi
+    starter: PodStarter
     session: SessionGroup
-    on_event: EventSink
-    incoming: IncomingConfig
-    cli_ports: dict[int, int | None]
+    namespace: str
     _stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    _tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+    _failures: list[AgentError] = field(default_factory=list)
 
     async def run(self) -> None:
-        """Serve every pod until ``stop()``; raises AgentError if every link failed."""
+        """Serve every pod until ``stop()``, taking in new ready replicas of a workload;
+        raises AgentError when no pod is left because their links failed."""
         try:
-            results = await asyncio.gather(*(self._run_member(m) for m in self.session.members),
-                                           return_exceptions=True)
-            failures = [r for r in results if isinstance(r, BaseException)]
-            self.session.ended_cleanly = not failures
-            if failures and len(failures) == len(results):
-                first = failures[0]
-                raise first if isinstance(first, AgentError) else AgentError(str(first))
+            for member in self.session.members:
+                self._serve(member)
+            follower = (asyncio.create_task(self._follow(), name="kube-follow")
+                        if self.target.kind != "pod" else None)
+            try:
+                while self._tasks and not self._stopping.is_set():
+                    await asyncio.wait(set(self._tasks.values()),
+                                       return_when=asyncio.FIRST_COMPLETED)
+                    for name, task in list(self._tasks.items()):
+                        if task.done():
+                            del self._tasks[name]
+            finally:
+                if follower is not None:
+                    follower.cancel()
+            if self._tasks:
+                await asyncio.wait(set(self._tasks.values()))
+            self.session.ended_cleanly = not self._failures
+            if self._failures and not self._stopping.is_set():
+                raise self._failures[0]
         finally:
             await self.close()
+
+    def _serve(self, member: PodSession) -> None:
+        name = member.agent.pod.name
+        self._tasks[name] = asyncio.create_task(self._run_member(member), name=f"pod-{name}")
 
     async def _run_member(self, member: PodSession) -> None:
         try:
@@ -123,10 +207,37 @@ class KubeAttachment:
         except AgentError as exc:
             why = member.link.forward_error(member.agent.port)
             message = f"pod/{member.agent.pod.name}: {exc}" + (f" ({why})" if why else "")
-            if len(self.session.members) > 1 and not self._stopping.is_set():
-                self.on_event({"type": "error", "pod": member.agent.pod.name,
-                               "message": f"{message}; the other pods go on"})
-            raise AgentError(message) from None
+            others = len(self._tasks) > 1
+            if others and not self._stopping.is_set():
+                self.starter.on_event({"type": "error", "pod": member.agent.pod.name,
+                                       "message": f"{message}; the other pods go on"})
+            self._failures.append(AgentError(message))
+            self.session.members.remove(member)
+
+    async def _follow(self) -> None:
+        """Every few seconds, start a session on ready pods of the workload not yet
+        served (a scale-up, a restarted pod). Failures are reported, never fatal."""
+        while True:
+            await asyncio.sleep(FOLLOW_INTERVAL_S)
+            try:
+                pods = await asyncio.to_thread(_resolve, self.starter.api, self.target,
+                                               self.namespace)
+            except WaylayError:
+                continue  # none ready right now, or the API blinked: the served go on
+            for pod in pods:
+                if pod.name in self._tasks or self._stopping.is_set():
+                    continue
+                self.starter.progress(f"pod/{pod.name} is ready: intercepting it too")
+                try:
+                    member = await self.starter.start(pod)
+                except (WaylayError, OSError) as exc:
+                    self.starter.on_event({"type": "warning", "pod": pod.name,
+                                           "message": f"pod/{pod.name}: not intercepted: {exc}"})
+                    continue
+                if self._stopping.is_set():
+                    member.session.stop()
+                self.session.members.append(member)
+                self._serve(member)
 
     def stop(self) -> None:
         self._stopping.set()
@@ -135,12 +246,14 @@ class KubeAttachment:
 
     async def update(self, incoming: IncomingConfig,
                      cli_ports: dict[int, int | None] | None = None) -> bool:
-        """Replace mode, filter and ports on every pod in place; True if all took it."""
+        """Replace mode, filter and ports on every pod in place; True if all took it.
+        Pods taken in later get the new settings too."""
         if cli_ports is not None:
-            self.cli_ports = cli_ports
-        self.incoming = incoming
+            self.starter.cli_ports = cli_ports
+        self.starter.incoming = incoming
         for member in self.session.members:
-            _warn_probes(member.agent.pod, incoming, self.cli_ports, self.on_event)
+            _warn_probes(member.agent.pod, incoming, self.starter.cli_ports,
+                         self.starter.on_event)
         results = await asyncio.gather(
             *(m.session.update(incoming, cli_ports) for m in self.session.members
               if m.session.welcome is not None))
@@ -151,7 +264,7 @@ class KubeAttachment:
         self.stop()
         for member in self.session.members:
             with contextlib.suppress(WaylayError, OSError):
-                await remove_agent(self.api, member.agent)
+                await remove_agent(self.starter.api, member.agent)
 
 
 async def attach_kubernetes(target: Target, *, incoming: IncomingConfig,
@@ -169,60 +282,10 @@ async def attach_kubernetes(target: Target, *, incoming: IncomingConfig,
     if len(pods) > 1:
         progress(f"{target}: intercepting all {len(pods)} ready pods: "
                  f"{', '.join(p.name for p in pods)}")
-    chosen = []
-    for pod in pods:
-        choice = choose_container(pod, target.container)
-        if choice.note:
-            progress(choice.note)
-        chosen.append((pod, choice.name))
-        _warn_probes(pod, incoming, cli_ports, on_event)
-
-    def connect(placed: PodAgent, link: Link) -> Session:
-        def tagged(event: dict[str, Any], pod_name: str = placed.pod.name) -> None:
-            on_event({**event, "pod": pod_name})
-
-        return Session(reader=link.reader, writer=link.writer, token=placed.token,
-                       incoming=incoming, cli_ports=cli_ports, on_event=tagged,
-                       local_host=local_host, capture=capture,
-                       client_name=f"waylay/{placed.pod.name}")
-
-    async def join(pod: PodInfo, container: str) -> PodSession | None:
-        """Share an agent already running in the pod (another developer's), if any."""
-        obj = await asyncio.to_thread(api.get, PODS, pod.namespace, pod.name)
-        for placed in running_agents(obj or {}, pod, container):
-            link = await open_link(api, placed)
-            session = connect(placed, link)
-            try:
-                await session.handshake()
-            except AgentError:  # it is leaving: try the next, else start our own
-                link.writer.close()
-                continue
-            progress(f"pod/{pod.name}: joined the agent already serving it "
-                     f"({placed.agent_container})")
-            return PodSession(agent=placed, link=link, session=session)
-        return None
-
-    async def start(pod: PodInfo, container: str) -> PodSession:
-        if agent.ephemeral:
-            joined = await join(pod, container)
-            if joined is not None:
-                return joined
-        placed = await deploy_agent(api, pod, container, agent, progress)
-        try:
-            link = await open_link(api, placed)
-            session = connect(placed, link)
-            try:
-                await session.handshake()
-            except AgentError as exc:
-                why = link.forward_error(placed.port)
-                raise TargetError(f"pod/{pod.name}: {exc}" + (f" ({why})" if why else "")) \
-                    from None
-        except BaseException:
-            await remove_agent(api, placed)
-            raise
-        return PodSession(agent=placed, link=link, session=session)
-
-    results = await asyncio.gather(*(start(pod, c) for pod, c in chosen),
+    starter = PodStarter(api=api, target=target, agent=agent, incoming=incoming,
+                         cli_ports=dict(cli_ports), on_event=on_event, progress=progress,
+                         local_host=local_host, capture=capture)
+    results = await asyncio.gather(*(starter.start(pod) for pod in pods),
                                    return_exceptions=True)
     members = [r for r in results if isinstance(r, PodSession)]
     failures = [r for r in results if isinstance(r, BaseException)]
@@ -233,8 +296,8 @@ async def attach_kubernetes(target: Target, *, incoming: IncomingConfig,
         for failure in failures:
             on_event({"type": "warning", "message": f"{failure}; the other pods are "
                       "intercepted"})
-    return KubeAttachment(target=target, api=api, session=SessionGroup(members),
-                          on_event=on_event, incoming=incoming, cli_ports=dict(cli_ports))
+    return KubeAttachment(target=target, starter=starter, session=SessionGroup(members),
+                          namespace=namespace)
 
 
 def _resolve(api: KubeApi, target: Target, namespace: str) -> list[PodInfo]:
