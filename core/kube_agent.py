@@ -176,7 +176,8 @@ async def open_link(api: KubeApi, placed: PodAgent) -> Link:
 
 def _port_forward(api: KubeApi, placed: PodAgent) -> tuple[Any, socket.socket]:
     try:
-        forward = portforward(api.core.connect_get_namespaced_pod_portforward,
+        core = api.fresh_core()  # see KubeApi.fresh_core: portforward is not thread-safe
+        forward = portforward(core.connect_get_namespaced_pod_portforward,
                               placed.agent_pod, placed.namespace, ports=str(placed.port))
     except ApiException as exc:
         # The WebSocket handshake's failure arrives as status 0 with the HTTP status in

@@ -116,6 +116,7 @@ class KubeApi:
         except (ConfigException, OSError) as exc:
             raise TargetError(f"cannot use Kubernetes context {chosen.name!r}: {exc}") from exc
         self.context = chosen
+        self._config_file = config_file
         self.server = str(self.client.configuration.host)
         self.core = client.CoreV1Api(self.client)
         self.apps = client.AppsV1Api(self.client)
@@ -217,6 +218,15 @@ class KubeApi:
         except Exception:  # a log is a courtesy in an error message, never its own failure
             return ""
         return str(text)
+
+    def fresh_core(self) -> client.CoreV1Api:
+        """A CoreV1Api on a client of its own. ``kubernetes.stream.portforward`` swaps the
+        client's ``call_api`` while it connects, so a port-forward must never share its
+        client with calls made meanwhile from other threads (another pod's port-forward,
+        a watch)."""
+        own = config.new_client_from_config(  # type: ignore[no-untyped-call]
+            config_file=self._config_file, context=self.context.name)
+        return client.CoreV1Api(own)
 
     # -- writing ---------------------------------------------------------------------
 

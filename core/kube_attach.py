@@ -109,11 +109,10 @@ class PodStarter:
     capture: bool
 
     async def start(self, pod: PodInfo) -> PodSession:
-        """Container choice, probe warning, agent (joined or new), session handshake."""
+        """Container choice, agent (joined or new), session handshake."""
         choice = choose_container(pod, self.target.container)
         if choice.note:
             self.progress(choice.note)
-        _warn_probes(pod, self.incoming, self.cli_ports, self.on_event)
         if self.agent.ephemeral:
             joined = await self._join(pod, choice.name)
             if joined is not None:
@@ -228,6 +227,8 @@ class KubeAttachment:
                 if pod.name in self._tasks or self._stopping.is_set():
                     continue
                 self.starter.progress(f"pod/{pod.name} is ready: intercepting it too")
+                _warn_probes([pod], self.starter.incoming, self.starter.cli_ports,
+                             self.starter.on_event)
                 try:
                     member = await self.starter.start(pod)
                 except (WaylayError, OSError) as exc:
@@ -251,9 +252,8 @@ class KubeAttachment:
         if cli_ports is not None:
             self.starter.cli_ports = cli_ports
         self.starter.incoming = incoming
-        for member in self.session.members:
-            _warn_probes(member.agent.pod, incoming, self.starter.cli_ports,
-                         self.starter.on_event)
+        _warn_probes([m.agent.pod for m in self.session.members], incoming,
+                     self.starter.cli_ports, self.starter.on_event)
         results = await asyncio.gather(
             *(m.session.update(incoming, cli_ports) for m in self.session.members
               if m.session.welcome is not None))
@@ -282,6 +282,7 @@ async def attach_kubernetes(target: Target, *, incoming: IncomingConfig,
     if len(pods) > 1:
         progress(f"{target}: intercepting all {len(pods)} ready pods: "
                  f"{', '.join(p.name for p in pods)}")
+    _warn_probes(pods, incoming, cli_ports, on_event)
     starter = PodStarter(api=api, target=target, agent=agent, incoming=incoming,
                          cli_ports=dict(cli_ports), on_event=on_event, progress=progress,
                          local_host=local_host, capture=capture)
@@ -330,19 +331,27 @@ def _follow_workload_ref(api: KubeApi, workload: WorkloadInfo) -> WorkloadInfo:
     return replace(workload, selector=workload_from_api(kind, referenced).selector)
 
 
-def _warn_probes(pod: PodInfo, incoming: IncomingConfig, cli_ports: dict[int, int | None],
-                 on_event: EventSink) -> None:
+def _warn_probes(pods: list[PodInfo], incoming: IncomingConfig,
+                 cli_ports: dict[int, int | None], on_event: EventSink) -> None:
     """Warn before an unfiltered steal of a port the kubelet probes: its probes would
-    reach the local app (or fail with it), and the pod could be restarted or unlisted."""
+    reach the local app (or fail with it), and the pod could be restarted or unlisted.
+    Replicas share a spec: one warning names every pod it is about."""
     if incoming.mode is not Mode.STEAL:
         return
-    probes = probe_ports(pod)
-    known = sorted(set(probes) | {p for c in pod.containers for p in c.ports})
-    for plan in plan_ports(incoming, cli_ports, known):
-        if plan.http_filter is None and plan.remote in probes:
-            on_event({"type": "warning", "pod": pod.name, "message": (
-                f"pod/{pod.name}: port {plan.remote} is the "
-                f"{' and '.join(probes[plan.remote])}; an unfiltered steal sends the "
-                "kubelet's probes to your local app, and the pod may be restarted or taken "
-                "out of its Service. Steal with a filter that leaves them, e.g. "
-                f"{{{PROBE_SAFE_FILTER}}} (examples/steal-all-but-probes.json)")})
+    found: dict[tuple[int, str], list[str]] = {}
+    for pod in pods:
+        probes = probe_ports(pod)
+        known = sorted(set(probes) | {p for c in pod.containers for p in c.ports})
+        for plan in plan_ports(incoming, cli_ports, known):
+            if plan.http_filter is None and plan.remote in probes:
+                what = " and ".join(probes[plan.remote])
+                found.setdefault((plan.remote, what), []).append(pod.name)
+    for (port, what), names in found.items():
+        event: dict[str, Any] = {"type": "warning", "message": (
+            f"{', '.join(f'pod/{n}' for n in names)}: port {port} is the {what}; an "
+            "unfiltered steal sends the kubelet's probes to your local app, and the pod "
+            "may be restarted or taken out of its Service. Steal with a filter that leaves "
+            f"them, e.g. {{{PROBE_SAFE_FILTER}}} (examples/steal-all-but-probes.json)")}
+        if len(names) == 1:
+            event["pod"] = names[0]
+        on_event(event)

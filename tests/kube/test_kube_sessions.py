@@ -16,6 +16,7 @@ asserted is waylay's side: which API calls it made, the specs it sent, and the t
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -27,6 +28,9 @@ from typing import Any
 
 import pytest
 
+from core.kube_agent import PodAgent, open_link
+from core.kube_api import PODS, KubeApi
+from core.kube_model import pod_from_api
 from tests.integration.conftest import (
     CLEAN_ENV,
     HTTP_APP,
@@ -184,6 +188,7 @@ def test_deployment_every_replica_filtered_steal(kube: KubeBed) -> None:
         assert by_pod == {("web-a", "stolen"), ("web-a", "passed"),
                           ("web-b", "stolen"), ("web-b", "passed")}
         assert "intercepting all 2 ready pods: web-a, web-b" in run.stderr
+        assert not run.of_type("warning"), run.of_type("warning")  # every pod at once
     finally:
         code = run.stop()
     assert code == 0, run.stderr
@@ -225,7 +230,7 @@ def test_unfiltered_steal_of_a_probe_port_warns(kube: KubeBed) -> None:
     run = kube.run("pod/web-a", config, ports=1)
     try:
         warnings = [e["message"] for e in run.of_type("warning")]
-        assert any("port 80 is the readiness probe of container app" in w
+        assert any("pod/web-a: port 80 is the readiness probe of container app" in w
                    and "kube-probe" in w for w in warnings), warnings
         assert served_by(kube.pods[0], "anyone") == "local"  # whole port, as asked
     finally:
@@ -362,3 +367,29 @@ def test_events_stream_is_json_lines(kube: KubeBed) -> None:
         finish_waylay(run)
     assert not run.other_stdout
     assert all(isinstance(json.dumps(e), str) and "type" in e for e in run.events)
+
+
+def test_port_forwards_in_parallel_with_other_calls(kube: KubeBed) -> None:
+    """The client's portforward swaps its ApiClient's transport while connecting; waylay
+    gives each port-forward a client of its own, so many at once, with list calls in
+    between (one agent per replica, set up concurrently), all work."""
+    api = KubeApi(context="fake", config_file=str(kube.kubeconfig))
+    pod = pod_from_api(kube.cluster.get_object("v1", "pods", NAMESPACE, "web-a"))
+    placed = PodAgent(pod=pod, container="app", namespace=NAMESPACE, agent_pod="web-a",
+                      agent_container="app", token="", port=80)  # straight to the app
+
+    async def fetch() -> bytes:
+        link = await open_link(api, placed)
+        link.writer.write(b"GET /pf HTTP/1.0\r\n\r\n")
+        data = await asyncio.wait_for(link.reader.read(), 20)
+        link.writer.close()
+        return data
+
+    async def main() -> list[object]:
+        lists = [asyncio.to_thread(api.list, PODS, NAMESPACE) for _ in range(8)]
+        return await asyncio.gather(*(fetch() for _ in range(8)), *lists)
+
+    results = asyncio.run(main())
+    answers = [r for r in results if isinstance(r, bytes)]
+    assert len(answers) == 8
+    assert all(b"x-served-by: remote-web-a" in a.lower() for a in answers), answers
