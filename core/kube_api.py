@@ -225,7 +225,7 @@ class KubeApi:
         client with calls made meanwhile from other threads (another pod's port-forward,
         a watch)."""
         own = config.new_client_from_config(  # type: ignore[no-untyped-call]
-            config_file=self._config_file, context=self.context.name)
+            config_file=config_path(self._config_file), context=self.context.name)
         return client.CoreV1Api(own)
 
     # -- writing ---------------------------------------------------------------------

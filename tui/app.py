@@ -9,7 +9,8 @@ judging a filter over recent traffic) runs in thread workers whose results come 
 
 Every I/O seam can be replaced for tests, benchmarks and screenshots: ``attach_fn`` (a
 ``core.attach.attach`` look-alike, e.g. ``tui.fake_agent.FakeAgent.attach``),
-``targets_source`` and ``clock``.
+``targets_source``, ``kube`` (a ``tui.kube_browser.KubeBrowser`` with its own seams) and
+``clock``.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from tui.dialogs import HelpScreen, ModeScreen, PortsScreen
 from tui.file_actions import FileActions
 from tui.filter_editor import FilterEditor
 from tui.flows import CAPACITY, FlowRow, FlowStore, FlowView, RowQuery
+from tui.kube_browser import KubeBrowser
 from tui.messages import SessionEnded, SessionProgress, SessionState, TrafficBatch, UpdateResult
 from tui.preview import PREVIEW_WINDOW, Plan, Preview, preview_steps
 from tui.rates import RateBuckets
@@ -84,6 +86,7 @@ class WaylayApp(FileActions, App[int]):
                  config_path: str | None = None, cli_ports: dict[int, int | None] | None
                  = None, attach_fn: AttachFn | None = None,
                  targets_source: Callable[[], list[LocalTarget]] = list_local_targets,
+                 kube: KubeBrowser | None = None,
                  clock: Callable[[], float] = time.time, capacity: int = CAPACITY,
                  ttl: float = 30.0, clean_on_start: bool = False,
                  batch_interval: float | None = None, freeze_gc: bool = False) -> None:
@@ -93,11 +96,14 @@ class WaylayApp(FileActions, App[int]):
         self.config_path = config_path
         self.initial_target = target or self.config.target
         self.targets_source = targets_source
+        # Kubernetes discovery for the targets tree ($KUBECONFIG, else ~/.kube/config).
+        self.kube = kube if kube is not None else KubeBrowser()
         self.clock = clock
         self.store = FlowStore(capacity=capacity)
         self.view = FlowView(self.store)
         self.rates = RateBuckets()
-        client_kw: dict[str, Any] = {"ttl": ttl, "clean_on_start": clean_on_start}
+        client_kw: dict[str, Any] = {"ttl": ttl, "clean_on_start": clean_on_start,
+                                     "agent": self.config.agent}
         if attach_fn is not None:
             client_kw["attach_fn"] = attach_fn
         if batch_interval is not None:
@@ -119,7 +125,7 @@ class WaylayApp(FileActions, App[int]):
         yield Header(show_clock=False, icon="≋")
         yield SessionBar(id="bar")
         with Horizontal(id="main"):
-            yield TargetsPane(id="targets")
+            yield TargetsPane(kube=self.kube, id="targets")
             with Vertical(id="traffic-area"):
                 yield Input(placeholder="search: words, or field:value (v:stolen s:5xx "
                             "m:POST path:/api -v:passed)", id="search", compact=True)
@@ -165,17 +171,22 @@ class WaylayApp(FileActions, App[int]):
 
     # --- sessions -----------------------------------------------------------------------
 
-    def start_session(self, target_text: str) -> None:
-        """Start a session on ``target_text`` (stopping the current one first)."""
+    def start_session(self, target_text: str, *, kube_context: str | None = None,
+                      kube_namespace: str | None = None) -> None:
+        """Start a session on ``target_text`` (stopping the current one first); a
+        Kubernetes target is looked up in ``kube_context`` / ``kube_namespace`` (default:
+        the config's, from --context / -n, else the kubeconfig's)."""
         try:
-            target = parse_target(target_text, namespace=self.config.namespace)
+            target = parse_target(target_text,
+                                  namespace=kube_namespace or self.config.namespace)
         except WaylayError as exc:
             self.notify(str(exc), title="bad target", severity="error")
             return
-        self._switch_session(target_text, target)
+        self._switch_session(target_text, target, kube_context or self.config.kube_context)
 
     @work(exclusive=True, group="session-switch")
-    async def _switch_session(self, target_text: str, target: Any) -> None:
+    async def _switch_session(self, target_text: str, target: Any,
+                              kube_context: str | None = None) -> None:
         if self.client.busy:
             await self.client.shutdown()
         self.bar = dataclasses.replace(self.bar, link="starting", target=target_text,
@@ -185,7 +196,8 @@ class WaylayApp(FileActions, App[int]):
         self.table.empty_text = f"starting a session on {target_text}…"
         self.table.refresh()
         self._refresh_bar()
-        self.client.start(target, self.client.incoming, self.client.cli_ports)
+        self.client.start(target, self.client.incoming, self.client.cli_ports,
+                          kube_context=kube_context)
 
     def on_session_progress(self, message: SessionProgress) -> None:
         if message.session != self.client.session_no:
@@ -514,7 +526,8 @@ class WaylayApp(FileActions, App[int]):
     @on(TargetsPane.Chosen)
     def _target_chosen(self, message: TargetsPane.Chosen) -> None:
         self.table.focus()
-        self.start_session(message.target)
+        self.start_session(message.target, kube_context=message.context,
+                           kube_namespace=message.kube_namespace)
 
     @on(TargetsPane.RefreshRequested)
     def _targets_refresh(self) -> None:
@@ -536,6 +549,7 @@ class WaylayApp(FileActions, App[int]):
     async def on_unmount(self) -> None:
         # However the app ends, the agent is stopped so that it removes its rules.
         await self.client.shutdown()
+        await asyncio.to_thread(self.kube.close)  # ends the namespace watch
 
     # --- the command palette ------------------------------------------------------------
 

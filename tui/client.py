@@ -28,7 +28,7 @@ from typing import Any
 from textual.message import Message
 
 from core.attach import Attachment, attach
-from core.config import IncomingConfig, Mode
+from core.config import AgentConfig, IncomingConfig, Mode
 from core.errors import WaylayError
 from core.target import Target
 from tui.messages import SessionEnded, SessionProgress, SessionState, TrafficBatch, UpdateResult
@@ -54,7 +54,8 @@ class SessionClient:
 
     def __init__(self, post: Callable[[Message], object], *, attach_fn: AttachFn = attach,
                  batch_interval: float = BATCH_INTERVAL_S, ttl: float = 30.0,
-                 clean_on_start: bool = False, capture: bool = True) -> None:
+                 clean_on_start: bool = False, capture: bool = True,
+                 agent: AgentConfig | None = None) -> None:
         self._post = post
         self._attach = attach_fn
         # Headers and body starts for the detail view, from engines that can send them.
@@ -63,6 +64,8 @@ class SessionClient:
         self._batch_interval = batch_interval
         self._ttl = ttl
         self._clean_on_start = clean_on_start
+        self._agent = agent or AgentConfig()
+        self._kube_context: str | None = None
         self._task: asyncio.Task[None] | None = None
         self._attached: Attachment | None = None
         self._pending: list[dict[str, Any]] = []
@@ -93,10 +96,13 @@ class SessionClient:
         return tuple(self._attached.session.welcome.listening_ports)
 
     def start(self, target: Target, incoming: IncomingConfig,
-              cli_ports: dict[int, int | None]) -> int:
-        """Start a session on ``target`` in the background; returns its number."""
+              cli_ports: dict[int, int | None], *, kube_context: str | None = None) -> int:
+        """Start a session on ``target`` in the background; returns its number.
+        ``kube_context`` is the Kubernetes context of a Kubernetes target (None: the
+        kubeconfig's current one)."""
         if self.busy:
             raise RuntimeError("a session is running: shutdown() first")
+        self._kube_context = kube_context
         self.session_no += 1
         self.target, self.incoming, self.cli_ports = target, incoming, dict(cli_ports)
         self._task = asyncio.create_task(self._run(self.session_no, target),
@@ -167,12 +173,17 @@ class SessionClient:
         start = dataclasses.replace(wanted, mode=Mode.OFF) if wanted.mode is Mode.MIRROR \
             else wanted
         self._hide_off_warning = start is not wanted
+        extra: dict[str, Any] = dict(self._attach_extra)
+        if not target.is_local and _accepts(self._attach, "kube_context"):
+            # Where the agent goes and how it runs there (stand-ins for tests and
+            # screenshots, like tui.fake_agent, take neither).
+            extra.update(kube_context=self._kube_context, agent=self._agent)
         try:
             attached = await self._attach(
                 target, incoming=start, cli_ports=self.cli_ports,
                 on_event=functools.partial(self._on_event, n),
                 on_progress=lambda text: self._post(SessionProgress(n, str(target), text)),
-                ttl=self._ttl, clean_on_start=self._clean_on_start, **self._attach_extra)
+                ttl=self._ttl, clean_on_start=self._clean_on_start, **extra)
         except WaylayError as exc:
             self._post(SessionEnded(n, str(target), str(exc), exc.exit_code))
             return

@@ -1,7 +1,14 @@
-"""The targets pane: local namespaces and processes (Kubernetes later) in one tree.
+"""The targets pane: local namespaces and processes, and Kubernetes, in one tree.
 
-The pane only shows what it is given (``show_targets``); the app loads the list in a
-worker thread. ``/`` filters the tree; Enter on a target asks the app to start a session.
+The pane only shows what it is given: the app loads the local list in a worker thread
+(``show_targets``); a ``tui.kube_browser.KubeBrowser`` answers for Kubernetes with
+messages. The Kubernetes branch loads lazily: expanding a context lists its namespaces,
+expanding a namespace watches it (collapsing it, or opening another, stops that), and the
+tree follows the watch live. ``/`` filters the tree; Enter on a target asks the app to
+start a session (``Chosen`` carries the Kubernetes context and namespace of the target).
+
+The tree is rebuilt from the pane's state after every change; expansions and the cursor
+are restored by each node's ``TreeItem.key``, so a live update never moves the cursor.
 """
 
 from __future__ import annotations
@@ -16,8 +23,17 @@ from textual.binding import Binding, BindingType
 from textual.containers import Vertical
 from textual.message import Message
 from textual.widgets import Input, Tree
+from textual.widgets.tree import TreeNode
 
 from core.local_targets import LocalTarget
+from tui.kube_browser import (
+    KubeBrowser,
+    KubeContextsLoaded,
+    KubeInventoryChanged,
+    KubeNamespacesLoaded,
+    KubeWatchFailed,
+)
+from tui.kube_tree import KubeTreeState, TreeItem, add_kube_branch, node_key
 
 
 class TargetsPane(Vertical):
@@ -27,36 +43,54 @@ class TargetsPane(Vertical):
     ]
 
     class Chosen(Message):
-        """Start a session on ``target``."""
+        """Start a session on ``target`` (in ``context`` / ``namespace`` for Kubernetes)."""
 
-        def __init__(self, target: str) -> None:
+        def __init__(self, target: str, *, context: str | None = None,
+                     kube_namespace: str | None = None) -> None:
             super().__init__()
             self.target = target
+            self.context = context
+            # Not ``namespace``: that is Textual's, naming the handler of a message.
+            self.kube_namespace = kube_namespace
 
     class RefreshRequested(Message):
         pass
 
-    def __init__(self, *, id: str | None = None) -> None:
+    def __init__(self, *, kube: KubeBrowser | None = None, id: str | None = None) -> None:
         super().__init__(id=id)
         self.targets: list[LocalTarget] = []
         self.error: str | None = None
-        self.loading = True
+        self.local_loading = True
         self.active: str | None = None
+        self.kube = kube
+        self.kube_state = KubeTreeState()
+        self._last_told: str | None = None
+        self._update_loading()
+
+    def _update_loading(self) -> None:
+        """``loading``: the local list or the kubeconfig is still being read."""
+        self.loading = self.local_loading or (self.kube is not None and self.kube_state.loading)
 
     def compose(self) -> ComposeResult:
         yield Input(placeholder="filter targets", id="targets-filter")
-        tree: Tree[LocalTarget | None] = Tree("targets", id="targets-tree")
+        tree: Tree[TreeItem] = Tree("targets", id="targets-tree")
         tree.show_root = False
         tree.guide_depth = 2
+        # Enter on a workload starts a session; it must not also fold it (see _selected).
+        tree.auto_expand = False
         yield tree
 
     def on_mount(self) -> None:
         self.border_title = "targets"
         self.query_one("#targets-filter").display = False
+        if self.kube is not None:
+            self.kube.bind(self.post_message)
+            self.kube.load_contexts()
         self._rebuild()
 
     def show_targets(self, targets: Sequence[LocalTarget], error: str | None = None) -> None:
-        self.targets, self.error, self.loading = list(targets), error, False
+        self.targets, self.error, self.local_loading = list(targets), error, False
+        self._update_loading()
         self._rebuild()
 
     def set_active(self, target: str | None) -> None:
@@ -69,7 +103,17 @@ class TargetsPane(Vertical):
         box.focus()
 
     def action_refresh(self) -> None:
-        self.loading = True
+        self.local_loading = True
+        if self.kube is not None:
+            state = self.kube_state
+            state.contexts, state.contexts_error = None, None
+            self._last_told = None
+            state.namespaces.clear()
+            state.namespace_errors.clear()
+            self.kube.load_contexts()
+            for context in state.expanded_contexts:
+                self.kube.load_namespaces(context)
+        self._update_loading()
         self._rebuild()
         self.post_message(self.RefreshRequested())
 
@@ -89,35 +133,145 @@ class TargetsPane(Vertical):
             self.query_one("#targets-tree", Tree).focus()
 
     @on(Tree.NodeSelected, "#targets-tree")
-    def _selected(self, event: Tree.NodeSelected[LocalTarget | None]) -> None:
+    def _selected(self, event: Tree.NodeSelected[TreeItem]) -> None:
         event.stop()
-        if event.node.data is not None:
-            self.post_message(self.Chosen(event.node.data.target))
+        item = event.node.data
+        if item is not None and item.target is not None:
+            self.post_message(self.Chosen(item.target, context=item.context,
+                                          kube_namespace=item.namespace))
+        elif event.node.allow_expand:
+            event.node.toggle()
+
+    # -- the Kubernetes branch -----------------------------------------------------------
+
+    @on(Tree.NodeExpanded, "#targets-tree")
+    def _expanded(self, event: Tree.NodeExpanded[TreeItem]) -> None:
+        event.stop()
+        item, state = event.node.data, self.kube_state
+        if item is None or self.kube is None:
+            return
+        if item.kind == "context" and item.context not in state.expanded_contexts:
+            assert item.context is not None
+            state.expanded_contexts.add(item.context)
+            state.namespaces.pop(item.context, None)
+            state.namespace_errors.pop(item.context, None)
+            self.kube.load_namespaces(item.context)
+            self._rebuild()
+        elif item.kind == "namespace" and state.open != (item.context, item.namespace):
+            assert item.context is not None and item.namespace is not None
+            state.open = (item.context, item.namespace)
+            state.inventory, state.watch_error = None, None
+            self.kube.watch(item.context, item.namespace)
+            self._rebuild()
+        else:
+            state.collapsed.discard(item.key)
+
+    @on(Tree.NodeCollapsed, "#targets-tree")
+    def _collapsed(self, event: Tree.NodeCollapsed[TreeItem]) -> None:
+        event.stop()
+        item, state = event.node.data, self.kube_state
+        if item is None or self.kube is None:
+            return
+        if item.kind == "context" and item.context in state.expanded_contexts:
+            state.expanded_contexts.discard(item.context)
+            if state.open is not None and state.open[0] == item.context:
+                self._close_namespace()
+            self._rebuild()
+        elif item.kind == "namespace" and state.open == (item.context, item.namespace):
+            self._close_namespace()
+            self._rebuild()
+        elif item.kind in ("kube", "workload", "other-pods"):
+            state.collapsed.add(item.key)
+
+    def _close_namespace(self) -> None:
+        state = self.kube_state
+        state.open, state.inventory, state.watch_error = None, None, None
+        if self.kube is not None:
+            self.kube.unwatch()
+
+    def _tell(self, error: str, where: str) -> None:
+        """The whole message once as a notification: the tree's line is cut at the pane's
+        width, and a watch retrying the same failure must not repeat it."""
+        if error != self._last_told:
+            self._last_told = error
+            self.notify(error, title=f"kubernetes: {where}", severity="error", timeout=8)
+
+    def on_kube_contexts_loaded(self, message: KubeContextsLoaded) -> None:
+        state = self.kube_state
+        state.contexts, state.contexts_error = message.contexts, message.error
+        if message.error:
+            self._tell(message.error, "kubeconfig")
+        self._update_loading()
+        known = {c.name for c in message.contexts}
+        state.expanded_contexts &= known
+        if state.open is not None and state.open[0] not in known:
+            self._close_namespace()
+        self._rebuild()
+
+    def on_kube_namespaces_loaded(self, message: KubeNamespacesLoaded) -> None:
+        state = self.kube_state
+        if message.error:
+            state.namespace_errors[message.context] = message.error
+            self._tell(message.error, f"context {message.context}")
+        else:
+            state.namespace_errors.pop(message.context, None)
+            state.namespaces[message.context] = message.names
+        self._rebuild()
+
+    def on_kube_inventory_changed(self, message: KubeInventoryChanged) -> None:
+        state = self.kube_state
+        if state.open == (message.context, message.kube_namespace):
+            state.inventory = message.inventory
+            state.watch_error = "; ".join(message.problems) or None
+            if state.watch_error:
+                self._tell(state.watch_error, f"{message.context}/{message.kube_namespace}")
+            self._rebuild()
+
+    def on_kube_watch_failed(self, message: KubeWatchFailed) -> None:
+        state = self.kube_state
+        if state.open == (message.context, message.kube_namespace):
+            state.watch_error = message.message
+            self._tell(message.message, f"{message.context}/{message.kube_namespace}")
+            self._rebuild()
+
+    # -- drawing -------------------------------------------------------------------------
 
     def _rebuild(self) -> None:
         if not self.is_mounted:
             return
-        tree: Tree[LocalTarget | None] = self.query_one("#targets-tree", Tree)
+        tree: Tree[TreeItem] = self.query_one("#targets-tree", Tree)
         needle = self.query_one("#targets-filter", Input).value.strip().lower()
+        remembered = _cursor_path(tree)
         tree.clear()
-        local = tree.root.add("local", expand=True)
-        if self.loading:
-            local.add_leaf(Text("scanning…", style="italic dim"))
+        local = tree.root.add("local", TreeItem(key="local", kind="group"), expand=True)
+        if self.local_loading:
+            local.add_leaf(Text("scanning…", style="italic dim"),
+                           TreeItem(key="note:local", kind="note"))
         elif self.error:
-            local.add_leaf(Text(self.error, style="bold red"))
+            local.add_leaf(Text(self.error, style="bold red"),
+                           TreeItem(key="note:local", kind="note"))
         groups = (("network namespaces", "netns"), ("processes", "pid"))
         for title, kind in groups:
             found = [t for t in self.targets if t.kind == kind and _matches(t, needle)]
-            if not found and (self.loading or needle):
+            if not found and (self.local_loading or needle):
                 continue
-            group = local.add(f"{title} ({len(found)})", expand=True)
+            group = local.add(f"{title} ({len(found)})",
+                              TreeItem(key=f"group:{kind}", kind="group"), expand=True)
             for target in found:
-                group.add_leaf(self._label(target), data=target)
+                group.add_leaf(self._label(target),
+                               TreeItem(key=f"local:{target.target}", kind="local",
+                                        target=target.target, local=target))
             if not found:
-                group.add_leaf(Text("none found", style="italic dim"))
-        kube = tree.root.add("kubernetes", expand=True)
-        kube.add_leaf(Text("not available yet", style="italic dim"))
-        self._select_first(tree)
+                group.add_leaf(Text("none found", style="italic dim"),
+                               TreeItem(key=f"note:{kind}", kind="note"))
+        if self.kube is None:
+            kube = tree.root.add("kubernetes", TreeItem(key="kube", kind="kube"), expand=True)
+            kube.add_leaf(Text("not available", style="italic dim"),
+                          TreeItem(key="note:kube", kind="note"))
+        else:
+            add_kube_branch(tree.root, self.kube_state, needle=needle, active=self.active)
+        if not _restore_cursor(tree, remembered):
+            self._select_first(tree)
 
     def _label(self, target: LocalTarget) -> Text:
         ports = ",".join(str(p) for p in target.ports) or "-"
@@ -133,13 +287,49 @@ class TargetsPane(Vertical):
         return label
 
     @staticmethod
-    def _select_first(tree: Tree[LocalTarget | None]) -> None:
+    def _select_first(tree: Tree[TreeItem]) -> None:
         """Put the cursor on the first target (Enter then starts a session on it)."""
         for line in range(tree.last_line + 1):
             node = tree.get_node_at_line(line)
-            if node is not None and node.data is not None:
+            if node is not None and node.data is not None and node.data.target is not None:
                 tree.move_cursor(node)
                 return
+
+
+# Nodes the cursor is put back on after a rebuild (or on their nearest such ancestor
+# when they went away: a deleted pod's workload). Elsewhere (notes, the local groups) the
+# cursor goes to the first target, as when the pane opens.
+_KEPT_KINDS = frozenset({"local", "kube", "context", "namespace", "workload",
+                         "other-pods", "pod"})
+
+
+def _cursor_path(tree: Tree[TreeItem]) -> list[str]:
+    """The keys of the cursor's node and its kept ancestors, nearest first."""
+    node: TreeNode[TreeItem] | None = tree.cursor_node
+    if node is None or node.data is None or node.data.kind not in _KEPT_KINDS:
+        return []
+    path = []
+    while node is not None and node is not tree.root:
+        if node.data is not None and node.data.kind in _KEPT_KINDS:
+            path.append(node_key(node))
+        node = node.parent
+    return path
+
+
+def _restore_cursor(tree: Tree[TreeItem], path: list[str]) -> bool:
+    """Put the cursor back on the remembered node, else on its nearest ancestor left."""
+    if not path:
+        return False
+    by_key: dict[str, TreeNode[TreeItem]] = {}
+    for line in range(tree.last_line + 1):
+        node = tree.get_node_at_line(line)
+        if node is not None and node.data is not None:
+            by_key.setdefault(node.data.key, node)
+    for key in path:
+        if key in by_key:
+            tree.move_cursor(by_key[key])
+            return True
+    return False
 
 
 def _matches(target: LocalTarget, needle: str) -> bool:

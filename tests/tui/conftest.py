@@ -64,6 +64,13 @@ def utc() -> Iterator[None]:
     time.tzset()
 
 
+@pytest.fixture(autouse=True)
+def no_kubeconfig(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    """The developer's own ~/.kube/config is never read: by default the dashboard under
+    test finds no kubeconfig (tests of the Kubernetes branch point KUBECONFIG at a fake)."""
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "no-kubeconfig"))
+
+
 @pytest.fixture
 def fake() -> Iterator[FakeAgent]:
     agent = FakeAgent(listening_ports=(80, 8080))
