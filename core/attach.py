@@ -40,6 +40,9 @@ class SessionView(Protocol):
     @property
     def plans(self) -> list[PortPlan]: ...
 
+    @property
+    def planned(self) -> bool: ...
+
 
 class Attachment(Protocol):
     """What ``attach`` returns: ``AttachedSession`` (local) or ``KubeAttachment``."""

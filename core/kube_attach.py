@@ -81,6 +81,10 @@ class SessionGroup:
         return replace(first, listening_ports=tuple(ports))
 
     @property
+    def planned(self) -> bool:
+        return bool(self.members) and all(m.session.planned for m in self.members)
+
+    @property
     def plans(self) -> list[PortPlan]:
         """The ports subscribed (the same plan on every pod)."""
         return self.members[0].session.plans if self.members else []

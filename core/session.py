@@ -136,6 +136,7 @@ class Session:
         self._pool = LocalPool()
         self._stopping = asyncio.Event()
         self.ended_cleanly = False  # run() ended by stop(), not by a link failure
+        self.planned = False  # welcomed, and the ports to subscribe are decided (plans)
         self._last_seen = time.monotonic()
         self._plans_by_sub: dict[int, PortPlan] = {}
         self._pending_subs: dict[int, asyncio.Future[bool]] = {}
@@ -222,6 +223,7 @@ class Session:
         assert self.welcome is not None
         self.plans = plan_ports(self.incoming, self.cli_ports,
                                 list(self.welcome.listening_ports))
+        self.planned = True
         if not self.plans:
             self._event({"type": "warning", "message": "nothing to intercept: no port "
                          "given and none listening in the target (use -p PORT)"

@@ -116,7 +116,9 @@ def cell_text(name: str, event: dict[str, Any]) -> str:
     if name == "method":
         return str(event.get("method") or ("TCP" if event.get("protocol") == "tcp" else ""))
     if name == "host":
-        return str(event.get("authority") or f":{event.get('port')}")
+        host = str(event.get("authority") or f":{event.get('port')}")
+        # Every replica of a workload is intercepted: say which pod answered or passed.
+        return f"{event['pod']}▸{host}" if event.get("pod") else host
     if name == "path":
         return str(event.get("path") or "")
     if name == "status":

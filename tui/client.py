@@ -199,7 +199,8 @@ class SessionClient:
         runner = asyncio.create_task(attached.run(), name=f"waylay-session-{n}-link")
         error: WaylayError | Exception | None = None
         try:
-            while attached.session.welcome is None and not runner.done():
+            # Planned, not just welcomed: the session bar shows the ports subscribed.
+            while not attached.session.planned and not runner.done():
                 await asyncio.sleep(_WELCOME_POLL_S)
             if not runner.done():
                 if self.incoming is not start:  # applied during the handshake

@@ -192,8 +192,9 @@ class DetailScreen(ModalScreen[None]):
         elif status is not None:
             text.append(f"  → {status}", style="bold red" if status >= 500 else "bold")
         text.append("\n")
+        pod = f"pod {event['pod']} · " if event.get("pod") else ""
         text.append(
-            f"{fmt_time(event.get('ts'))} · port {event.get('port')} · "
+            f"{fmt_time(event.get('ts'))} · {pod}port {event.get('port')} · "
             f"{event.get('protocol')} · {fmt_duration(event.get('duration_ms')) or '-'} · "
             f"in {fmt_size(event.get('bytes_in'))} · out {fmt_size(event.get('bytes_out'))}",
             style="dim")

@@ -76,9 +76,20 @@ class FlowRow:
             self._haystack = " ".join(
                 str(part) for part in (
                     e.get("verdict"), e.get("protocol"), e.get("method"), e.get("authority"),
-                    e.get("path"), e.get("status"), e.get("port"), e.get("matched"))
+                    e.get("path"), e.get("status"), e.get("port"), e.get("matched"),
+                    e.get("pod"))
                 if part is not None).lower()
         return self._haystack
+
+
+def _identity(event: dict[str, Any]) -> object:
+    """Which request an event is about. Ids are per agent: a workload's pods each have
+    their own agent, so there the pod is part of the identity."""
+    ident = event.get("id")
+    if ident is None:
+        return None
+    pod = event.get("pod")
+    return ident if pod is None else (pod, ident)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -149,7 +160,7 @@ class FlowStore:
             if event.get("type") not in REQUEST_TYPES:
                 continue
             self.received += 1
-            ident = event.get("id")
+            ident = _identity(event)
             row = self._by_id.get((session, ident)) if ident is not None else None
             if row is not None:
                 row.merge(_compact(event))
@@ -185,7 +196,7 @@ class FlowStore:
         if excess <= 0:
             return 0
         for row in self._rows[self._head:self._head + excess]:
-            self._by_id.pop((row.session, row.event.get("id")), None)
+            self._by_id.pop((row.session, _identity(row.event)), None)
         self._head += excess
         self.dropped += excess
         if self._head >= _COMPACT_AT and self._head * 2 >= len(self._rows):

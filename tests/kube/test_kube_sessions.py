@@ -1,13 +1,8 @@
 """Kubernetes targets end to end: `waylay run -t deployment/...`, `pod/...`, errors.
 
-Theory of operation. Two network namespaces stand in for two pods of deployment ``web``;
-each runs the real test HTTP app on port 80, answering as ``remote-web-a`` /
-``remote-web-b``. ``FakeCluster`` (tests/kube/fake_apiserver.py) is the API server the
-official client talks to: it lists and watches the pods, runs the ephemeral container or
-Job that waylay asks for (the real ``waylay agent`` command from the spec, with the spec's
-environment, inside the pod's namespace), and relays port-forward connections into the
-pod's namespace as the kubelet would. Everything else is real: iptables in the pod
-namespaces, the agents, the sessions, curl to the pod addresses.
+The cluster is ``kube_bed.py``'s: real namespaces standing in for pods, the fake API
+server in front. Everything but the API server is real: iptables in the pod namespaces,
+the agents, port-forward into the namespaces, the sessions, curl to the pod addresses.
 
 What only the fake makes true is never asserted: scheduling, image pulls, RBAC beyond the
 explicit deny rules, and the kubelet are not modeled (see the fake's docstring). What is
@@ -17,14 +12,7 @@ asserted is waylay's side: which API calls it made, the specs it sent, and the t
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
-import os
-import subprocess
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -32,146 +20,28 @@ from core.kube_agent import PodAgent, open_link
 from core.kube_api import PODS, KubeApi
 from core.kube_model import pod_from_api
 from tests.integration.conftest import (
-    CLEAN_ENV,
     HTTP_APP,
     PYTHON,
     ROOT_REASON,
     WAYLAY,
-    WaylayRun,
-    curl,
     finish_waylay,
     launch_waylay,
-    pids_in_netns,
     poll,
     start_server,
     stop_process,
 )
-from tests.kube.fake_apiserver import FakeCluster
-from tests.netns import nat_rules, netns, veth_pair
+from tests.kube.kube_bed import (
+    ALICE,
+    NAMESPACE,
+    KubeBed,
+    agents_gone,
+    pod_manifest,
+    pod_netns,
+    served_by,
+)
+from tests.netns import nat_rules
 
 pytestmark = pytest.mark.skipif(ROOT_REASON is not None, reason=ROOT_REASON or "")
-
-NAMESPACE = "shop"
-ALICE = ('{"feature": {"network": {"incoming": {"mode": "steal", '
-         '"http_filter": {"header_filter": "^x-user: alice$"}}}}}')
-
-
-@dataclass
-class FakePod:
-    name: str
-    ns: str  # the network namespace standing in for the pod
-    ip: str
-    app_pid: int
-
-
-@dataclass
-class KubeBed:
-    cluster: FakeCluster
-    kubeconfig: Path
-    pods: list[FakePod]
-    local_http: int
-    tmp: Path
-
-    def env(self) -> dict[str, str]:
-        return {**CLEAN_ENV, "KUBECONFIG": str(self.kubeconfig)}
-
-    def config(self, text: str, name: str) -> Path:
-        path = self.tmp / name
-        path.write_text(text)
-        return path
-
-    def run(self, target: str, config: Path | None, *, ports: int, wait: bool = True,
-            extra: tuple[str, ...] = ()) -> WaylayRun:
-        argv = [str(WAYLAY), "run", "-t", target, "-n", NAMESPACE, "--context", "fake",
-                "-p", f"80:{self.local_http}", "--events", "-", *extra]
-        if config is not None:
-            argv += ["-f", str(config)]
-        return launch_waylay(argv, ports, wait=wait, env=self.env())
-
-    def run_to_end(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([str(WAYLAY), *args], capture_output=True, text=True,
-                              env=self.env(), timeout=60, stdin=subprocess.DEVNULL)
-
-
-def pod_manifest(name: str, ip: str, *, labels: dict[str, str],
-                 containers: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    app = {"name": "app", "image": "shop:1",
-           "ports": [{"name": "http", "containerPort": 80}],
-           "readinessProbe": {"httpGet": {"path": "/healthz", "port": "http"}}}
-    return {
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name, "namespace": NAMESPACE, "labels": labels,
-                     "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet",
-                                          "name": "web-6d4f", "uid": "rs-uid",
-                                          "controller": True}]},
-        "spec": {"nodeName": "node-1", "containers": containers or [app]},
-        "status": {"phase": "Running", "podIP": ip},
-    }
-
-
-@contextlib.contextmanager
-def pod_netns(name: str) -> Iterator[FakePod]:
-    with netns("wlk") as ns, veth_pair(ns) as (_host_ip, ns_ip):
-        proc, _ = start_server([str(PYTHON), str(HTTP_APP), f"remote-{name}", "80"],
-                               f"{name} http", ns=ns)
-        try:
-            yield FakePod(name=name, ns=ns, ip=ns_ip, app_pid=proc.pid)
-        finally:
-            stop_process(proc)
-            for pid in pids_in_netns(ns):  # an agent a failed test left behind
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, 9)
-
-
-@pytest.fixture(scope="module")
-def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeBed]:
-    tmp = tmp_path_factory.mktemp("kube")
-    local, local_port = start_server(
-        [str(PYTHON), str(HTTP_APP), "local", "0", "--host", "127.0.0.1"], "local http")
-    try:
-        with pod_netns("web-a") as a, pod_netns("web-b") as b, \
-                FakeCluster(user="dev") as cluster:
-            cluster.add_namespace(NAMESPACE)
-            cluster.add_object({
-                "apiVersion": "apps/v1", "kind": "Deployment",
-                "metadata": {"name": "web", "namespace": NAMESPACE},
-                "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "web"}},
-                         "template": {"metadata": {"labels": {"app": "web"}},
-                                      "spec": {"containers": [{"name": "app",
-                                                               "image": "shop:1"}]}}},
-                "status": {"replicas": 2, "readyReplicas": 2},
-            })
-            cluster.add_object({
-                "apiVersion": "apps/v1", "kind": "StatefulSet",
-                "metadata": {"name": "cache", "namespace": NAMESPACE},
-                "spec": {"replicas": 1, "selector": {"matchLabels": {"slot": "b"}}},
-            })
-            cluster.add_object({
-                "apiVersion": "apps/v1", "kind": "Deployment",
-                "metadata": {"name": "idle", "namespace": NAMESPACE},
-                "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "idle"}}},
-            })
-            for pod, labels in ((a, {"app": "web"}), (b, {"app": "web", "slot": "b"})):
-                cluster.add_pod(pod_manifest(pod.name, pod.ip, labels=labels),
-                                netns=pod.ns, container_pids={"app": pod.app_pid})
-            # A pod with a sidecar listed first, backed by web-b's namespace.
-            cluster.add_pod(pod_manifest("multi", b.ip, labels={"app": "multi"}, containers=[
-                {"name": "istio-proxy", "image": "istio/proxyv2"},
-                {"name": "app", "image": "shop:1"}]), netns=b.ns)
-            kubeconfig = cluster.write_kubeconfig(tmp / "kubeconfig",
-                                                  contexts={"fake": NAMESPACE})
-            yield KubeBed(cluster=cluster, kubeconfig=Path(kubeconfig), pods=[a, b],
-                          local_http=local_port, tmp=tmp)
-    finally:
-        stop_process(local)
-
-
-def served_by(pod: FakePod, user: str) -> str | None:
-    return curl(f"http://{pod.ip}/orders", "-H", f"x-user: {user}").served_by
-
-
-def agents_gone(bed: KubeBed) -> bool:
-    return all("WAYLAY" not in nat_rules(p.ns) for p in bed.pods)
 
 
 def test_deployment_every_replica_filtered_steal(kube: KubeBed) -> None:
@@ -366,7 +236,8 @@ def test_events_stream_is_json_lines(kube: KubeBed) -> None:
         run.stop()
         finish_waylay(run)
     assert not run.other_stdout
-    assert all(isinstance(json.dumps(e), str) and "type" in e for e in run.events)
+    assert all("type" in e for e in run.events)
+    assert all(e["pod"] == "web-b" for e in run.requests)
 
 
 def test_port_forwards_in_parallel_with_other_calls(kube: KubeBed) -> None:

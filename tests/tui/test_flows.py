@@ -118,3 +118,12 @@ def test_a_filtered_view_follows_the_store() -> None:
     assert view.index_of(view[1].key) == 1
     view.set_query(None)
     assert len(view) == 5
+
+
+def test_ids_of_different_pods_are_different_requests() -> None:
+    """Each pod of a workload has its own agent, numbering its requests from 1."""
+    store = FlowStore()
+    store.ingest([{"type": "request", "id": 1, "pod": "web-a", "verdict": "stolen"},
+                  {"type": "request", "id": 1, "pod": "web-b", "verdict": "passed"}])
+    assert [(r.get("pod"), r.verdict) for r in store] == [("web-a", "stolen"),
+                                                          ("web-b", "passed")]
