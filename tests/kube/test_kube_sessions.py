@@ -117,11 +117,16 @@ def test_filtered_steal_does_not_warn_about_probes(kube: KubeBed) -> None:
 
 
 def test_job_agent_enters_the_pod_and_is_deleted(kube: KubeBed) -> None:
+    """agent.ephemeral false: a Job in agent.namespace, on the pod's node, with hostPID,
+    whose agent finds the app's process by container ID and enters its namespace."""
+    kube.cluster.add_namespace("tools")
     config = kube.config(
-        '{"agent": {"ephemeral": false, "ttl": 20},' + ALICE[1:], "job.json")
+        '{"agent": {"ephemeral": false, "ttl": 20, "namespace": "tools"},' + ALICE[1:],
+        "job.json")
     run = kube.run("pod/web-a", config, ports=1)
     try:
-        jobs = kube.cluster.list_objects("batch/v1", "jobs", NAMESPACE)
+        assert not kube.cluster.list_objects("batch/v1", "jobs", NAMESPACE)
+        jobs = kube.cluster.list_objects("batch/v1", "jobs", "tools")
         assert len(jobs) == 1
         spec = jobs[0]["spec"]["template"]["spec"]
         assert spec["hostPID"] is True and spec["nodeName"] == "node-1"
@@ -130,7 +135,7 @@ def test_job_agent_enters_the_pod_and_is_deleted(kube: KubeBed) -> None:
         assert "WAYLAY" in nat_rules(kube.pods[0].ns)  # the rules are in the pod's namespace
     finally:
         assert run.stop() == 0, run.stderr
-    assert poll(lambda: not kube.cluster.list_objects("batch/v1", "jobs", NAMESPACE), 15)
+    assert poll(lambda: not kube.cluster.list_objects("batch/v1", "jobs", "tools"), 15)
     assert poll(lambda: agents_gone(kube), 15)
 
 
