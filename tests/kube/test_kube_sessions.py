@@ -39,7 +39,7 @@ from tests.kube.kube_bed import (
     pod_netns,
     served_by,
 )
-from tests.netns import nat_rules
+from tests.netns import nat_rules, ns_run
 
 pytestmark = pytest.mark.skipif(ROOT_REASON is not None, reason=ROOT_REASON or "")
 
@@ -58,6 +58,11 @@ def test_deployment_every_replica_filtered_steal(kube: KubeBed) -> None:
         assert by_pod == {("web-a", "stolen"), ("web-a", "passed"),
                           ("web-b", "stolen"), ("web-b", "passed")}
         assert "intercepting all 2 ready pods: web-a, web-b" in run.stderr
+        for pod in kube.pods:  # the control port is on the pod's loopback, nowhere else
+            listening = ns_run(pod.ns, ["ss", "-Hltn"]).stdout.split("\n")
+            control = [line.split()[3] for line in listening
+                       if line and 47010 <= int(line.split()[3].rpartition(":")[2]) < 48010]
+            assert control and all(a.startswith("127.0.0.1:") for a in control), listening
         assert not run.of_type("warning"), run.of_type("warning")  # every pod at once
     finally:
         code = run.stop()
