@@ -123,17 +123,22 @@ def add_kube_branch(root: TreeNode[TreeItem], state: KubeTreeState, *, needle: s
         _note(kube, "kube", "reading the kubeconfig…", "italic dim")
         return
     _start_problem(kube, state)
-    where = resolve(active, state.contexts) if active and active.target else None
-    active_key = (target_key(*where, active.target)
-                  if isinstance(where, tuple) and active and active.target else None)
     if state.contexts_error:
         _note(kube, "kube", state.contexts_error, "bold red")
         return
     if not state.contexts:
         _note(kube, "kube", "no kubeconfig", "italic dim")
         return
+    active_key = _active_key(active, state.contexts)
     for context in state.contexts:
         _add_context(kube, state, context, needle=needle, active_key=active_key)
+
+
+def _active_key(active: KubePlace | None, contexts: list[KubeContext]) -> str | None:
+    if active is None or active.target is None:
+        return None
+    where = resolve(active, contexts)
+    return target_key(*where, active.target) if isinstance(where, tuple) else None
 
 
 def _start_problem(node: TreeNode[TreeItem], state: KubeTreeState) -> None:
@@ -150,17 +155,16 @@ def _add_context(parent: TreeNode[TreeItem], state: KubeTreeState, context: Kube
     node = parent.add(label, TreeItem(key=f"ctx:{name}", kind="context", context=name),
                       expand=name in state.expanded_contexts)
     _start_problem(node, state)
+    found: list[str] = []
     if name in state.namespace_errors:
         _note(node, node_key(node), state.namespace_errors[name], "bold red")
-        found = []
+    elif name not in state.namespaces:
+        _note(node, node_key(node), "listing namespaces…", "italic dim")
+        return
     else:
-        listed = state.namespaces.get(name)
-        if listed is None:
-            _note(node, node_key(node), "listing namespaces…", "italic dim")
-            return
-        if not listed:
+        found = state.namespaces[name]
+        if not found:
             _note(node, node_key(node), "no namespaces", "italic dim")
-        found = listed
     if state.open is not None and state.open[0] == name and state.open[1] not in found:
         # Opened at start-up although listing namespaces was refused: RBAC often lets a
         # user read one namespace but not list them all.

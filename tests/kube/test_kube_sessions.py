@@ -12,6 +12,8 @@ asserted is waylay's side: which API calls it made, the specs it sent, and the t
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import os
 from pathlib import Path
 
 import pytest
@@ -24,6 +26,7 @@ from tests.integration.conftest import (
     PYTHON,
     ROOT_REASON,
     WAYLAY,
+    curl,
     finish_waylay,
     launch_waylay,
     poll,
@@ -274,3 +277,22 @@ def test_port_forwards_in_parallel_with_other_calls(kube: KubeBed) -> None:
     answers = [r for r in results if isinstance(r, bytes)]
     assert len(answers) == 8
     assert all(b"x-served-by: remote-web-a" in a.lower() for a in answers), answers
+
+
+def test_big_bodies_cross_port_forward_intact(kube: KubeBed) -> None:
+    """A stolen 8 MB upload and 8 MB download travel the wire through port-forward."""
+    run = kube.run("pod/web-b", kube.config(ALICE, "big.json"), ports=1)
+    try:
+        body = os.urandom(8 * 1024 * 1024)
+        upload = kube.tmp / "upload.bin"
+        upload.write_bytes(body)
+        pod = kube.pods[1]
+        sent = curl(f"http://{pod.ip}/upload", "-H", "x-user: alice",
+                    "--data-binary", f"@{upload}")
+        assert sent.served_by == "local"
+        assert sent.headers["x-body-sha256"] == hashlib.sha256(body).hexdigest()
+        got = curl(f"http://{pod.ip}/bytes/{8 * 1024 * 1024}", "-H", "x-user: alice")
+        assert got.served_by == "local" and len(got.body) == 8 * 1024 * 1024
+        assert got.headers["x-body-sha256"] == hashlib.sha256(got.body).hexdigest()
+    finally:
+        assert run.stop() == 0, run.stderr
