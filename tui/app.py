@@ -16,6 +16,7 @@ Every I/O seam can be replaced for tests, benchmarks and screenshots: ``attach_f
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import gc
 import time
@@ -26,6 +27,7 @@ from textual import on, work
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
+from textual.css.query import NoMatches
 from textual.screen import Screen
 from textual.timer import Timer
 from textual.widgets import Footer, Header, Input
@@ -33,7 +35,7 @@ from textual.widgets import Footer, Header, Input
 from core.config import Config, IncomingConfig, Mode, default_config
 from core.errors import WaylayError
 from core.local_targets import LocalTarget, list_local_targets
-from core.target import parse_target
+from core.target import Target, parse_target
 from tui.client import AttachFn, SessionClient
 from tui.commands import waylay_commands
 from tui.detail import DetailScreen
@@ -42,6 +44,7 @@ from tui.file_actions import FileActions
 from tui.filter_editor import FilterEditor
 from tui.flows import CAPACITY, FlowRow, FlowStore, FlowView, RowQuery
 from tui.kube_browser import KubeBrowser
+from tui.kube_tree import kube_place
 from tui.messages import SessionEnded, SessionProgress, SessionState, TrafficBatch, UpdateResult
 from tui.preview import PREVIEW_WINDOW, Plan, Preview, preview_steps
 from tui.rates import RateBuckets
@@ -125,7 +128,10 @@ class WaylayApp(FileActions, App[int]):
         yield Header(show_clock=False, icon="≋")
         yield SessionBar(id="bar")
         with Horizontal(id="main"):
-            yield TargetsPane(kube=self.kube, id="targets")
+            # Opened by itself when the command line names a place in Kubernetes.
+            start = kube_place(self.initial_target, context=self.config.kube_context,
+                               namespace=self.config.namespace)
+            yield TargetsPane(kube=self.kube, start=start, id="targets")
             with Vertical(id="traffic-area"):
                 yield Input(placeholder="search: words, or field:value (v:stolen s:5xx "
                             "m:POST path:/api -v:passed)", id="search", compact=True)
@@ -185,14 +191,15 @@ class WaylayApp(FileActions, App[int]):
         self._switch_session(target_text, target, kube_context or self.config.kube_context)
 
     @work(exclusive=True, group="session-switch")
-    async def _switch_session(self, target_text: str, target: Any,
+    async def _switch_session(self, target_text: str, target: Target,
                               kube_context: str | None = None) -> None:
         if self.client.busy:
             await self.client.shutdown()
         self.bar = dataclasses.replace(self.bar, link="starting", target=target_text,
                                        detail="starting", plans=(), refused=None)
         self.sub_title = target_text
-        self.targets_pane.set_active(target_text)
+        self.targets_pane.set_active(target_text, context=kube_context,
+                                     namespace=target.namespace)
         self.table.empty_text = f"starting a session on {target_text}…"
         self.table.refresh()
         self._refresh_bar()
@@ -327,7 +334,10 @@ class WaylayApp(FileActions, App[int]):
             total=self.store.received, dropped=self.store.dropped + self.client.overflow)
 
     def _refresh_bar(self) -> None:
-        self.session_bar.show(self.bar)
+        # A session's last messages may arrive while the app is closing: its widgets
+        # are gone by then, and there is nothing left to show.
+        with contextlib.suppress(NoMatches):
+            self.session_bar.show(self.bar)
 
     def _record(self, level: str, message: str) -> None:
         self.log_panel.add(level, message)

@@ -11,6 +11,7 @@ Nothing here does I/O.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -58,10 +59,8 @@ def kube_place(target: str | None, *, context: str | None,
     Kubernetes (no context, no namespace, and a local, bad or no target)."""
     parsed = None
     if target:
-        try:
+        with contextlib.suppress(UsageError):  # the app says so when it starts a session
             parsed = parse_target(target)
-        except UsageError:
-            pass  # the app says so when it starts the session
     # The tree names a workload or pod without its /container/C suffix, "deploy" in full.
     tree_target = (f"{parsed.kind}/{parsed.name}"
                    if parsed is not None and not parsed.is_local else None)

@@ -7,14 +7,22 @@ expanding a namespace watches it (collapsing it, or opening another, stops that)
 tree follows the watch live. ``/`` filters the tree; Enter on a target asks the app to
 start a session (``Chosen`` carries the Kubernetes context and namespace of the target).
 
+Started with a place in Kubernetes (``--context``, ``-n``, a Kubernetes ``-t``: a
+``tui.kube_tree.KubePlace``), the pane opens it by itself, one step per answer: once the
+kubeconfig is read it expands that context (else the current one); once its namespaces
+are listed it opens that namespace (else the context's default), which starts its watch;
+once the watch first reports it puts the cursor on the target's node. A context or
+namespace that does not exist is a red line in the tree, where it would have been.
+
 The tree is rebuilt from the pane's state after every change; expansions and the cursor
 are restored by each node's ``TreeItem.key``, so a live update never moves the cursor.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from rich.text import Text
 from textual import on
@@ -33,7 +41,19 @@ from tui.kube_browser import (
     KubeNamespacesLoaded,
     KubeWatchFailed,
 )
-from tui.kube_tree import KubeTreeState, TreeItem, add_kube_branch, node_key
+from tui.kube_tree import (
+    KubePlace,
+    KubeTreeState,
+    TreeItem,
+    add_kube_branch,
+    kube_place,
+    node_key,
+    resolve,
+    target_key,
+)
+
+# What the start-up place waits for next (see the module docstring).
+StartStep = Literal["contexts", "namespaces", "inventory"]
 
 
 class TargetsPane(Vertical):
@@ -56,15 +76,22 @@ class TargetsPane(Vertical):
     class RefreshRequested(Message):
         pass
 
-    def __init__(self, *, kube: KubeBrowser | None = None, id: str | None = None) -> None:
+    def __init__(self, *, kube: KubeBrowser | None = None, start: KubePlace | None = None,
+                 id: str | None = None) -> None:
+        """``start``: the place in Kubernetes to open by itself (see the module doc)."""
         super().__init__(id=id)
         self.targets: list[LocalTarget] = []
         self.error: str | None = None
         self.local_loading = True
         self.active: str | None = None
+        self.active_kube: KubePlace | None = None  # the session's, when in Kubernetes
         self.kube = kube
         self.kube_state = KubeTreeState()
         self._last_told: str | None = None
+        # None once opened or given up; its context and namespace are filled in (resolved)
+        # when the kubeconfig has been read.
+        self._start = start if kube is not None else None
+        self._start_step: StartStep = "contexts"
         self._update_loading()
 
     def _update_loading(self) -> None:
@@ -93,8 +120,13 @@ class TargetsPane(Vertical):
         self._update_loading()
         self._rebuild()
 
-    def set_active(self, target: str | None) -> None:
+    def set_active(self, target: str | None, *, context: str | None = None,
+                   namespace: str | None = None) -> None:
+        """Mark the session's target; a Kubernetes one in ``context`` / ``namespace``
+        (None: the kubeconfig's current context, its default namespace)."""
         self.active = target
+        place = kube_place(target, context=context, namespace=namespace)
+        self.active_kube = place if place is not None and place.target is not None else None
         self._rebuild()
 
     def action_search(self) -> None:
@@ -110,6 +142,7 @@ class TargetsPane(Vertical):
             self._last_told = None
             state.namespaces.clear()
             state.namespace_errors.clear()
+            state.start_problem = None
             self.kube.load_contexts()
             for context in state.expanded_contexts:
                 self.kube.load_namespaces(context)
@@ -152,19 +185,32 @@ class TargetsPane(Vertical):
             return
         if item.kind == "context" and item.context not in state.expanded_contexts:
             assert item.context is not None
-            state.expanded_contexts.add(item.context)
-            state.namespaces.pop(item.context, None)
-            state.namespace_errors.pop(item.context, None)
-            self.kube.load_namespaces(item.context)
+            self._expand_context(item.context)
             self._rebuild()
         elif item.kind == "namespace" and state.open != (item.context, item.namespace):
             assert item.context is not None and item.namespace is not None
-            state.open = (item.context, item.namespace)
-            state.inventory, state.watch_error = None, None
-            self.kube.watch(item.context, item.namespace)
+            self._open_namespace(item.context, item.namespace)
             self._rebuild()
         else:
             state.collapsed.discard(item.key)
+
+    def _expand_context(self, context: str) -> None:
+        """List the namespaces of ``context`` (the caller rebuilds)."""
+        state = self.kube_state
+        state.expanded_contexts.add(context)
+        state.namespaces.pop(context, None)
+        state.namespace_errors.pop(context, None)
+        if self.kube is not None:
+            self.kube.load_namespaces(context)
+
+    def _open_namespace(self, context: str, namespace: str) -> None:
+        """Watch ``namespace`` of ``context`` instead of the open one (the caller
+        rebuilds)."""
+        state = self.kube_state
+        state.open = (context, namespace)
+        state.inventory, state.watch_error = None, None
+        if self.kube is not None:
+            self.kube.watch(context, namespace)
 
     @on(Tree.NodeCollapsed, "#targets-tree")
     def _collapsed(self, event: Tree.NodeCollapsed[TreeItem]) -> None:
@@ -186,6 +232,8 @@ class TargetsPane(Vertical):
     def _close_namespace(self) -> None:
         state = self.kube_state
         state.open, state.inventory, state.watch_error = None, None, None
+        if self._start_step == "inventory":
+            self._start = None  # closed before its first answer: no cursor move later
         if self.kube is not None:
             self.kube.unwatch()
 
@@ -206,6 +254,8 @@ class TargetsPane(Vertical):
         state.expanded_contexts &= known
         if state.open is not None and state.open[0] not in known:
             self._close_namespace()
+        if self._start is not None and self._start_step == "contexts":
+            self._start_context()
         self._rebuild()
 
     def on_kube_namespaces_loaded(self, message: KubeNamespacesLoaded) -> None:
@@ -216,6 +266,10 @@ class TargetsPane(Vertical):
         else:
             state.namespace_errors.pop(message.context, None)
             state.namespaces[message.context] = message.names
+        start = self._start
+        if start is not None and self._start_step == "namespaces" \
+                and start.context == message.context:
+            self._start_namespace(message)
         self._rebuild()
 
     def on_kube_inventory_changed(self, message: KubeInventoryChanged) -> None:
@@ -225,7 +279,7 @@ class TargetsPane(Vertical):
             state.watch_error = "; ".join(message.problems) or None
             if state.watch_error:
                 self._tell(state.watch_error, f"{message.context}/{message.kube_namespace}")
-            self._rebuild()
+            self._rebuild(focus=self._start_cursor())
 
     def on_kube_watch_failed(self, message: KubeWatchFailed) -> None:
         state = self.kube_state
@@ -234,9 +288,64 @@ class TargetsPane(Vertical):
             self._tell(message.message, f"{message.context}/{message.kube_namespace}")
             self._rebuild()
 
+    # -- the start-up place, step by step ------------------------------------------------
+
+    def _start_context(self) -> None:
+        """The kubeconfig is read: expand the start's context."""
+        start, state = self._start, self.kube_state
+        assert start is not None and state.contexts is not None
+        if state.contexts_error or not state.contexts:
+            self._start = None  # the branch already says why ("no kubeconfig", an error)
+            return
+        where = resolve(start, state.contexts)
+        if isinstance(where, str):
+            self._start_failed("kube", where, "kubeconfig")
+            return
+        context, namespace = where
+        self._start = dataclasses.replace(start, context=context, namespace=namespace)
+        self._start_step = "namespaces"
+        self._expand_context(context)
+
+    def _start_namespace(self, message: KubeNamespacesLoaded) -> None:
+        """The start's context listed its namespaces: open the start's namespace."""
+        start, state = self._start, self.kube_state
+        assert start is not None and start.context is not None and start.namespace is not None
+        if start.context not in state.expanded_contexts or state.open is not None:
+            self._start = None  # the user folded the context, or opened a namespace
+            return
+        if not message.error and start.namespace not in message.names:
+            self._start_failed(f"ctx:{start.context}",
+                               f"namespace {start.namespace!r} is not in context "
+                               f"{start.context}", f"context {start.context}")
+            return
+        # Opened even when listing namespaces was refused: this one may be readable.
+        self._open_namespace(start.context, start.namespace)
+        self._start_step = "inventory"
+        if start.target is None:
+            self._start = None
+
+    def _start_cursor(self) -> str | None:
+        """The open namespace's first inventory is in: the key of the start's target,
+        the cursor's place (once)."""
+        start, state = self._start, self.kube_state
+        if start is None or self._start_step != "inventory" \
+                or state.open != (start.context, start.namespace):
+            return None
+        self._start = None
+        assert start.context is not None and start.namespace is not None
+        assert start.target is not None
+        return target_key(start.context, start.namespace, start.target)
+
+    def _start_failed(self, key: str, error: str, where: str) -> None:
+        self._start = None
+        self.kube_state.start_problem = (key, error)
+        self._tell(error, where)
+
     # -- drawing -------------------------------------------------------------------------
 
-    def _rebuild(self) -> None:
+    def _rebuild(self, *, focus: str | None = None) -> None:
+        """Draw the tree again from the pane's state; the cursor goes to the node keyed
+        ``focus`` when there is one, else back where it was."""
         if not self.is_mounted:
             return
         tree: Tree[TreeItem] = self.query_one("#targets-tree", Tree)
@@ -269,8 +378,10 @@ class TargetsPane(Vertical):
             kube.add_leaf(Text("not available", style="italic dim"),
                           TreeItem(key="note:kube", kind="note"))
         else:
-            add_kube_branch(tree.root, self.kube_state, needle=needle, active=self.active)
-        if not _restore_cursor(tree, remembered):
+            add_kube_branch(tree.root, self.kube_state, needle=needle,
+                            active=self.active_kube)
+        if not _restore_cursor(tree, [focus] if focus else []) \
+                and not _restore_cursor(tree, remembered):
             self._select_first(tree)
 
     def _label(self, target: LocalTarget) -> Text:

@@ -1,6 +1,7 @@
 """The targets tree's Kubernetes branch against the fake API server: contexts → namespaces →
 workloads → pods, live updates, errors inline, and choosing a workload starts a session
-in its context and namespace."""
+in its context and namespace; started with --context / -n / a Kubernetes -t, the tree
+opens that place by itself."""
 
 from __future__ import annotations
 
@@ -13,11 +14,12 @@ from textual.pilot import Pilot
 from textual.widgets import Tree
 from textual.widgets.tree import TreeNode
 
+from core.config import default_config
 from core.errors import TargetError
 from core.target import Target
 from tests.kube.fake_apiserver import FakeCluster
 from tests.kube.shop_manifests import NS, fill, pod
-from tests.tui.conftest import SIZE, make_app, wait_for
+from tests.tui.conftest import SIZE, attached, make_app, wait_for
 from tui.app import WaylayApp
 from tui.fake_agent import FakeAgent
 from tui.kube_tree import TreeItem
@@ -190,3 +192,134 @@ async def test_an_unreachable_context_shows_inline(tmp_path: Path, fake: FakeAge
         await press_on(pilot, "ctx:fake", "enter")
         await wait_for(pilot, lambda: any("cannot reach" in n for n in notes(app)),
                        "the error line")
+
+
+# -- opened by itself at start-up (--context, -n, a Kubernetes -t) -----------------------
+
+
+def kube_app(fake: FakeAgent, *, target: str | None = None, context: str | None = None,
+             namespace: str | None = None) -> WaylayApp:
+    """The app `waylay ui [-t TARGET] [--context CONTEXT] [-n NAMESPACE]` runs (with the
+    fake agent: no agent is started, in a pod or anywhere)."""
+    config = default_config().with_kube_flags(context=context, namespace=namespace)
+    return WaylayApp(target=target, config=config, attach_fn=fake.attach,
+                     targets_source=list, batch_interval=0.05)
+
+
+async def settled(pilot: Pilot[Any]) -> WaylayApp:
+    """Attached, and the mirror mode asked for after attaching applied: no message of the
+    session's start is left to arrive while the test closes the app."""
+    app = await attached(pilot)
+    await wait_for(pilot, lambda: any("applied" in text for _, text in app.log_panel.entries),
+                   "the mode applied after attaching")
+    return app
+
+
+def cursor_key(app: WaylayApp) -> str | None:
+    node = tree_of(app).cursor_node
+    return node.data.key if node is not None and node.data is not None else None
+
+
+async def test_context_and_namespace_flags_open_the_namespace(
+        cluster: FakeCluster, fake: FakeAgent) -> None:
+    """--context other -n shop: shop's workloads show without a key press, watched."""
+    app = kube_app(fake, context="other", namespace=NS)
+    async with app.run_test(size=SIZE) as pilot:
+        web = f"wl:other/{NS}/deployment/web"
+        await wait_for(pilot, lambda: find(app, web) is not None, "deployment/web")
+        assert find(app, f"pod:other/{NS}/web-6d4f8-aaaaa") is not None
+        assert app.kube.watching == ("other", NS)
+        assert find(app, f"ns:fake/{NS}") is None  # the current context stays folded
+        assert "●" not in label(app, web)  # no session: nothing marked
+
+
+async def test_a_namespace_flag_opens_it_in_the_current_context(
+        cluster: FakeCluster, fake: FakeAgent) -> None:
+    """-n shop alone: the kubeconfig's current context ("fake") is the one opened."""
+    app = kube_app(fake, namespace=NS)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: find(app, f"wl:fake/{NS}/statefulset/db") is not None,
+                       "statefulset/db")
+        assert app.kube.watching == ("fake", NS)
+
+
+async def test_a_deployment_target_gets_the_cursor_and_the_active_mark(
+        cluster: FakeCluster, fake: FakeAgent) -> None:
+    """-t deploy/web --context other (whose default namespace is shop): the session
+    starts, and the tree opens other/shop with the cursor and the mark on deployment/web."""
+    app = kube_app(fake, target="deploy/web", context="other")
+    web = f"wl:other/{NS}/deployment/web"
+    async with app.run_test(size=SIZE) as pilot:
+        await settled(pilot)
+        await wait_for(pilot, lambda: cursor_key(app) == web, "the cursor on deployment/web")
+        assert label(app, web).startswith("● ")
+        assert not label(app, f"wl:other/{NS}/statefulset/db").startswith("●")
+        assert fake.attaches == 1
+
+
+async def test_a_pod_target_gets_the_cursor(cluster: FakeCluster, fake: FakeAgent) -> None:
+    """-t pod/debug -n shop: the cursor is on the pod, under "other pods"."""
+    app = kube_app(fake, target="pod/debug", namespace=NS)
+    debug = f"pod:fake/{NS}/debug"
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: cursor_key(app) == debug, "the cursor on pod/debug")
+        await settled(pilot)
+        assert label(app, debug).startswith("● ")
+
+
+async def test_a_config_file_target_opens_its_place(cluster: FakeCluster,
+                                                    fake: FakeAgent) -> None:
+    """kube_context and target {path, namespace} in the config file do what the flags do."""
+    app = make_app(fake, target=None, config_text="""{"kube_context": "other",
+        "target": {"path": "statefulset/db", "namespace": "shop"}}""")
+    db = f"wl:other/{NS}/statefulset/db"
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: cursor_key(app) == db, "the cursor on statefulset/db")
+        await settled(pilot)
+        assert label(app, db).startswith("● ")
+
+
+async def test_an_unknown_context_shows_inline(cluster: FakeCluster, fake: FakeAgent) -> None:
+    """--context nowhere: a red line under "kubernetes"; the known contexts still list."""
+    app = kube_app(fake, context="nowhere", namespace=NS)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: any("'nowhere' is not in the kubeconfig" in n
+                                          for n in notes(app)), "the error line")
+        assert find(app, "ctx:fake") is not None
+        assert app.kube.watching is None
+        assert app.is_running
+
+
+async def test_an_unknown_namespace_shows_inline(cluster: FakeCluster,
+                                                 fake: FakeAgent) -> None:
+    """-n nowhere: a red line under the current context, next to its namespaces."""
+    app = kube_app(fake, namespace="nowhere")
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: any("'nowhere' is not in context fake" in n
+                                          for n in notes(app)), "the error line")
+        assert find(app, f"ns:fake/{NS}") is not None
+        assert app.kube.watching is None
+
+
+async def test_a_refused_namespace_list_still_opens_the_namespace(
+        cluster: FakeCluster, fake: FakeAgent) -> None:
+    """Listing namespaces is refused (RBAC): -n shop is opened and watched all the same."""
+    cluster.deny("list", "namespaces")
+    app = kube_app(fake, namespace=NS)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: find(app, f"wl:fake/{NS}/deployment/web") is not None,
+                       "deployment/web")
+        assert any("namespaces" in n for n in notes(app))
+
+
+async def test_without_a_kube_place_nothing_opens(cluster: FakeCluster,
+                                                  fake: FakeAgent) -> None:
+    """A local -t and no --context / -n: the contexts stay folded, nothing is watched."""
+    app = make_app(fake, config_text=None)  # -t netns/shop
+    async with app.run_test(size=SIZE) as pilot:
+        await settled(pilot)
+        await wait_for(pilot, lambda: not app.targets_pane.loading, "the targets")
+        await pilot.pause(0.3)
+        assert find(app, "ctx:fake") is not None
+        assert find(app, f"ns:fake/{NS}") is None
+        assert app.kube.watching is None
