@@ -17,6 +17,7 @@ from typing import Protocol
 from core import agent_directory
 from core.agent_launch import AgentProcess, launch_local_agent
 from core.config import AgentConfig, IncomingConfig
+from core.kube_loading import load
 from core.session import EventSink, PortPlan, Session, SessionStats
 from core.target import Target
 from core.wire import Welcome
@@ -119,9 +120,10 @@ async def attach(target: Target, *, incoming: IncomingConfig,
     Kubernetes targets go to ``core.kube_attach`` (``agent`` and ``kube_context`` apply
     there); local ones start or join the agent of their network namespace."""
     if not target.is_local:
-        from core.kube_attach import attach_kubernetes  # the kubernetes client loads slowly
-
-        return await attach_kubernetes(
+        # The kubernetes client loads slowly (off the event loop) and must not be imported
+        # from two threads at once (core.kube_loading).
+        kube_attach = await asyncio.to_thread(load, "core.kube_attach")
+        return await kube_attach.attach_kubernetes(  # type: ignore[no-any-return]
             target, incoming=incoming, cli_ports=cli_ports, on_event=on_event,
             on_progress=on_progress, local_host=local_host, capture=capture,
             agent=agent or AgentConfig(), kube_context=kube_context)

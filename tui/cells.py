@@ -118,7 +118,7 @@ def cell_text(name: str, event: dict[str, Any]) -> str:
     if name == "host":
         host = str(event.get("authority") or f":{event.get('port')}")
         # Every replica of a workload is intercepted: say which pod answered or passed.
-        return f"{event['pod']}▸{host}" if event.get("pod") else host
+        return f"{event['pod']} · {host}" if event.get("pod") else host
     if name == "path":
         return str(event.get("path") or "")
     if name == "status":

@@ -23,6 +23,7 @@ from textual.message import Message
 
 from core.errors import WaylayError
 from core.kube_inventory import Inventory
+from core.kube_loading import load
 
 if TYPE_CHECKING:
     from core.kube_api import KubeApi, KubeContext
@@ -140,9 +141,7 @@ class KubeBrowser:
             if self._contexts_source is not None:
                 found = self._contexts_source()
             else:
-                from core.kube_discovery import contexts
-
-                found = contexts()
+                found = load("core.kube_discovery").contexts()
         except Exception as exc:  # a kubeconfig surprise must not break the dashboard
             self._send(KubeContextsLoaded([], f"cannot read the kubeconfig: {exc}"))
             return
@@ -150,9 +149,7 @@ class KubeBrowser:
 
     def _load_namespaces(self, context: str) -> None:
         try:
-            from core.kube_discovery import namespaces
-
-            found = namespaces(self._api(context))
+            found = load("core.kube_discovery").namespaces(self._api(context))
         except WaylayError as exc:
             self._send(KubeNamespacesLoaded(context, [], str(exc)))
             return
@@ -166,14 +163,13 @@ class KubeBrowser:
         if old is not None:
             old.stop()
         try:
-            from core.kube_discovery import NamespaceWatcher
-
+            watcher_class = load("core.kube_discovery").NamespaceWatcher
             api = self._api(context)
         except WaylayError as exc:
             self._send(KubeWatchFailed(context, namespace, str(exc)))
             return
         watcher: NamespaceWatcher | None = None
-        watcher = NamespaceWatcher(
+        watcher = watcher_class(
             api, namespace,
             on_change=lambda inventory: self._send(KubeInventoryChanged(
                 context, namespace, inventory, watcher.problems if watcher else [])),
@@ -193,9 +189,7 @@ class KubeBrowser:
             if self._api_factory is not None:
                 api = self._api_factory(context)
             else:
-                from core.kube_api import KubeApi
-
-                api = KubeApi(context=context)
+                api = load("core.kube_api").KubeApi(context=context)
             with self._lock:
                 api = self._apis.setdefault(context, api)
         return api

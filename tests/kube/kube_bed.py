@@ -135,6 +135,7 @@ def kube_bed(tmp: Path) -> Iterator[KubeBed]:
                 "apiVersion": "apps/v1", "kind": "StatefulSet",
                 "metadata": {"name": "cache", "namespace": NAMESPACE},
                 "spec": {"replicas": 1, "selector": {"matchLabels": {"slot": "b"}}},
+                "status": {"replicas": 1, "readyReplicas": 1},
             })
             cluster.add_object({
                 "apiVersion": "apps/v1", "kind": "Deployment",

@@ -47,7 +47,7 @@ async def _drive(kube: KubeBed) -> None:
         await wait_for(pilot, lambda: {(r.get("pod"), r.verdict) for r in app.store}
                        >= wanted, "a row of each pod and verdict", timeout=20)
         assert cell_text("host", app.store[-1].event).startswith(
-            f"{app.store[-1].get('pod')}▸")
+            f"{app.store[-1].get('pod')} · ")
         await pilot.press("q")
         await wait_for(pilot, lambda: not app.client.busy, "the session to end", timeout=30)
     deadline = asyncio.get_running_loop().time() + 15
