@@ -223,7 +223,7 @@ class KubeAttachment:
         while True:
             await asyncio.sleep(FOLLOW_INTERVAL_S)
             try:
-                pods = await asyncio.to_thread(_resolve, self.starter.api, self.target,
+                pods = await asyncio.to_thread(resolve_pods, self.starter.api, self.target,
                                                self.namespace)
             except WaylayError:
                 continue  # none ready right now, or the API blinked: the served go on
@@ -282,7 +282,7 @@ async def attach_kubernetes(target: Target, *, incoming: IncomingConfig,
     api = await asyncio.to_thread(KubeApi, context=kube_context, config_file=config_file)
     namespace = target.namespace or api.context.namespace
     progress(f"looking up {target} in namespace {namespace} (context {api.context.name})")
-    pods = await asyncio.to_thread(_resolve, api, target, namespace)
+    pods = await asyncio.to_thread(resolve_pods, api, target, namespace)
     if len(pods) > 1:
         progress(f"{target}: intercepting all {len(pods)} ready pods: "
                  f"{', '.join(p.name for p in pods)}")
@@ -305,7 +305,7 @@ async def attach_kubernetes(target: Target, *, incoming: IncomingConfig,
                           namespace=namespace)
 
 
-def _resolve(api: KubeApi, target: Target, namespace: str) -> list[PodInfo]:
+def resolve_pods(api: KubeApi, target: Target, namespace: str) -> list[PodInfo]:
     """The pods ``target`` means (blocking: run in a thread)."""
     if target.kind == "pod":
         obj = api.get(PODS, namespace, target.name)

@@ -1,6 +1,6 @@
 """Which pods a target means, through the official client and the fake API server.
 
-No agent here (no root needed): ``core.kube_attach._resolve`` against the fake cluster,
+No agent here (no root needed): ``core.kube_attach.resolve_pods`` against the fake cluster,
 and `waylay run` failing before any agent is deployed.
 """
 
@@ -15,7 +15,7 @@ import pytest
 
 from core.errors import TargetError
 from core.kube_api import KubeApi
-from core.kube_attach import _resolve
+from core.kube_attach import resolve_pods
 from core.target import parse_target
 from tests.integration.conftest import CLEAN_ENV, WAYLAY
 from tests.kube.fake_apiserver import FakeCluster
@@ -45,7 +45,7 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeApi]:
 
 
 def names(api: KubeApi, target: str) -> list[str]:
-    return [p.name for p in _resolve(api, parse_target(target), NS)]
+    return [p.name for p in resolve_pods(api, parse_target(target), NS)]
 
 
 def test_rollout_and_its_workload_ref(api: KubeApi) -> None:
