@@ -27,13 +27,15 @@ def _port_spec(text: str) -> tuple[int, int | None]:
     return ports
 
 
-def _kube_flags(parser: argparse.ArgumentParser) -> None:
+def _kube_flags(parser: argparse.ArgumentParser, *, config: bool = True) -> None:
+    from_config = ("the config's `kube_context`, else " if config else "")
     parser.add_argument("--context", metavar="CONTEXT",
-                        help="Kubernetes context (default: the config's `kube_context`, "
-                        "else the kubeconfig's current context)")
+                        help=f"Kubernetes context (default: {from_config}the kubeconfig's "
+                        "current context)")
+    from_config = ("the config's `target.namespace`, else " if config else "")
     parser.add_argument("-n", "--namespace", metavar="NS",
-                        help="Kubernetes namespace (default: the config's "
-                        "`target.namespace`, else the context's namespace)")
+                        help=f"Kubernetes namespace (default: {from_config}the context's "
+                        "namespace)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -113,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="List the targets waylay can intercept: network namespaces and "
         "processes on this machine, and the pods and workloads of a Kubernetes namespace.")
     targets.add_argument("--json", action="store_true", help="one JSON document")
-    _kube_flags(targets)
+    _kube_flags(targets, config=False)
 
     commands.add_parser("agent", help="run the agent (used inside the target)",
                         add_help=False)
