@@ -68,9 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="write one JSON object per event to FILE (- for stdout)")
     run.add_argument("--local-host", default="127.0.0.1", metavar="ADDR",
                      help="where the local app listens (default %(default)s)")
-    run.add_argument("--ttl", type=float, default=30.0, metavar="SECONDS",
-                     help="the agent exits this long after its last session (default "
-                     "%(default)s)")
+    run.add_argument("--ttl", type=float, metavar="SECONDS",
+                     help="how long the agent waits for a session before it leaves "
+                     "(default: the config's agent.ttl, 30)")
     run.add_argument("--clean-on-start", action="store_true",
                      help="remove waylay iptables rules left in the target by dead agents")
     run.add_argument("--capture", action="store_true",
@@ -91,9 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="mirrord-compatible config file (.json, .toml, .yaml)")
     ui.add_argument("-p", "--port", action="append", type=_port_spec, default=[],
                     metavar="REMOTE[:LOCAL]", help="as for `run` (repeatable)")
-    ui.add_argument("--ttl", type=float, default=30.0, metavar="SECONDS",
-                    help="the agent exits this long after its last session (default "
-                    "%(default)s)")
+    ui.add_argument("--ttl", type=float, metavar="SECONDS",
+                    help="how long the agent waits for a session before it leaves "
+                    "(default: the config's agent.ttl, 30)")
     ui.add_argument("--clean-on-start", action="store_true",
                     help="remove waylay iptables rules left in the target by dead agents")
 

@@ -59,6 +59,7 @@ def _describe(event: dict[str, Any]) -> str:
 def _load(args: argparse.Namespace) -> Config:
     config = load_config(args.config) if args.config else default_config()
     config = config.with_kube_flags(context=args.context, namespace=args.namespace)
+    config = config.with_agent_ttl(args.ttl)
     if args.mode:
         incoming = dataclasses.replace(config.incoming, mode=Mode(args.mode))
         config = dataclasses.replace(config, incoming=incoming)
@@ -97,7 +98,7 @@ async def _run(args: argparse.Namespace, config: Config, target_text: str,
     attached = await attach(
         target, incoming=config.incoming, cli_ports=cli_ports, on_event=events,
         on_progress=lambda text: print(f"waylay: {text} ...", file=sys.stderr, flush=True),
-        local_host=args.local_host, ttl=args.ttl, clean_on_start=args.clean_on_start,
+        local_host=args.local_host, ttl=float(config.agent.ttl), clean_on_start=args.clean_on_start,
         capture=args.capture, agent=config.agent, kube_context=config.kube_context)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

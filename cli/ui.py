@@ -11,6 +11,7 @@ from core.target import parse_target
 def ui_command(args: argparse.Namespace) -> int:
     config = load_config(args.config) if args.config else default_config()
     config = config.with_kube_flags(context=args.context, namespace=args.namespace)
+    config = config.with_agent_ttl(args.ttl)
     target = args.target or config.target
     if target:
         parse_target(target, namespace=config.namespace)  # a bad target fails before the UI
@@ -18,7 +19,7 @@ def ui_command(args: argparse.Namespace) -> int:
     from tui.app import WaylayApp
 
     app = WaylayApp(target=target, config=config, config_path=args.config,
-                    cli_ports=dict(args.port), ttl=args.ttl,
+                    cli_ports=dict(args.port), ttl=float(config.agent.ttl),
                     clean_on_start=args.clean_on_start, freeze_gc=True)
     code = app.run()
     return code or 0

@@ -100,6 +100,13 @@ class Config:
     incoming: IncomingConfig = field(default_factory=IncomingConfig)
     warnings: tuple[str, ...] = ()
 
+    def with_agent_ttl(self, seconds: float | None) -> Config:
+        """``--ttl`` wins over the file's ``agent.ttl`` (whole seconds, at least 1)."""
+        if seconds is None:
+            return self
+        agent = dataclasses.replace(self.agent, ttl=max(1, round(seconds)))
+        return dataclasses.replace(self, agent=agent)
+
     def with_kube_flags(self, *, context: str | None, namespace: str | None) -> Config:
         """``--context`` and ``-n`` win over the file's ``kube_context`` and namespace."""
         return dataclasses.replace(self, kube_context=context or self.kube_context,

@@ -46,3 +46,10 @@ def test_flags_win_over_the_file() -> None:
     assert (both.kube_context, both.namespace) == ("b", "y")
     neither = config.with_kube_flags(context=None, namespace=None)
     assert (neither.kube_context, neither.namespace) == ("a", "x")
+
+
+def test_ttl_flag_wins_over_the_file() -> None:
+    config = parse_config('{"agent": {"ttl": 60}}', fmt="json")
+    assert config.with_agent_ttl(None).agent.ttl == 60
+    assert config.with_agent_ttl(7.6).agent.ttl == 8
+    assert config.with_agent_ttl(0.2).agent.ttl == 1  # never 0: the agent would not wait
