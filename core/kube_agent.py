@@ -76,7 +76,7 @@ class PodAgent:
     joined: bool = False  # another session's agent, found running in the pod
 
 
-def running_agents(pod_obj: dict[str, Any], pod: PodInfo, container: str) -> list[PodAgent]:
+def running_agents(pod: PodInfo, container: str) -> list[PodAgent]:
     """waylay agents already running in the pod as ephemeral containers, newest first.
 
     Joining one instead of adding another lets several developers' filtered steals share
@@ -84,8 +84,8 @@ def running_agents(pod_obj: dict[str, Any], pod: PodInfo, container: str) -> lis
     first chain would ever see the traffic). Its port and token are in its spec: anyone
     who can read the pod spec can read them, and still needs port-forward to use them.
     """
-    spec = pod_obj.get("spec") or {}
-    status = pod_obj.get("status") or {}
+    spec = pod.source.get("spec") or {}
+    status = pod.source.get("status") or {}
     running = {s.get("name") for s in status.get("ephemeralContainerStatuses") or []
                if "running" in (s.get("state") or {})}
     found = []

@@ -146,7 +146,7 @@ class KubeApi:
                                          _request_timeout=REQUEST_TIMEOUT_S),
                               "get", what, namespace)
         except TargetError as exc:
-            if isinstance(exc.__cause__, ApiException) and exc.__cause__.status == 404:
+            if _not_found(exc):
                 return None
             raise
 
@@ -256,7 +256,7 @@ class KubeApi:
                 _preload_content=False, _request_timeout=REQUEST_TIMEOUT_S),
                 "delete", JOBS, namespace)
         except TargetError as exc:
-            if not (isinstance(exc.__cause__, ApiException) and exc.__cause__.status == 404):
+            if not _not_found(exc):
                 raise
 
     # -- plumbing --------------------------------------------------------------------
@@ -335,6 +335,11 @@ def _abort(response: Any) -> None:
     returns (urllib3 2.3+'s ``shutdown``; ``close`` alone does not wake the reader)."""
     with contextlib.suppress(Exception):
         response.shutdown()
+
+
+def _not_found(exc: TargetError) -> bool:
+    """Whether the API answered 404 (kept as the cause of the mapped error)."""
+    return isinstance(exc.__cause__, ApiException) and exc.__cause__.status == 404
 
 
 def _singular(what: Resource) -> str:

@@ -138,8 +138,7 @@ class PodStarter:
 
     async def _join(self, pod: PodInfo, container: str) -> PodSession | None:
         """Share an agent already running in the pod (another developer's), if any."""
-        obj = await asyncio.to_thread(self.api.get, PODS, pod.namespace, pod.name)
-        for placed in running_agents(obj or {}, pod, container):
+        for placed in running_agents(pod, container):
             link = await open_link(self.api, placed)
             session = self._session(placed, link)
             try:

@@ -55,6 +55,9 @@ class PodInfo:
     annotations: Mapping[str, str]
     containers: tuple[ContainerInfo, ...]
     deleting: bool  # a deletionTimestamp is set: the pod is going away
+    # The API object it was read from (the agent deployment reads the ephemeral
+    # containers already in it, rather than asking the API again).
+    source: JsonObject = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def running(self) -> bool:
@@ -139,6 +142,7 @@ def pod_from_api(obj: JsonObject) -> PodInfo:
         annotations=_strings(meta.get("annotations")),
         containers=containers,
         deleting=meta.get("deletionTimestamp") is not None,
+        source=obj,
     )
 
 

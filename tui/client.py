@@ -174,9 +174,7 @@ class SessionClient:
             else wanted
         self._hide_off_warning = start is not wanted
         extra: dict[str, Any] = dict(self._attach_extra)
-        if not target.is_local and _accepts(self._attach, "kube_context"):
-            # Where the agent goes and how it runs there (stand-ins for tests and
-            # screenshots, like tui.fake_agent, take neither).
+        if not target.is_local:  # where the agent goes and how it runs there
             extra.update(kube_context=self._kube_context, agent=self._agent)
         try:
             attached = await self._attach(

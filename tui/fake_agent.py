@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from core.attach import AttachedSession
-from core.config import IncomingConfig
+from core.config import AgentConfig, IncomingConfig
 from core.errors import ConfigError
 from core.filters import HttpFilter, RequestView, compile_http_filter
 from core.session import EventSink, Session
@@ -135,8 +135,11 @@ class FakeAgent:
                      cli_ports: dict[int, int | None], on_event: EventSink,
                      on_progress: Callable[[str], None] | None = None,
                      local_host: str = "127.0.0.1", ttl: float = 30.0,
-                     clean_on_start: bool = False, capture: bool = False) -> AttachedSession:
-        """Same signature and contract as ``core.attach.attach``."""
+                     clean_on_start: bool = False, capture: bool = False,
+                     agent: AgentConfig | None = None,
+                     kube_context: str | None = None) -> AttachedSession:
+        """Same signature and contract as ``core.attach.attach`` (every target is served
+        by this one fake agent; ``agent`` and ``kube_context`` change nothing here)."""
         progress = on_progress or (lambda _text: None)
         progress(f"starting the agent in {target}")
         if self.attach_delay_s:

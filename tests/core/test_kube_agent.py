@@ -51,7 +51,7 @@ def test_running_agents_are_found_newest_first() -> None:
                 {"name": "debugger", "state": {"running": {}}},
                 {"name": "waylay-agent-new", "state": {"running": {}}},
                 {"name": "waylay-agent-gone", "state": {"terminated": {"exitCode": 0}}}])
-    found = running_agents(obj, pod_from_api(obj), "app")
+    found = running_agents(pod_from_api(obj), "app")
     assert [(a.agent_container, a.port, a.token, a.joined) for a in found] == [
         ("waylay-agent-new", 47002, "t-waylay-agent-new", True),
         ("waylay-agent-old", 47001, "t-waylay-agent-old", True)]
