@@ -1,10 +1,16 @@
 """The asyncio driver for one redirected connection: detection, then HTTP routing or a relay.
 
+Every request of a live service on an intercepted port crosses this module, so it is
+written for speed (docs/architecture.md, "The hot path"): an ``asyncio.Protocol`` whose
+callbacks do the work, with no task, stream or command object per request. uvloop calls
+``data_received``; the bytes go straight into the sans-I/O engine, which answers through
+the ``Http1Sink`` methods below; back-pressure is ``pause_reading`` / ``resume_reading``.
+
 A connection on a port with filters is detected first (``core.detect``). Meanwhile the
 agent already connects to the original app: if the app speaks first (SMTP, MySQL, SSH...)
 its greeting is relayed at once and the connection becomes a plain relay, so a
 server-first protocol is never held up. HTTP/1.x is routed per request by
-``core.http1.Http1Router``; this module only executes its commands. Anything else is
+``core.http1.Http1Router``; HTTP/2 is handed to ``agent.h2_connection``. Anything else is
 relayed untouched to the original app.
 
 A port stolen without a filter hands the whole connection to the session at once.
@@ -13,43 +19,30 @@ A port stolen without a filter hands the whole connection to the session at once
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import enum
 import socket
 import struct
 import time
-from typing import TYPE_CHECKING, assert_never
+from typing import TYPE_CHECKING, cast
 
-from agent.h2_connection import serve_h2
+from agent import h2_connection
+from agent.upstream import Upstream
 from core.detect import Protocol, detect, h2_server_preface
 from core.filters import RequestView
 from core.flow import FlowRecord, Verdict
 from core.http1 import Http1Router
 from core.observer import Http1Observer
-from core.pool import READ_CHUNK, tune
-from core.pool import Connection as Upstream
+from core.pool import tune
 from core.routing import (
-    CloseDownstream,
-    Command,
-    ConnectUpstream,
-    DownstreamClosed,
-    DownstreamData,
     Event,
     LocalAborted,
-    MirrorData,
-    MirrorEnd,
+    LocalData,
+    LocalEnd,
+    LocalResponse,
+    LocalTrailers,
     MirrorStart,
-    RecordFlow,
-    ReleaseUpstream,
     Route,
-    SendDownstream,
-    SendUpstream,
-    StealAbort,
-    StealData,
-    StealEnd,
     StealStart,
-    StealTrailers,
-    UpstreamClosed,
-    UpstreamData,
 )
 
 if TYPE_CHECKING:
@@ -58,9 +51,12 @@ if TYPE_CHECKING:
 
 SO_ORIGINAL_DST = 80  # linux/netfilter_ipv4.h
 WHOLE_PORT = "whole port"  # the "matched" text of traffic taken by an unfiltered steal
-# Bytes written to a peer before a reader waits for them to drain: the per-connection
+# Bytes written to a peer before the other side stops being read: the per-connection
 # buffer bound in each direction.
 WRITE_HIGH_WATER = 256 * 1024
+# Bytes of a connection's start kept while its protocol is not yet known (core.detect
+# decides within a few bytes; this only bounds a peer that never completes a line).
+MAX_DETECT_BYTES = 64 * 1024
 
 
 def original_destination(sock: socket.socket) -> tuple[str, int] | None:
@@ -73,146 +69,225 @@ def original_destination(sock: socket.socket) -> tuple[str, int] | None:
     return socket.inet_ntoa(packed), port
 
 
-async def _drain_if_full(writer: asyncio.StreamWriter) -> None:
-    transport = writer.transport
-    if transport.get_write_buffer_size() > WRITE_HIGH_WATER and not transport.is_closing():
-        with contextlib.suppress(ConnectionError):
-            await writer.drain()
+class Mode(enum.Enum):
+    """What a connection turned out to be; DETECT until its first bytes say."""
+
+    DETECT = "detect"
+    HTTP = "http"  # routed per request by core.http1
+    RELAY = "relay"  # not HTTP: bytes to the original app untouched
+    WHOLE = "whole"  # an unfiltered steal: the whole connection is the session's
+    H2 = "h2"  # handed to agent.h2_connection
+    CLOSED = "closed"
 
 
-class InterceptedConnection:
-    """One connection a remote client made to an intercepted port."""
+# Why a connection's client is not being read (several can hold at once).
+_BY_ROUTER = 1  # pipelined requests fill the engine's buffer
+_BY_UPSTREAM = 2  # the original app reads slower than the client sends
+_BY_LINK = 4  # the session's link is congested (a stolen body streams to it)
+_BY_PENDING = 8  # the upstream connection is still being opened
 
-    def __init__(self, agent: Agent, reader: asyncio.StreamReader,
-                 writer: asyncio.StreamWriter, destination: tuple[str, int]) -> None:
+
+class InterceptedConnection(asyncio.Protocol):
+    """One connection a remote client made to an intercepted port.
+
+    It is the engine's ``Http1Sink`` (commands arrive as calls), an ``UpstreamOwner`` (the
+    original app's side) and a ``StreamOwner`` of ``agent.link`` (the session's side).
+    """
+
+    def __init__(self, agent: Agent) -> None:
         self._agent = agent
-        self._reader = reader
-        self._writer = writer
-        self._destination = destination
-        self.port = destination[1]
-        peer = writer.get_extra_info("peername")
-        self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
+        self._transport: asyncio.Transport | None = None
+        self._destination = ("", 0)
+        self.port = 0
+        self.peer = "?"
+        self.mode = Mode.DETECT
+        self._head = b""  # DETECT: the bytes so far
         self._router: Http1Router | None = None
-        self._mode = "detect"
         self._up: Upstream | None = None
-        self._up_task: asyncio.Task[None] | None = None
-        self._up_pending: list[bytes] | None = None  # writes queued while connecting
+        self._connecting = False  # an Upstream is being opened for us
+        self._up_pending: list[bytes] = []  # bytes for the app while it is being opened
+        self._up_eof_pending = False  # the client's EOF, to pass on once connected
+        self._up_sent = False  # bytes went to the current upstream: not reusable as-is
+        self._paused = 0  # _BY_* bits
+        self._write_paused = False
+        self._drained: asyncio.Event | None = None  # made on demand by drain_downstream
         self._stream: Stream | None = None
         self._whole_owner: int | None = None
         self._mirrors: list[MirrorStream] = []  # copies of the current request or connection
         self._observer: Http1Observer | None = None  # per-request records of a whole steal
-        self._up_sent = False  # bytes went to the current upstream: not reusable as-is
         self._relay_record: FlowRecord | None = None  # a relayed or whole-stolen connection
-        self._resume = asyncio.Event()
-        self._done = asyncio.Event()  # the engine closed the connection
-        self._up_eof = False  # the client's EOF is to be passed on to the app
-        self._closed = False
+        self._client_eof = False
 
-    # --- entry ------------------------------------------------------------------------
+    # --- asyncio.Protocol: the remote client ------------------------------------------
 
-    async def run(self) -> None:
-        try:
-            owner = self._agent.registry.whole_connection_owner(self.port)
-            if owner is not None:
-                await self._steal_whole(owner.sub_id)
-            else:
-                self._connect_upstream()  # early: server-first protocols, and speed
-                await self._read_downstream()
-        except (ConnectionError, OSError):
-            pass
-        finally:
-            self._shutdown()
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        self._transport = transport
+        sock: socket.socket | None = transport.get_extra_info("socket")
+        destination = original_destination(sock) if sock is not None else None
+        agent = self._agent
+        if destination is None or destination[1] == agent.proxy_port:
+            self.mode = Mode.CLOSED
+            transport.close()  # someone connected to the listener directly: nothing to do
+            return
+        if sock is not None:
+            tune(sock)
+        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+        self._destination = destination
+        self.port = destination[1]
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
+        owner = agent.registry.whole_connection_owner(self.port)
+        if owner is not None:
+            self._steal_whole(owner.sub_id)
+        else:
+            self.connect_upstream()  # early: server-first protocols, and speed
 
-    def _shutdown(self) -> None:
-        if self._router is not None and not self._router.closed:
-            self._execute(self._router.handle(DownstreamClosed(), time.time()))
-        if self._stream is not None:
-            self._stream.reset("connection closed")
-            self._stream = None
-        for mirror in self._mirrors:
-            mirror.reset("connection closed")
-        self._mirrors = []
-        record, self._relay_record = self._relay_record, None
-        if record is not None:
-            record.finish(time.time())
-            owner = self._whole_owner if record.verdict is Verdict.STOLEN else None
-            self._agent.record(record, owner, ())
-        # An early connection the engine never used is as good as new: keep it.
-        self._drop_upstream(reusable=self._mode != "relay" and not self._up_sent)
-        self._writer.close()
-        self._closed = True
-
-    # --- downstream -------------------------------------------------------------------
-
-    async def _read_downstream(self) -> None:
-        head = b""
-        while not self._closed:
+    def data_received(self, data: bytes) -> None:
+        mode = self.mode
+        if mode is Mode.HTTP:
             router = self._router
-            if router is not None and not router.wants_downstream:
-                self._resume.clear()
-                await self._resume.wait()
-                continue
-            data = await self._reader.read(READ_CHUNK)
-            if self._mode == "detect":
-                if not data:
-                    if head:  # a short message, then EOF: relay it and wait for the answer
-                        self._start_relay(head)
-                        await self._end_relay()
-                    return
-                head += data
-                protocol = detect(head)
-                if protocol is Protocol.NEED_MORE:
-                    continue
-                if protocol is Protocol.HTTP1:
-                    self._start_http(head)
-                elif protocol is Protocol.H2:
-                    await self._serve_h2(head)
-                    return
-                else:
-                    self._start_relay(head)
-                head = b""
-            elif self._mode == "http":
-                assert self._router is not None
-                event = DownstreamData(data=data) if data else DownstreamClosed()
-                self._execute(self._router.handle(event, time.time()))
-                if not data:
-                    # A half-closed client still gets the answer in flight; the router
-                    # closes the connection once it is sent.
-                    await self._done.wait()
-                    return
-                # Bound what this connection queues towards the session or the app.
-                if self._stream is not None:
-                    await self._stream.drain()
-                if self._up is not None:
-                    await _drain_if_full(self._up.writer)
-            else:  # relay
-                if not data:
-                    await self._end_relay()
-                    return
-                self._send_upstream(data)
-                if self._up is not None:
-                    await _drain_if_full(self._up.writer)
-            await _drain_if_full(self._writer)
+            assert router is not None
+            router.downstream_data(data, time.time())
+            self._after_router()
+        elif mode is Mode.DETECT:
+            self._detect(data)
+        elif mode is Mode.RELAY:
+            self._relay_from_client(data)
+        elif mode is Mode.WHOLE:
+            self._whole_from_client(data)
+
+    def eof_received(self) -> bool:
+        self._client_eof = True
+        mode = self.mode
+        if mode is Mode.HTTP:
+            assert self._router is not None
+            # A half-closed client still gets the answer in flight; the router closes
+            # the connection once it is sent.
+            self._router.downstream_closed(time.time())
+            return not self._router.closed
+        if mode is Mode.DETECT:
+            if not self._head:
+                return False
+            self._start_relay(self._head)  # a short message, then EOF: relay it
+            self._head = b""
+            mode = self.mode
+        if mode is Mode.RELAY:
+            self._end_relay()
+            return True
+        if mode is Mode.WHOLE:
+            if self._stream is not None:
+                if self._observer is not None:
+                    self._observer.from_client(b"", time.time())
+                self._stream.end()
+            return True
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._shutdown()
+
+    def pause_writing(self) -> None:
+        """The client reads slower than we write: stop reading what feeds it."""
+        self._write_paused = True
+        if self._up is not None:
+            self._up.pause_reading()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if self._up is not None:
+            self._up.resume_reading()
+        if self._drained is not None:
+            self._drained.set()
+
+    # --- reading the client: pause and resume -----------------------------------------
+
+    def _pause(self, why: int) -> None:
+        transport = self._transport
+        if not self._paused and transport is not None and not transport.is_closing():
+            transport.pause_reading()
+        self._paused |= why
+
+    def _resume(self, why: int) -> None:
+        if not self._paused & why:
+            return
+        self._paused &= ~why
+        transport = self._transport
+        if not self._paused and transport is not None and not transport.is_closing():
+            transport.resume_reading()
+
+    def _after_router(self) -> None:
+        """Bound what this connection queues: in the engine, and towards a session."""
+        router = self._router
+        assert router is not None
+        if router.wants_downstream:
+            if self._paused & _BY_ROUTER:
+                self._resume(_BY_ROUTER)
+        else:
+            self._pause(_BY_ROUTER)
+        stream = self._stream
+        if stream is not None and stream.link.congested and not self._paused & _BY_LINK:
+            self._wait_for_link(stream)
+
+    def _wait_for_link(self, stream: Stream) -> None:
+        self._pause(_BY_LINK)
+
+        async def drained() -> None:
+            try:
+                await stream.drain()
+            finally:
+                self._resume(_BY_LINK)
+
+        self._agent.spawn(drained(), name="link-drain")
+
+    # --- detection --------------------------------------------------------------------
+
+    def _detect(self, data: bytes) -> None:
+        head = self._head = self._head + data
+        protocol = detect(head)
+        if protocol is Protocol.NEED_MORE:
+            if len(head) > MAX_DETECT_BYTES:
+                self._start_relay(head)
+                self._head = b""
+            return
+        self._head = b""
+        if protocol is Protocol.HTTP1:
+            self._start_http(head)
+        elif protocol is Protocol.H2:
+            self._start_h2(head)
+        else:
+            self._start_relay(head)
 
     def _start_http(self, head: bytes) -> None:
-        self._mode = "http"
+        self.mode = Mode.HTTP
         agent = self._agent
-        dest = f"{self._destination[0]}:{self._destination[1]}"
+        port = self.port
+        registry = agent.registry
         self._router = Http1Router(
-            port=self.port, authority=dest,
-            decide=self._decide,
-            next_id=agent.next_flow_id,
-            capture=lambda: agent.registry.capturing(self.port),
+            port=port, authority=f"{self._destination[0]}:{port}",
+            decide=self._decide, next_id=agent.next_flow_id,
+            capture=lambda: registry.capturing(port), sink=self,
         )
-        self._execute(self._router.handle(DownstreamData(data=head), time.time()))
+        self._router.downstream_data(head, time.time())
+        self._after_router()
 
-    async def _serve_h2(self, head: bytes) -> None:
+    def _start_h2(self, head: bytes) -> None:
         """HTTP/2 prior knowledge: routed per stream by ``agent.h2_connection``, which opens
         its own upstream connection (h2 state cannot ride a pooled HTTP/1.1 one)."""
-        self._mode = "h2"
-        self._drop_upstream(reusable=not self._up_sent)
-        await serve_h2(self._agent, self._reader, self._writer, self._destination, head,
-                       peer=self.peer, decide=self._decide)
+        self.mode = Mode.H2
+        self.drop_upstream(reusable=not self._up_sent)
+        transport = self._transport
+        assert transport is not None
+        # TEMPORARY bridge until agent.h2_connection offers a Protocol entry: the stream
+        # driver reads and writes this transport through a StreamReader/Writer pair.
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=WRITE_HIGH_WATER, loop=loop)
+        protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)
+        writer = asyncio.StreamWriter(transport, protocol, reader, loop)
+        self._agent.spawn(h2_connection.serve_h2(self._agent, reader, writer, self._destination,
+                                                 head, peer=self.peer, decide=self._decide),
+                          name="h2")
 
     def _decide(self, view: RequestView) -> Route:
         route = self._agent.registry.decide(self.port, view)
@@ -220,190 +295,227 @@ class InterceptedConnection:
             self._agent.shadowed(route.shadowed)
         return route
 
+    # --- relay: a connection that is not HTTP -----------------------------------------
+
     def _start_relay(self, head: bytes) -> None:
-        self._mode = "relay"
+        self.mode = Mode.RELAY
         agent = self._agent
-        self._relay_record = FlowRecord(id=agent.next_flow_id(), ts=time.time(),
-                                        port=self.port, protocol="tcp", verdict=Verdict.PASSED)
+        record = FlowRecord(id=agent.next_flow_id(), ts=time.time(), port=self.port,
+                            protocol="tcp", verdict=Verdict.PASSED)
+        self._relay_record = record
         for sub in agent.registry.whole_mirrors(self.port):
             mirror = agent.open_mirror_stream(sub.sub_id, self.port, self.peer, None)
             if mirror is not None:
                 self._mirrors.append(mirror)
-                self._relay_record.verdict = Verdict.MIRRORED
+                record.verdict = Verdict.MIRRORED
         if head:
-            self._send_upstream(head)
+            self._relay_from_client(head)
 
-    # --- upstream ---------------------------------------------------------------------
+    def _relay_from_client(self, data: bytes) -> None:
+        record = self._relay_record
+        if record is not None:
+            record.bytes_in += len(data)
+        if self._mirrors:
+            self._copy_to_mirrors(data)
+        self.send_upstream(data)
 
-    def _connect_upstream(self) -> None:
-        if self._up is not None or self._up_pending is not None:
-            return
-        self._up_pending = []
-        self._up_task = asyncio.create_task(self._upstream_lifetime(), name="upstream")
-
-    async def _upstream_lifetime(self) -> None:
-        try:
-            up = await self._agent.pool.get(self._destination)
-        except (TimeoutError, OSError) as exc:
-            pending, self._up_pending = self._up_pending, None
-            if self._mode == "http" and pending is not None:
-                self._feed(UpstreamClosed(reason=f"cannot connect to {self._dest_text}: {exc}"))
-            elif self._mode == "relay":
-                self._writer.close()
-            return
-        pending, self._up_pending = self._up_pending or [], None
-        self._up = up
-        for data in pending:
-            up.writer.write(data)
-        if self._up_eof and up.writer.can_write_eof():
-            up.writer.write_eof()
-        try:
-            while self._up is up:
-                data = await up.reader.read(READ_CHUNK)
-                if self._up is not up:
-                    return  # released while we were reading: the bytes belong to no one
-                if self._mode == "detect":
-                    if not data or h2_server_preface(data):
-                        # An h2c server greets at once; it is no server-first protocol.
-                        # The h2 driver opens its own connection (a relay, a new one).
-                        self._drop_upstream(reusable=False)
-                        return
-                    self._start_relay(b"")  # the server spoke first
-                if self._mode == "relay":
-                    if not data:
-                        if self._writer.can_write_eof():
-                            self._writer.write_eof()
-                        return
-                    if self._relay_record is not None:
-                        self._relay_record.bytes_out += len(data)
-                    self._writer.write(data)
-                    await _drain_if_full(self._writer)
-                elif self._mode == "http":
-                    event = UpstreamData(data=data) if data else UpstreamClosed()
-                    self._feed(event)
-                    if not data:
-                        return
-                    await _drain_if_full(self._writer)
-        except (ConnectionError, OSError) as exc:
-            if self._up is up and self._mode == "http":
-                self._feed(UpstreamClosed(reason=str(exc)))
-
-    @property
-    def _dest_text(self) -> str:
-        return f"{self._destination[0]}:{self._destination[1]}"
-
-    def _send_upstream(self, data: bytes) -> None:
-        if self._mode == "relay" and self._relay_record is not None:
-            self._relay_record.bytes_in += len(data)
-            if self._mirrors:
-                self._copy_to_mirrors(data)
-        self._up_sent = True
-        if self._up is not None:
-            self._up.writer.write(data)
-        elif self._up_pending is not None:
-            self._up_pending.append(data)
-        else:
-            self._connect_upstream()
-            assert self._up_pending is not None
-            self._up_pending.append(data)
-
-    async def _end_relay(self) -> None:
+    def _end_relay(self) -> None:
         """The client half-closed a relayed connection: pass the EOF on, wait for the app's."""
-        self._up_eof = True
         for mirror in self._mirrors:
             mirror.end()
-        if self._up is not None and self._up.writer.can_write_eof():
-            self._up.writer.write_eof()
-        task = self._up_task
-        if task is not None and task is not asyncio.current_task():
-            await asyncio.wait({task})
+        self._mirrors = []
+        if self._up is not None:
+            self._up.write_eof()
+        else:
+            self._up_eof_pending = True
+            self.connect_upstream()
 
-    def _drop_upstream(self, *, reusable: bool) -> None:
+    # --- the original app (UpstreamOwner) ---------------------------------------------
+
+    def connect_upstream(self) -> None:
+        """Engine command: get a connection to the original app; sends may follow at once."""
+        if self._up is not None or self._connecting:
+            return
+        up = self._agent.pool.take(self._destination)
+        if up is not None:
+            self._attach_upstream(up)
+            return
+        self._connecting = True
+        self._agent.spawn(self._open_upstream(), name="upstream-connect")
+
+    async def _open_upstream(self) -> None:
+        try:
+            up = await self._agent.pool.connect(self._destination)
+        except (TimeoutError, OSError) as exc:
+            self._connecting = False
+            self._up_pending = []
+            self._resume(_BY_PENDING)
+            if self.mode is Mode.CLOSED:
+                return
+            if self.mode is Mode.HTTP and self._router is not None:
+                dest = f"{self._destination[0]}:{self._destination[1]}"
+                self._router.upstream_closed(f"cannot connect to {dest}: {exc}", time.time())
+                self._after_router()
+            elif self.mode is Mode.RELAY:
+                self._close_transport()
+            return
+        self._connecting = False
+        if self.mode in (Mode.CLOSED, Mode.H2) or not self._up_wanted:
+            self._agent.pool.put(up)
+            return
+        self._attach_upstream(up)
+
+    @property
+    def _up_wanted(self) -> bool:
+        return self.mode is not Mode.WHOLE
+
+    def _attach_upstream(self, up: Upstream) -> None:
+        self._up = up
+        up.owner = self
+        pending, self._up_pending = self._up_pending, []
+        if pending:
+            up.write(pending[0] if len(pending) == 1 else b"".join(pending))
+        if self._up_eof_pending:
+            up.write_eof()
+        if self._write_paused:
+            up.pause_reading()
+        self._resume(_BY_PENDING)
+
+    def send_upstream(self, data: bytes) -> None:
+        """Engine command: bytes for the original app (queued while it is being opened)."""
+        self._up_sent = True
+        up = self._up
+        if up is not None:
+            up.write(data)
+            return
+        self._up_pending.append(data)
+        if sum(len(p) for p in self._up_pending) > WRITE_HIGH_WATER:
+            self._pause(_BY_PENDING)
+        self.connect_upstream()
+
+    def release_upstream(self, reusable: bool) -> None:
+        """Engine command: done with the upstream connection."""
+        self.drop_upstream(reusable=reusable)
+
+    def drop_upstream(self, *, reusable: bool) -> None:
         up, self._up = self._up, None
         self._up_sent = False
-        self._up_pending = None
-        task, self._up_task = self._up_task, None
-        reader_busy = task is not None and task is not asyncio.current_task() and not task.done()
-        if reader_busy:
-            assert task is not None
-            task.cancel()
+        self._up_pending = []
+        self._resume(_BY_UPSTREAM | _BY_PENDING)
         if up is None:
             return
-        if not reusable:
-            up.close()
-        elif reader_busy:
-            # Its reader task is still inside reader.read(): pool the connection only once
-            # the cancellation has landed, or the next owner's read would collide with it.
-            assert task is not None
-            pool = self._agent.pool
-            task.add_done_callback(lambda _task: pool.put(up))
-        else:
+        up.owner = None
+        if reusable:
             self._agent.pool.put(up)
+        else:
+            up.close()
 
-    # --- the engine's commands --------------------------------------------------------
+    def upstream_data(self, data: bytes) -> None:
+        mode = self.mode
+        if mode is Mode.HTTP:
+            router = self._router
+            assert router is not None
+            router.upstream_data(data, time.time())
+            self._after_router()
+        elif mode is Mode.RELAY:
+            if self._relay_record is not None:
+                self._relay_record.bytes_out += len(data)
+            self.send_downstream(data)
+        elif mode is Mode.DETECT:
+            if h2_server_preface(data):
+                # An h2c server greets at once; it is no server-first protocol. The h2
+                # driver opens its own connection.
+                self.drop_upstream(reusable=False)
+                return
+            self._start_relay(self._head)  # the server spoke first
+            self._head = b""
+            self.upstream_data(data)
 
-    def _feed(self, event: Event) -> None:
-        if self._router is not None and not self._router.closed:
-            self._execute(self._router.handle(event, time.time()))
-            if self._router.wants_downstream:
-                self._resume.set()
+    def upstream_eof(self) -> None:
+        mode = self.mode
+        if mode is Mode.HTTP:
+            self._upstream_gone(None)
+        elif mode is Mode.RELAY:
+            transport = self._transport
+            if transport is not None and not transport.is_closing() and transport.can_write_eof():
+                transport.write_eof()
+            if self._client_eof:
+                self._close_transport()
+        elif mode is Mode.DETECT:
+            self.drop_upstream(reusable=False)  # the next send connects again
 
-    def on_local(self, event: Event) -> None:
-        """An event from the session that owns the stolen request in flight."""
-        self._feed(event)
+    def upstream_lost(self, exc: Exception | None) -> None:
+        if self._up is None:
+            return
+        mode = self.mode
+        if mode is Mode.HTTP:
+            self._upstream_gone(str(exc) if exc is not None else None)
+        elif mode is Mode.RELAY:
+            self._up = None
+            self._close_transport()
+        else:
+            self._up = None
 
-    def _execute(self, commands: list[Command]) -> None:
-        for command in commands:
-            match command:
-                case SendDownstream(data=data):
-                    self._writer.write(data)
-                case CloseDownstream():
-                    self._closed = True
-                    self._writer.close()
-                    self._resume.set()
-                    self._done.set()
-                case ConnectUpstream():
-                    self._connect_upstream()
-                case SendUpstream(data=data):
-                    self._send_upstream(data)
-                case ReleaseUpstream(reusable=reusable):
-                    self._drop_upstream(reusable=reusable)
-                case StealStart():
-                    self._stream = self._agent.open_request_stream(self, command)
-                    if self._stream is None:
-                        # The session vanished between the decision and now.
-                        asyncio.get_running_loop().call_soon(
-                            self._feed, LocalAborted(reason="the session is gone"))
-                case StealData(data=data):
-                    if self._stream is not None:
-                        self._stream.send_data(data)
-                case StealEnd():
-                    if self._stream is not None:
-                        self._stream.end()
-                case StealTrailers(headers=headers):
-                    if self._stream is not None:
-                        self._stream.send_trailers(headers)
-                case StealAbort(reason=reason):
-                    if self._stream is not None:
-                        self._stream.reset(reason)
-                        self._stream = None
-                case MirrorStart(sub_id=sub_id):
-                    stream = self._agent.open_mirror_stream(sub_id, self.port, self.peer,
-                                                            command)
-                    if stream is not None:
-                        self._mirrors.append(stream)
-                case MirrorData(data=data):
-                    self._copy_to_mirrors(data)
-                case MirrorEnd():
-                    for mirror in self._mirrors:
-                        mirror.end()
-                    self._mirrors = []
-                case RecordFlow(record=record, owner=owner, timed_out=timed_out):
-                    # The stream may live on (a stolen upgrade); the next StealStart
-                    # replaces it, and a finished one ignores whatever comes.
-                    self._agent.record(record, owner, timed_out)
-                case _:
-                    assert_never(command)
+    def _upstream_gone(self, reason: str | None) -> None:
+        router = self._router
+        assert router is not None
+        router.upstream_closed(reason, time.time())
+        self._after_router()
+
+    def upstream_paused(self) -> None:
+        self._pause(_BY_UPSTREAM)
+
+    def upstream_resumed(self) -> None:
+        self._resume(_BY_UPSTREAM)
+
+    # --- the engine's other commands (Http1Sink) --------------------------------------
+
+    def send_downstream(self, data: bytes) -> None:
+        transport = self._transport
+        if transport is not None and not transport.is_closing():
+            transport.write(data)
+
+    def close_downstream(self) -> None:
+        self._close_transport()
+
+    def steal_start(self, command: StealStart) -> None:
+        self._stream = self._agent.open_request_stream(self, command)
+        if self._stream is None:
+            # The session vanished between the decision and now.
+            asyncio.get_running_loop().call_soon(
+                self.on_local, LocalAborted(reason="the session is gone"))
+
+    def steal_data(self, data: bytes) -> None:
+        if self._stream is not None:
+            self._stream.send_data(data)
+
+    def steal_end(self) -> None:
+        if self._stream is not None:
+            self._stream.end()
+
+    def steal_abort(self, reason: str) -> None:
+        if self._stream is not None:
+            self._stream.reset(reason)
+            self._stream = None
+
+    def mirror_start(self, command: MirrorStart) -> None:
+        stream = self._agent.open_mirror_stream(command.sub_id, self.port, self.peer, command)
+        if stream is not None:
+            self._mirrors.append(stream)
+
+    def mirror_data(self, data: bytes) -> None:
+        self._copy_to_mirrors(data)
+
+    def mirror_end(self) -> None:
+        for mirror in self._mirrors:
+            mirror.end()
+        self._mirrors = []
+
+    def record_flow(self, record: FlowRecord, owner: int | None,
+                    timed_out: tuple[str, ...]) -> None:
+        # The stream may live on (a stolen upgrade); the next steal_start replaces it, and
+        # a finished one ignores whatever comes.
+        self._agent.record(record, owner, timed_out)
 
     def _copy_to_mirrors(self, data: bytes) -> None:
         """Copy client bytes to the mirrors; a congested session loses its copy, never
@@ -419,64 +531,123 @@ class InterceptedConnection:
                 kept.append(mirror)
         self._mirrors = kept
 
-    # --- whole-connection steal -------------------------------------------------------
+    # --- the session's side (StreamOwner of agent.link) -------------------------------
 
-    async def _steal_whole(self, sub_id: int) -> None:
-        self._mode = "whole"
-        self._whole_owner = sub_id
-        record = FlowRecord(id=self._agent.next_flow_id(), ts=time.time(), port=self.port,
-                            protocol="tcp", verdict=Verdict.STOLEN, matched=WHOLE_PORT)
-        self._relay_record = record
-        self._observer = Http1Observer(port=self.port, verdict=Verdict.STOLEN,
-                                       matched=WHOLE_PORT, next_id=self._agent.next_flow_id)
-        stream = self._agent.open_connection_stream(self, sub_id)
-        if stream is None:
+    def on_local(self, event: Event) -> None:
+        """An event from the session that owns the stolen request in flight."""
+        router = self._router
+        if router is None or router.closed:
             return
-        self._stream = stream
-        while not stream.finished.is_set():
-            data = await self._reader.read(READ_CHUNK)
-            self._observer.from_client(data, time.time())
-            if not data:
-                stream.end()
-                break
-            record.bytes_in += len(data)
-            stream.send_data(data)
-            await stream.drain()
-        await stream.finished.wait()
-        self._stream = None
-        if self._observer.seen:
-            self._relay_record = None  # reported request by request instead
+        now = time.time()
+        match event:
+            case LocalResponse(status=status, reason=reason, headers=headers):
+                router.local_response(status, reason, headers, now)
+            case LocalData(data=data):
+                router.local_data(data, now)
+            case LocalEnd():
+                router.local_end(now)
+            case LocalAborted(reason=reason):
+                router.local_aborted(reason, getattr(event, "status", 502), now)
+            case LocalTrailers():
+                pass  # an HTTP/1.1 client gets a stolen answer without its trailers
+            case _:
+                raise AssertionError(f"unexpected local event {event!r}")
+        self._after_router()
 
     async def drain_downstream(self) -> None:
         """Wait while too much is queued towards the remote client (bounds the buffer)."""
-        await _drain_if_full(self._writer)
+        while self._write_paused and self.mode is not Mode.CLOSED:
+            if self._drained is None:
+                self._drained = asyncio.Event()
+            self._drained.clear()
+            await self._drained.wait()
+
+    # --- whole-connection steal -------------------------------------------------------
+
+    def _steal_whole(self, sub_id: int) -> None:
+        self.mode = Mode.WHOLE
+        agent = self._agent
+        self._whole_owner = sub_id
+        self._relay_record = FlowRecord(id=agent.next_flow_id(), ts=time.time(),
+                                        port=self.port, protocol="tcp",
+                                        verdict=Verdict.STOLEN, matched=WHOLE_PORT)
+        self._observer = Http1Observer(port=self.port, verdict=Verdict.STOLEN,
+                                       matched=WHOLE_PORT, next_id=agent.next_flow_id)
+        stream = agent.open_connection_stream(self, sub_id)
+        if stream is None:
+            self._close_transport()
+            return
+        self._stream = stream
+
+    def _whole_from_client(self, data: bytes) -> None:
+        stream = self._stream
+        if stream is None or stream.finished.is_set():
+            return
+        if self._observer is not None:
+            self._observer.from_client(data, time.time())
+        if self._relay_record is not None:
+            self._relay_record.bytes_in += len(data)
+        stream.send_data(data)
+        if stream.link.congested and not self._paused & _BY_LINK:
+            self._wait_for_link(stream)
 
     def write_local(self, data: bytes) -> None:
         """Bytes from the local app on a whole stolen connection."""
         if self._relay_record is not None:
             self._relay_record.bytes_out += len(data)
-        self._writer.write(data)
+        self.send_downstream(data)
         if self._observer is not None:
             for done in self._observer.from_server(data, time.time()):
                 self._agent.record(done, self._whole_owner, ())
 
     def end_local(self) -> None:
         """The local app half-closed a whole stolen connection."""
-        if self._writer.can_write_eof() and not self._writer.is_closing():
-            self._writer.write_eof()
+        transport = self._transport
+        if transport is not None and not transport.is_closing() and transport.can_write_eof():
+            transport.write_eof()
+        if self._client_eof:
+            self._close_transport()
 
     def abort_local(self) -> None:
         """The session reset a whole stolen connection: cut it."""
-        self._writer.close()
+        self._close_transport()
+
+    # --- the end ----------------------------------------------------------------------
+
+    def _close_transport(self) -> None:
+        transport = self._transport
+        if transport is not None and not transport.is_closing():
+            transport.close()
+
+    def _shutdown(self) -> None:
+        mode, self.mode = self.mode, Mode.CLOSED
+        if mode is Mode.H2:
+            return  # the h2 driver owned the transport since the handover
+        router = self._router
+        if router is not None and not router.closed:
+            router.abort(time.time())  # the answer in flight cannot be delivered any more
+        if self._stream is not None:
+            self._stream.reset("connection closed")
+            self._stream = None
+        for mirror in self._mirrors:
+            mirror.reset("connection closed")
+        self._mirrors = []
+        record, self._relay_record = self._relay_record, None
+        if record is not None:
+            if mode is Mode.WHOLE and self._observer is not None and self._observer.seen:
+                pass  # reported request by request instead
+            else:
+                record.finish(time.time())
+                owner = self._whole_owner if record.verdict is Verdict.STOLEN else None
+                self._agent.record(record, owner, ())
+        # An early connection the engine never used is as good as new: keep it.
+        self.drop_upstream(reusable=mode is Mode.DETECT and not self._up_sent)
+        if self._drained is not None:
+            self._drained.set()
+        self._close_transport()
 
 
-async def serve_connection(agent: Agent, reader: asyncio.StreamReader,
-                           writer: asyncio.StreamWriter) -> None:
-    """Entry for the agent's redirect listener."""
-    sock: socket.socket = writer.get_extra_info("socket")
-    tune(sock)
-    destination = original_destination(sock)
-    if destination is None or destination[1] == agent.proxy_port:
-        writer.close()  # someone connected to the listener directly: nothing to intercept
-        return
-    await InterceptedConnection(agent, reader, writer, destination).run()
+def serve_connection(agent: Agent) -> InterceptedConnection:
+    """Protocol factory of the agent's redirect listener."""
+    return InterceptedConnection(agent)
+

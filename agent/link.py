@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Protocol
 from agent.registry import Subscription, SubscriptionRefused
 from core.errors import ConfigError
 from core.filters import compile_http_filter
+from core.flow import MirrorResult
 from core.routing import Event, LocalAborted, LocalData, LocalEnd, LocalResponse, LocalTrailers
 from core.wire import (
     Data,
@@ -48,7 +49,7 @@ from core.wire import (
 
 if TYPE_CHECKING:
     from agent.worker import Agent
-    from core.flow import FlowRecord
+    from core.flow import FlowRecord, FlowRow
 
 log = logging.getLogger("waylay.agent")
 
@@ -190,29 +191,31 @@ class Stream(_WireStream):
 class MirrorStream(_WireStream):
     """A copy of a request (or of a connection's client bytes) for a mirroring session.
 
-    The local app's answer is measured (status, time) into the flow record and dropped:
-    the remote client only ever hears the original app.
+    The local app's answer is measured (status, time) into this stream's own
+    ``MirrorResult`` and dropped: the remote client only ever hears the original app, and
+    only this session ever sees its local app's answer.
     """
 
     def __init__(self, link: ClientLink, stream_id: int, record: FlowRecord | None,
-                 on_done: Callable[[MirrorStream], None]) -> None:
+                 clause: str | None, on_done: Callable[[MirrorStream], None]) -> None:
         super().__init__(link, stream_id)
         self.record = record
+        self.result = MirrorResult(clause=clause)
         self.started = time.monotonic()
         self._on_done = on_done
         link.mirrors_in_flight += 1
 
     def receive(self, message: Message) -> None:
+        result = self.result
         match message:
             case ResponseStart(status=status, headers=headers):
-                record = self.record
-                if record is not None:
-                    record.mirror_status = status
-                    if record.request_headers is not None:  # the session asked to capture
-                        record.mirror_headers = headers_from_wire(headers)
-                        record.mirror_body = bytearray()
-            case Data(data=data) if self.record is not None and self.record.mirror_body is not None:
-                self.record.capture_mirror_body(data)
+                result.status = status
+                if self.record is not None and self.record.request_headers is not None:
+                    # the session asked to capture
+                    result.headers = headers_from_wire(headers)
+                    result.body = bytearray()
+            case Data(data=data) if result.body is not None:
+                result.capture_body(data)
             case End():
                 self._got_end = True
                 if self.record is not None:
@@ -220,16 +223,14 @@ class MirrorStream(_WireStream):
                 else:
                     self._maybe_finish()
             case Reset(reason=reason):
-                if self.record is not None:
-                    self.record.mirror_error = reason
+                result.error = reason
                 self._finish()
             case _:
                 pass  # the local app's body: measured, not kept
 
     def link_lost(self) -> None:
         if not self.finished.is_set():
-            if self.record is not None:
-                self.record.mirror_error = "the session's link to the agent ended"
+            self.result.error = "the session's link to the agent ended"
             self._finish()
 
     async def drain_receiver(self) -> None:
@@ -240,9 +241,7 @@ class MirrorStream(_WireStream):
             return
         super()._finish()
         self.link.mirrors_in_flight -= 1
-        if self.record is not None:
-            self.record.mirror_duration_ms = round(
-                (time.monotonic() - self.started) * 1000.0, 3)
+        self.result.duration_ms = round((time.monotonic() - self.started) * 1000.0, 3)
         self._on_done(self)
 
 
@@ -261,7 +260,7 @@ class ClientLink:
         self.mirror_drops = 0  # copies dropped since the last warning about it
         self.shadowed = 0  # requests matching this session's filter taken by an earlier one
         self.client_subs: dict[int, int] = {}  # agent sub id -> the session's own sub id
-        self._flows: list[dict[str, object]] = []
+        self._flows: list[FlowRow] = []
         self._flush_handle: asyncio.TimerHandle | None = None
         self._notes_handle: asyncio.TimerHandle | None = None
         self.name = "?"
@@ -377,7 +376,7 @@ class ClientLink:
         self.flush_flows()
         self._writer.close()
 
-    def send_flow(self, record: dict[str, object]) -> None:
+    def send_flow(self, record: FlowRow) -> None:
         """Queue a flow record; records leave in batches (few frames on a busy port)."""
         self._flows.append(record)
         if len(self._flows) >= FLOW_BATCH_MAX:

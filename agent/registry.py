@@ -133,11 +133,13 @@ class Registry:
         clause: str | None = None
         timed_out: list[str] = []
         mirrors: list[int] = []
+        mirror_clauses: list[str | None] = []
         shadowed: list[int] = []
         for sub in subs:
             if sub.http_filter is None:
                 if sub.mode == "mirror":
                     mirrors.append(sub.sub_id)
+                    mirror_clauses.append(None)
                 elif steal_by is None:
                     # New connections go to it whole; this takes the requests of
                     # connections that were already being routed one by one.
@@ -149,6 +151,7 @@ class Registry:
                 continue
             if sub.mode == "mirror":
                 mirrors.append(sub.sub_id)
+                mirror_clauses.append(result.clause)
                 clause = clause or result.clause
             elif steal_by is None:
                 steal_by, clause = sub.sub_id, result.clause
@@ -157,4 +160,5 @@ class Registry:
         if steal_by is None and not mirrors and not timed_out:
             return PASS
         return Route(steal_by=steal_by, clause=clause, timed_out=tuple(timed_out),
-                     mirror_to=tuple(mirrors), shadowed=tuple(shadowed))
+                     mirror_to=tuple(mirrors), mirror_clauses=tuple(mirror_clauses),
+                     shadowed=tuple(shadowed))

@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 import traceback
+from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 from agent.interception import serve_connection
@@ -28,7 +29,7 @@ from agent.iptables import Redirector
 from agent.link import ClientLink, MirrorStream, Stream
 from agent.registry import Registry, Subscription
 from agent.upstream import upstream_pool
-from core.flow import FlowRecord, Verdict
+from core.flow import FlowRecord, FlowRow, MirrorResult, Verdict
 from core.local_targets import listening_ports, parse_proc_net_tcp
 from core.wire import ConnectionStart, Notice, RequestStart, headers_to_wire
 
@@ -71,6 +72,7 @@ class Agent:
         self._ever_attached = False
         self._shutting_down = False
         self._link_tasks: set[asyncio.Task[object]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
         self.registry = Registry()
         self.pool = upstream_pool()
         self.links: dict[int, ClientLink] = {}
@@ -83,6 +85,15 @@ class Agent:
         self._idle_since = time.monotonic()
         # Records of mirrored requests whose copies are still being answered.
         self._held: dict[int, tuple[int | None, tuple[str, ...]]] = {}
+        # Each mirroring session's own outcome of a held record, by record id and link id.
+        self._mirror_results: dict[int, dict[int, MirrorResult]] = {}
+
+    def spawn(self, coro: Coroutine[Any, Any, None], *, name: str) -> None:
+        """Run ``coro`` as a task the agent keeps a reference to until it ends (a
+        connection's rare waits: opening an upstream, a congested session's drain)."""
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     # --- sessions and subscriptions ---------------------------------------------------
 
@@ -220,7 +231,8 @@ class Agent:
             link.note()
             return None
         record = start.record if start is not None else None
-        stream = MirrorStream(link, self._next_stream_id(), record, self._mirror_done)
+        clause = start.clause if start is not None else None
+        stream = MirrorStream(link, self._next_stream_id(), record, clause, self._mirror_done)
         link.streams[stream.stream_id] = stream
         client_sub = link.client_subs.get(sub.sub_id, 0)
         if start is None:
@@ -241,6 +253,8 @@ class Agent:
         record = stream.record
         if record is None:
             return
+        results = self._mirror_results.setdefault(record.id, {})
+        results.setdefault(stream.link.link_id, stream.result)
         record.mirrors_pending -= 1
         if record.mirrors_pending == 0 and record.remote_done:
             owner, timed_out = self._held.pop(record.id, (None, ()))
@@ -265,19 +279,43 @@ class Agent:
 
     def _send_record(self, record: FlowRecord, owner: int | None,
                      timed_out: tuple[str, ...]) -> None:
-        """To its thief only, or to every session on the port."""
-        event = record.to_event()
+        """To its thief only, or to every session on the port; each session sees only its
+        own mirror of it (its local app's answer, its clause), never another's."""
+        results = self._mirror_results.pop(record.id, None) or {}
         if owner is not None:
             found = self._link_of(owner)
             targets = [found[0]] if found is not None else []
+            # Sessions that mirrored a stolen request see their copy, not the thief's answer.
+            targets += [self.links[i] for i in sorted(results)
+                        if i in self.links and self.links[i] not in targets]
         else:
             link_ids = {s.link_id for s in self.registry.subscriptions(record.port)}
             targets = [self.links[i] for i in sorted(link_ids) if i in self.links]
+        plain: FlowRow | None = None
+        whole_mirrors: set[int] | None = None
         for link in targets:
-            link.send_flow(event)
+            result = results.get(link.link_id)
+            if result is None and record.verdict is Verdict.MIRRORED and not results:
+                # A mirrored raw TCP connection: its copies are not answered per request.
+                if whole_mirrors is None:
+                    whole_mirrors = {s.link_id for s in self.registry.whole_mirrors(record.port)}
+                if link.link_id in whole_mirrors:
+                    result = MirrorResult(clause=None)
+            if result is not None:
+                row = record.to_row(mirror=result, hide_remote=owner is not None
+                                    and link.link_id != self._owner_link(owner))
+            else:
+                if plain is None:
+                    plain = record.to_row()
+                row = plain
+            link.send_flow(row)
             for clause in timed_out:
                 link.warn(f"filter {clause} hit its time budget on request {record.id} "
                           f"({record.method} {record.path}); counted as no match")
+
+    def _owner_link(self, owner: int | None) -> int | None:
+        found = self._link_of(owner) if owner is not None else None
+        return found[0].link_id if found is not None else None
 
     def listening_ports(self) -> list[int]:
         """TCP ports listening in this network namespace, the agent's own excluded."""
@@ -298,9 +336,10 @@ class Agent:
         """Serve until the TTL, the last session leaving, or a signal. ``listen`` is
         ``unix:PATH`` (local targets) or ``tcp:127.0.0.1:PORT`` (in a pod, reached by the
         API server's port-forward; loopback only, checked by ``agent.main``)."""
-        redirect_server = await asyncio.start_server(
-            lambda r, w: serve_connection(self, r, w), host="0.0.0.0", port=proxy_port,
-            reuse_address=True, backlog=1024, limit=256 * 1024,
+        loop = asyncio.get_running_loop()
+        redirect_server = await loop.create_server(
+            lambda: serve_connection(self), host="0.0.0.0", port=proxy_port,
+            reuse_address=True, backlog=1024,
         )
         self.proxy_port = redirect_server.sockets[0].getsockname()[1]
         control_path = listen[len("unix:"):] if listen.startswith("unix:") else None
@@ -314,7 +353,6 @@ class Agent:
             control_server = await asyncio.start_server(self.attach, host=host.strip("[]"),
                                                         port=int(port))
         stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
         loop.set_exception_handler(self._unexpected)
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.add_signal_handler(sig, stop.set)

@@ -21,7 +21,7 @@ class Verdict(enum.StrEnum):
 class FlowRecord:
     """One request (or one raw TCP connection) from arrival to the end of its response.
 
-    Mutable while the exchange runs; frozen into an event dict by ``to_event`` when done.
+    Mutable while the exchange runs; reported per session by ``to_row`` when done.
     ``bytes_in`` counts body bytes from the remote client, ``bytes_out`` body bytes sent
     back to it.
     """
@@ -45,17 +45,10 @@ class FlowRecord:
     request_body: bytearray | None = None
     response_body: bytearray | None = None
     body_truncated: bool = False
-    # Mirrored requests: the local app's answer to the copy (the remote one is status).
-    mirrors_pending: int = 0  # copies whose local answer is still awaited
+    # Mirrored requests: copies whose local answer is still awaited (each session's own
+    # answer stays with its copy, a MirrorResult, never on this shared record).
+    mirrors_pending: int = 0
     remote_done: bool = False
-    mirror_status: int | None = None
-    mirror_duration_ms: float | None = None
-    mirror_error: str | None = None
-    mirror_headers: list[tuple[bytes, bytes]] | None = None  # captured: the local answer
-    mirror_body: bytearray | None = None
-
-    def capture_mirror_body(self, data: bytes) -> None:
-        self.mirror_body = self._capped(self.mirror_body, data)
 
     def capture_request_body(self, data: bytes) -> None:
         self.request_body = self._capped(self.request_body, data)
@@ -75,41 +68,103 @@ class FlowRecord:
     def finish(self, now: float) -> None:
         self.duration_ms = round((now - self.ts) * 1000.0, 3)
 
-    def to_event(self) -> dict[str, Any]:
-        event: dict[str, Any] = {
-            "type": "request",
-            "id": self.id,
-            "ts": round(self.ts, 6),
-            "port": self.port,
-            "protocol": self.protocol,
-            "method": self.method,
-            "authority": self.authority,
-            "path": self.path,
-            "verdict": str(self.verdict),
-            "status": self.status,
-            "duration_ms": self.duration_ms,
-            "bytes_in": self.bytes_in,
-            "bytes_out": self.bytes_out,
-            "matched": self.matched,
-        }
-        if self.verdict is Verdict.MIRRORED:
-            # DESIGN §3: status and duration are the local app's; the remote's beside them.
-            event["remote_status"] = self.status
-            event["remote_duration_ms"] = self.duration_ms
-            event["status"] = self.mirror_status
-            event["duration_ms"] = self.mirror_duration_ms
-            if self.mirror_error is not None:
-                event["mirror_error"] = self.mirror_error
-            if self.mirror_headers is not None:
-                event["local_response_headers"] = _text_pairs(self.mirror_headers)
-                event["local_response_body"] = bytes(self.mirror_body or b"").decode("latin-1")
+    def to_row(self, *, mirror: MirrorResult | None = None,
+               hide_remote: bool = False) -> FlowRow:
+        """This record as one session sees it, in the wire's compact form.
+
+        ``mirror``: that session mirrored the request (its own local answer and clause);
+        without it a mirrored request shows as passed (the session's filter did not take
+        it). ``hide_remote``: the remote answer came from another session's local app (a
+        request stolen by one session, mirrored by this one): leave it out.
+        """
+        extras: dict[str, Any] | None = None
+        if mirror is None:
+            verdict = self.verdict
+            if verdict is Verdict.MIRRORED:
+                verdict = Verdict.PASSED
+            row: FlowRow = [self.id, round(self.ts, 6), self.port, self.protocol, self.method,
+                            self.authority, self.path, str(verdict), self.status,
+                            self.duration_ms, self.bytes_in, self.bytes_out,
+                            self.matched if verdict is not Verdict.PASSED else None, None]
+        else:
+            row = [self.id, round(self.ts, 6), self.port, self.protocol, self.method,
+                   self.authority, self.path, "mirrored", mirror.status, mirror.duration_ms,
+                   self.bytes_in, self.bytes_out, mirror.clause, None]
+            extras = {"remote_status": None if hide_remote else self.status,
+                      "remote_duration_ms": None if hide_remote else self.duration_ms}
+            if mirror.error is not None:
+                extras["mirror_error"] = mirror.error
+            if mirror.headers is not None:
+                extras["local_response_headers"] = _text_pairs(mirror.headers)
+                extras["local_response_body"] = bytes(mirror.body or b"").decode("latin-1")
         if self.request_headers is not None:
-            event["request_headers"] = _text_pairs(self.request_headers)
-            event["response_headers"] = _text_pairs(self.response_headers or [])
-            event["request_body"] = bytes(self.request_body or b"").decode("latin-1")
-            event["response_body"] = bytes(self.response_body or b"").decode("latin-1")
-            event["body_truncated"] = self.body_truncated
-        return event
+            extras = extras or {}
+            extras["request_headers"] = _text_pairs(self.request_headers)
+            extras["request_body"] = bytes(self.request_body or b"").decode("latin-1")
+            if hide_remote:
+                extras["response_headers"], extras["response_body"] = [], ""
+            else:
+                extras["response_headers"] = _text_pairs(self.response_headers or [])
+                extras["response_body"] = bytes(self.response_body or b"").decode("latin-1")
+            extras["body_truncated"] = self.body_truncated
+        row[-1] = extras
+        return row
+
+    def to_event(self) -> dict[str, Any]:
+        """The request event of this record as a session without a mirror of it sees it."""
+        return event_from_row(self.to_row())
+
+
+# The compact form of a request event on the wire (``core.wire`` FLOW frames): the agent
+# sends one list per record in this order, no dict and no key names per request; the
+# session turns it back into the event dict with ``event_from_row``. The last element is
+# None, or a dict of the keys a mirrored or captured request adds.
+ROW_FIELDS = ("id", "ts", "port", "protocol", "method", "authority", "path", "verdict",
+              "status", "duration_ms", "bytes_in", "bytes_out", "matched")
+FlowRow = list[Any]
+
+
+@dataclass(kw_only=True, slots=True)
+class MirrorResult:
+    """What one mirroring session's local app did with its copy of a request. Each
+    session gets only its own (never another session's local answer)."""
+
+    clause: str | None  # that session's filter clause that matched
+    status: int | None = None
+    duration_ms: float | None = None
+    error: str | None = None
+    headers: list[tuple[bytes, bytes]] | None = None  # captured: the local answer
+    body: bytearray | None = None
+    body_truncated: bool = False
+
+    def capture_body(self, data: bytes) -> None:
+        if self.body is None:
+            return
+        room = CAPTURE_BODY_BYTES - len(self.body)
+        if len(data) > room:
+            self.body_truncated = True
+        self.body += data[: max(room, 0)]
+
+
+def event_from_row(row: FlowRow) -> dict[str, Any]:
+    """The request event (DESIGN's event line) of one wire row; raises ValueError if the
+    row is not one (wrong length or types)."""
+    if not isinstance(row, list) or len(row) != len(ROW_FIELDS) + 1:
+        raise ValueError(f"a flow row has {len(ROW_FIELDS) + 1} elements")
+    extras = row[-1]
+    if extras is not None and not isinstance(extras, dict):
+        raise ValueError("a flow row ends in null or an object")
+    event: dict[str, Any] = {"type": "request"}
+    event.update(zip(ROW_FIELDS, row, strict=False))
+    if extras:
+        event.update(extras)
+    return event
+
+
+def row_from_event(event: dict[str, Any]) -> FlowRow:
+    """The wire row of a request event (``event_from_row`` reads it back)."""
+    extras = {k: v for k, v in event.items() if k not in ROW_FIELDS and k != "type"}
+    return [event.get(name) for name in ROW_FIELDS] + [extras or None]
 
 
 def _text_pairs(headers: list[tuple[bytes, bytes]]) -> list[list[str]]:

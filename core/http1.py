@@ -22,15 +22,24 @@ that buffer. A passed upgrade (101 Switching Protocols, RFC 9110 §15.2.2) turns
 connection into a tunnel to the original app.
 
 The upstream connection stays bound to this downstream connection while both live (the
-driver returns it to its pool on ``ReleaseUpstream``): a keep-alive client costs no
+driver returns it to its pool on ``release_upstream``): a keep-alive client costs no
 connection setup per passed request.
+
+Two ways in, one engine. Every request of a live service on a filtered port crosses this
+code, so the driver calls it directly (``downstream_data``, ``upstream_data``, ...) and
+it answers by calling an ``Http1Sink`` (docs/architecture.md, "The hot path"): no event
+or command objects per request. ``handle`` is the same engine behind the shared
+event/command vocabulary of ``core.routing``, for playbook tests and readers: it records
+the sink calls as commands.
 """
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable
+from typing import Protocol
 
-from core.filters import RequestView
+from core.filters import request_view
 from core.flow import FlowRecord, Verdict
 from core.http1_framing import (
     CHUNKED,
@@ -88,17 +97,96 @@ _HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection",
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
+class Tunnel(enum.Enum):
+    """What the connection is after a 101: still HTTP, or raw bytes to one side."""
+
+    NONE = "none"
+    UPSTREAM = "upstream"  # a passed upgrade: bytes relayed to the original app
+    LOCAL = "local"  # a stolen upgrade: bytes relayed to the session's local app
+
+
+class Http1Sink(Protocol):
+    """What the engine asks of its driver: the commands of ``core.routing``, as calls."""
+
+    def send_downstream(self, data: bytes) -> None: ...
+    def close_downstream(self) -> None: ...
+    def connect_upstream(self) -> None: ...
+    def send_upstream(self, data: bytes) -> None: ...
+    def release_upstream(self, reusable: bool) -> None: ...
+    def steal_start(self, command: StealStart) -> None: ...
+    def steal_data(self, data: bytes) -> None: ...
+    def steal_end(self) -> None: ...
+    def steal_abort(self, reason: str) -> None: ...
+    def mirror_start(self, command: MirrorStart) -> None: ...
+    def mirror_data(self, data: bytes) -> None: ...
+    def mirror_end(self) -> None: ...
+    def record_flow(self, record: FlowRecord, owner: int | None,
+                    timed_out: tuple[str, ...]) -> None: ...
+
+
+class CommandRecorder:
+    """An ``Http1Sink`` that writes each call down as a ``core.routing`` command."""
+
+    def __init__(self) -> None:
+        self.commands: list[Command] = []
+
+    def take(self) -> list[Command]:
+        commands, self.commands = self.commands, []
+        return _coalesce(commands)
+
+    def send_downstream(self, data: bytes) -> None:
+        self.commands.append(SendDownstream(data=data))
+
+    def close_downstream(self) -> None:
+        self.commands.append(CloseDownstream())
+
+    def connect_upstream(self) -> None:
+        self.commands.append(ConnectUpstream())
+
+    def send_upstream(self, data: bytes) -> None:
+        self.commands.append(SendUpstream(data=data))
+
+    def release_upstream(self, reusable: bool) -> None:
+        self.commands.append(ReleaseUpstream(reusable=reusable))
+
+    def steal_start(self, command: StealStart) -> None:
+        self.commands.append(command)
+
+    def steal_data(self, data: bytes) -> None:
+        self.commands.append(StealData(data=data))
+
+    def steal_end(self) -> None:
+        self.commands.append(StealEnd())
+
+    def steal_abort(self, reason: str) -> None:
+        self.commands.append(StealAbort(reason=reason))
+
+    def mirror_start(self, command: MirrorStart) -> None:
+        self.commands.append(command)
+
+    def mirror_data(self, data: bytes) -> None:
+        self.commands.append(MirrorData(data=data))
+
+    def mirror_end(self) -> None:
+        self.commands.append(MirrorEnd())
+
+    def record_flow(self, record: FlowRecord, owner: int | None,
+                    timed_out: tuple[str, ...]) -> None:
+        self.commands.append(RecordFlow(record=record, owner=owner, timed_out=timed_out))
+
+
 class _Exchange:
     """The request in flight and what has happened to it so far."""
 
     __slots__ = ("close_after", "record", "request", "request_body", "request_done",
                  "response", "response_body", "response_done", "response_started",
-                 "route", "stolen_framing")
+                 "route", "stolen", "stolen_framing")
 
     def __init__(self, request: RequestHead, record: FlowRecord, route: Route) -> None:
         self.request = request
         self.record = record
         self.route = route
+        self.stolen = route.steal_by is not None
         self.request_body = BodyReader(request.framing)
         self.request_done = False
         self.response: ResponseHead | None = None  # passed requests: the upstream head
@@ -108,30 +196,31 @@ class _Exchange:
         self.stolen_framing: Framing = NO_BODY  # stolen requests: how we frame the answer
         self.close_after = not request.keep_alive
 
-    @property
-    def stolen(self) -> bool:
-        return self.route.steal_by is not None
-
 
 class Http1Router:
-    """Routes the requests of one downstream HTTP/1.1 connection; see the module doc."""
+    """Routes the requests of one downstream HTTP/1.1 connection; see the module doc.
+
+    Without a ``sink`` the router records commands for ``handle`` (playbook tests).
+    """
 
     def __init__(self, *, port: int, authority: str, decide: Decide,
                  next_id: Callable[[], int],
-                 capture: Callable[[], bool] = lambda: False) -> None:
+                 capture: Callable[[], bool] = lambda: False,
+                 sink: Http1Sink | None = None) -> None:
         self._port = port
         self._capture = capture  # asked per request: sessions may switch it on and off
         self._authority = authority.encode("latin-1")  # added as Host when one is missing
         self._decide = decide
         self._next_id = next_id
+        self._recorder = CommandRecorder() if sink is None else None
+        self._sink: Http1Sink = sink if sink is not None else self._recorder  # type: ignore[assignment]
         self._down = bytearray()
         self._up = bytearray()
         self._down_eof = False
         self._tunnel_sent_end = False
-        self._awaiting_head = False  # a partial head is buffered (see DownstreamData)
+        self._awaiting_head = False  # a partial head is buffered (see downstream_data)
         self._has_upstream = False
-        # After a 101: "upstream" relays to the original app, "local" to the session.
-        self._tunnel = ""
+        self._tunnel = Tunnel.NONE
         self._exchange: _Exchange | None = None
         self._now = 0.0
         self.closed = False
@@ -141,119 +230,192 @@ class Http1Router:
     def wants_downstream(self) -> bool:
         """False while enough pipelined bytes wait in the buffer (backpressure)."""
         return not self.closed and (
-            bool(self._tunnel) or len(self._down) < MAX_BUFFERED_DOWNSTREAM)
+            self._tunnel is not Tunnel.NONE or len(self._down) < MAX_BUFFERED_DOWNSTREAM)
+
+    # --- the event/command form (playbooks) ---------------------------------------------
 
     def handle(self, event: Event, now: float) -> list[Command]:
         """Feed one event; return the commands to execute, in order."""
-        self._now = now
-        out: list[Command] = []
-        if self.closed:
-            return out
+        recorder = self._recorder
+        if recorder is None:
+            raise RuntimeError("this router drives a sink; call its methods instead")
         match event:
             case DownstreamData(data=data):
-                self._down += data
-                # A head can only complete with a line end: a head dripping in byte by
-                # byte is not rescanned on every byte (that would be quadratic).
-                if (self._awaiting_head and b"\n" not in data
-                        and len(self._down) <= MAX_HEAD_BYTES):
-                    return out
-                self._pump_downstream(out)
+                self.downstream_data(data, now)
             case DownstreamClosed():
-                self._down_eof = True
-                self._pump_downstream(out)
+                self.downstream_closed(now)
             case UpstreamData(data=data):
-                self._up += data
-                self._pump_upstream(out)
+                self.upstream_data(data, now)
             case UpstreamClosed(reason=reason):
-                self._upstream_closed(reason, out)
+                self.upstream_closed(reason, now)
             case LocalResponse(status=status, reason=reason, headers=headers):
-                self._local_head(status, reason, headers, out)
+                self.local_response(status, reason, headers, now)
             case LocalData(data=data):
-                self._local_data(data, out)
+                self.local_data(data, now)
             case LocalEnd():
-                self._local_end(out)
+                self.local_end(now)
             case LocalAborted(reason=reason):
-                self._fail(f"waylay: the local app failed: {reason}", out)
+                self.local_aborted(reason, getattr(event, "status", 502), now)
             case LocalTrailers():
                 pass  # an HTTP/1.1 client gets a stolen answer without its trailers
             case _:
                 raise AssertionError(f"unhandled event {event!r}")
-        return _coalesce(out)
+        return recorder.take()
+
+    # --- the driver's calls ------------------------------------------------------------
+
+    def downstream_data(self, data: bytes, now: float) -> None:
+        """Bytes from the remote client."""
+        if self.closed:
+            return
+        self._now = now
+        self._down += data
+        # A head can only complete with a line end: a head dripping in byte by byte is
+        # not rescanned on every byte (that would be quadratic).
+        if self._awaiting_head and b"\n" not in data and len(self._down) <= MAX_HEAD_BYTES:
+            return
+        self._pump_downstream()
+
+    def downstream_closed(self, now: float) -> None:
+        """The remote client closed its sending side (EOF) or the connection broke."""
+        if self.closed:
+            return
+        self._now = now
+        self._down_eof = True
+        self._pump_downstream()
+
+    def upstream_data(self, data: bytes, now: float) -> None:
+        """Bytes from the original app."""
+        if self.closed:
+            return
+        self._now = now
+        self._up += data
+        self._pump_upstream()
+
+    def upstream_closed(self, reason: str | None, now: float) -> None:
+        """The original app closed the connection (or connecting failed: ``reason``)."""
+        if self.closed:
+            return
+        self._now = now
+        self._upstream_closed(reason)
+
+    def local_response(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]],
+                       now: float) -> None:
+        """The head of the local app's response to the stolen request in flight."""
+        if self.closed:
+            return
+        self._now = now
+        self._local_head(status, reason, headers)
+
+    def local_data(self, data: bytes, now: float) -> None:
+        if self.closed:
+            return
+        self._now = now
+        self._local_data(data)
+
+    def local_end(self, now: float) -> None:
+        if self.closed:
+            return
+        self._now = now
+        self._local_end()
+
+    def local_aborted(self, reason: str, status: int, now: float) -> None:
+        """The session could not deliver the stolen request: answer ``status`` if nothing
+        was sent yet (502, or 504 when the local app did not answer in time)."""
+        if self.closed:
+            return
+        self._now = now
+        self._fail(f"waylay: the local app failed: {reason}", status)
+
+    def abort(self, now: float) -> None:
+        """The connection to the remote client is gone: record and abandon what is in
+        flight, release the upstream (reusable only between requests), close."""
+        if self.closed:
+            return
+        self._now = now
+        self._close()
 
     # --- downstream: the remote client's requests ---------------------------------------
 
-    def _pump_downstream(self, out: list[Command]) -> None:
+    def _pump_downstream(self) -> None:
+        sink = self._sink
         while not self.closed:
-            if self._tunnel == "upstream":
+            if self._tunnel is Tunnel.UPSTREAM:
                 if self._down:
-                    out.append(SendUpstream(data=bytes(self._down)))
+                    sink.send_upstream(bytes(self._down))
                     self._down.clear()
                 if self._down_eof:
-                    self._close(out)
+                    self._close()
                 return
-            if self._tunnel == "local":
+            if self._tunnel is Tunnel.LOCAL:
                 if self._down:
-                    out.append(StealData(data=bytes(self._down)))
+                    sink.steal_data(bytes(self._down))
                     self._down.clear()
                 if self._down_eof and not self._tunnel_sent_end:
                     self._tunnel_sent_end = True
-                    out.append(StealEnd())  # half-close; the local side ends the tunnel
+                    sink.steal_end()  # half-close; the local side ends the tunnel
                 return
             exchange = self._exchange
             if exchange is None:
                 try:
                     head = parse_request_head(self._down)
                 except HttpParseError as exc:
-                    self._bad_request(exc, out)
+                    self._bad_request(exc)
                     return
-                self._awaiting_head = head is None and bool(self._down)
                 if head is None:
+                    self._awaiting_head = bool(self._down)
                     if self._down_eof:
-                        self._close(out)  # a clean close between requests, or a torn head
+                        self._close()  # a clean close between requests, or a torn head
                     return
-                exchange = self._start(head, out)
+                self._awaiting_head = False
+                exchange = self._start(head)
             if exchange.request_done:
                 if self._down_eof and exchange.response_done:
-                    self._close(out)
+                    self._close()
                 return  # pipelined bytes wait until the response is complete
-            try:
-                raw, decoded = exchange.request_body.read(self._down)
-                if self._down_eof and not exchange.request_body.done:
-                    exchange.request_body.eof()
-            except HttpParseError as exc:
-                self._bad_request(exc, out)
-                return
-            exchange.record.bytes_in += len(decoded)
-            if exchange.record.request_body is not None and decoded:
-                exchange.record.capture_request_body(decoded)
-            if exchange.route.mirror_to and decoded:
-                out.append(MirrorData(data=decoded))
-            if exchange.stolen:
+            body = exchange.request_body
+            if not body.done:
+                try:
+                    raw, decoded = body.read(self._down)
+                    if self._down_eof and not body.done:
+                        body.eof()
+                except HttpParseError as exc:
+                    self._bad_request(exc)
+                    return
                 if decoded:
-                    out.append(StealData(data=decoded))
-            elif raw:
-                out.append(SendUpstream(data=raw))
-            if not exchange.request_body.done:
-                return
+                    record = exchange.record
+                    record.bytes_in += len(decoded)
+                    if record.request_body is not None:
+                        record.capture_request_body(decoded)
+                    if exchange.route.mirror_to:
+                        sink.mirror_data(decoded)
+                    if exchange.stolen:
+                        sink.steal_data(decoded)
+                if raw and not exchange.stolen:
+                    sink.send_upstream(raw)
+                if not body.done:
+                    return
             exchange.request_done = True
             if exchange.route.mirror_to:
-                out.append(MirrorEnd())
+                sink.mirror_end()
             if exchange.stolen:
-                out.append(StealEnd())
-            if not self._finish_if_done(exchange, out):
+                sink.steal_end()
+            if not self._finish_if_done(exchange):
                 return
 
-    def _start(self, head: RequestHead, out: list[Command]) -> _Exchange:
+    def _start(self, head: RequestHead) -> _Exchange:
+        sink = self._sink
         method = head.method.decode("latin-1")
         target = head.target.decode("latin-1")
-        route = self._decide(RequestView(
-            method=method, target=target,
-            headers=tuple((n.decode("latin-1"), v.decode("latin-1")) for n, v in head.headers),
+        route = self._decide(request_view(
+            method, target,
+            tuple([(n.decode("latin-1"), v.decode("latin-1")) for n, v in head.headers]),
         ))
         host = head.header(b"host")
+        stolen = route.steal_by is not None
         record = FlowRecord(
             id=self._next_id(), ts=self._now, port=self._port, protocol="http/1.1",
-            verdict=Verdict.PASSED if route.steal_by is None else Verdict.STOLEN,
+            verdict=Verdict.STOLEN if stolen else Verdict.PASSED,
             method=method, authority=host.decode("latin-1") if host is not None else None,
             path=target, matched=route.clause,
         )
@@ -268,114 +430,139 @@ class Http1Router:
             copy = [(n, v) for n, v in head.headers if n.lower() != b"expect"]
             if host is None:
                 copy.append((b"Host", self._authority))
-            for sub_id in route.mirror_to:
-                out.append(MirrorStart(sub_id=sub_id, method=method, target=target,
-                                       http_version=head.version.decode("ascii"),
-                                       headers=copy, record=record))
-        if route.steal_by is None:
+            clauses = route.mirror_clauses or (None,) * len(route.mirror_to)
+            for sub_id, clause in zip(route.mirror_to, clauses, strict=True):
+                sink.mirror_start(MirrorStart(sub_id=sub_id, method=method, target=target,
+                                              http_version=head.version.decode("ascii"),
+                                              headers=copy, record=record, clause=clause))
+        if not stolen:
             if not self._has_upstream:
                 self._has_upstream = True
-                out.append(ConnectUpstream())
-            out.append(SendUpstream(data=head.raw))
+                sink.connect_upstream()
+            sink.send_upstream(head.raw)
             return exchange
         if head.expects_continue:
-            out.append(SendDownstream(data=_CONTINUE))  # RFC 9110 §10.1.1
+            sink.send_downstream(_CONTINUE)  # RFC 9110 §10.1.1
         headers = [(n, v) for n, v in head.headers if n.lower() != b"expect"]
         if host is None:
             headers.append((b"Host", self._authority))
-        out.append(StealStart(sub_id=route.steal_by, method=method, target=target,
-                              http_version=head.version.decode("ascii"), headers=headers))
+        assert route.steal_by is not None
+        sink.steal_start(StealStart(sub_id=route.steal_by, method=method, target=target,
+                                    http_version=head.version.decode("ascii"),
+                                    headers=headers))
         return exchange
 
-    def _bad_request(self, exc: HttpParseError, out: list[Command]) -> None:
+    def _bad_request(self, exc: HttpParseError) -> None:
         """A malformed request: answer it with the parser's suggested status and close."""
         exchange = self._exchange
         if exchange is None or not exchange.response_started:
             body = f"waylay: malformed request: {exc.message}\n".encode()
             if exchange is not None:
                 exchange.record.status = exc.status_hint
-            self._send_simple(exc.status_hint, body, out)
-        self._close(out)
+            self._send_simple(exc.status_hint, body)
+        self._close()
 
     # --- upstream: the original app's responses to passed requests ---------------------
 
-    def _pump_upstream(self, out: list[Command]) -> None:
-        while not self.closed and self._up:
-            if self._tunnel == "upstream":
-                out.append(SendDownstream(data=bytes(self._up)))
-                self._up.clear()
+    def _pump_upstream(self) -> None:
+        # Everything this call sends downstream goes out as one write.
+        out: list[bytes] = []
+        try:
+            self._pump_upstream_into(out)
+        finally:
+            if out:
+                self._sink.send_downstream(out[0] if len(out) == 1 else b"".join(out))
+
+    def _pump_upstream_into(self, out: list[bytes]) -> None:
+        up = self._up
+        while not self.closed and up:
+            if self._tunnel is Tunnel.UPSTREAM:
+                out.append(bytes(up))
+                up.clear()
                 return
             exchange = self._exchange
             if exchange is None or exchange.stolen or exchange.response_done:
                 # Bytes nobody asked for: this connection can't be trusted any more.
-                self._up.clear()
-                self._release_upstream(False, out)
+                up.clear()
+                self._release_upstream(False)
                 return
+            record = exchange.record
             if exchange.response is None:
                 try:
-                    head = parse_response_head(self._up, request_method=exchange.request.method)
+                    head = parse_response_head(up, request_method=exchange.request.method)
                 except HttpParseError as exc:
-                    self._release_upstream(False, out)
-                    self._fail(f"waylay: the original app sent a bad response: {exc.message}",
-                               out)
+                    self._release_upstream(False)
+                    self._flush(out)
+                    self._fail(f"waylay: the original app sent a bad response: {exc.message}")
                     return
                 if head is None:
                     return
-                out.append(SendDownstream(data=head.raw))
-                if head.informational:
+                out.append(head.raw)
+                if head.status < 200:  # informational: another head follows
                     if head.status == 101:
-                        self._switch_protocols(exchange, out)
+                        self._flush(out)
+                        self._switch_protocols(exchange)
                     continue
                 exchange.response = head
-                if exchange.record.request_headers is not None:
-                    exchange.record.response_headers = head.headers
+                if record.request_headers is not None:
+                    record.response_headers = head.headers
                 exchange.response_body = BodyReader(head.framing)
                 exchange.response_started = True
-                exchange.record.status = head.status
+                record.status = head.status
                 if not head.keep_alive:
                     exchange.close_after = True
             body = exchange.response_body
             assert body is not None
-            try:
-                raw, decoded = body.read(self._up)
-            except HttpParseError:
-                self._abort(out)
-                return
-            if raw:
-                out.append(SendDownstream(data=raw))
-            exchange.record.bytes_out += len(decoded)
-            if exchange.record.response_body is not None and decoded:
-                exchange.record.capture_response_body(decoded)
             if not body.done:
-                return
+                try:
+                    raw, decoded = body.read(up)
+                except HttpParseError:
+                    self._flush(out)
+                    self._abort()
+                    return
+                if raw:
+                    out.append(raw)
+                if decoded:
+                    record.bytes_out += len(decoded)
+                    if record.response_body is not None:
+                        record.capture_response_body(decoded)
+                if not body.done:
+                    return
             exchange.response_done = True
-            if self._up:  # bytes after the response: not a connection to reuse
-                self._up.clear()
+            if up:  # bytes after the response: not a connection to reuse
+                up.clear()
                 exchange.close_after = True
-            self._finish_if_done(exchange, out)
+            self._flush(out)
+            self._finish_if_done(exchange)
             if self._exchange is None:
-                self._pump_downstream(out)
+                self._pump_downstream()
             return
 
-    def _switch_protocols(self, exchange: _Exchange, out: list[Command]) -> None:
+    def _flush(self, out: list[bytes]) -> None:
+        """Send what ``_pump_upstream`` collected now: something else is sent next."""
+        if out:
+            self._sink.send_downstream(out[0] if len(out) == 1 else b"".join(out))
+            out.clear()
+
+    def _switch_protocols(self, exchange: _Exchange) -> None:
         """101 to a passed upgrade: from now on bytes flow untouched both ways."""
-        self._tunnel = "upstream"
+        self._tunnel = Tunnel.UPSTREAM
         exchange.record.status = 101
         exchange.response_started = exchange.response_done = True
         exchange.request_done = True
-        self._record(exchange, out)
+        self._record(exchange)
         self._exchange = None
         if self._down:
-            out.append(SendUpstream(data=bytes(self._down)))
+            self._sink.send_upstream(bytes(self._down))
             self._down.clear()
 
-    def _upstream_closed(self, reason: str | None, out: list[Command]) -> None:
+    def _upstream_closed(self, reason: str | None) -> None:
         if not self._has_upstream:
             return
         self._has_upstream = False
-        out.append(ReleaseUpstream(reusable=False))
-        if self._tunnel == "upstream":
-            self._close(out)
+        self._sink.release_upstream(False)
+        if self._tunnel is Tunnel.UPSTREAM:
+            self._close()
             return
         exchange = self._exchange
         if exchange is None or exchange.stolen or exchange.response_done:
@@ -387,27 +574,27 @@ class Http1Router:
             body.eof()
             exchange.response_done = True
             exchange.close_after = True
-            self._finish_if_done(exchange, out)
+            self._finish_if_done(exchange)
             return
         why = reason or "it closed the connection before the response was complete"
-        self._fail(f"waylay: the original app failed: {why}", out)
+        self._fail(f"waylay: the original app failed: {why}")
 
-    def _release_upstream(self, reusable: bool, out: list[Command]) -> None:
+    def _release_upstream(self, reusable: bool) -> None:
         if self._has_upstream:
             self._has_upstream = False
             self._up.clear()
-            out.append(ReleaseUpstream(reusable=reusable))
+            self._sink.release_upstream(reusable)
 
     # --- the local app's response to a stolen request ----------------------------------
 
-    def _local_head(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]],
-                    out: list[Command]) -> None:
+    def _local_head(self, status: int, reason: bytes,
+                    headers: list[tuple[bytes, bytes]]) -> None:
         exchange = self._exchange
         if exchange is None or not exchange.stolen or exchange.response_started:
             return
         request = exchange.request
         if status == 101 and request.upgrade:
-            self._local_switch(exchange, reason, headers, out)
+            self._local_switch(exchange, reason, headers)
             return
         kept = [(n, v) for n, v in headers if n.lower() not in _HOP_BY_HOP]
         sized = any(n.lower() == b"content-length" for n, _ in kept)
@@ -432,25 +619,25 @@ class Http1Router:
             exchange.record.response_headers = kept
         exchange.response_started = True
         exchange.record.status = status
-        out.append(SendDownstream(data=response_head_bytes(status, reason, kept)))
+        self._sink.send_downstream(response_head_bytes(status, reason, kept))
 
     def _local_switch(self, exchange: _Exchange, reason: bytes,
-                      headers: list[tuple[bytes, bytes]], out: list[Command]) -> None:
+                      headers: list[tuple[bytes, bytes]]) -> None:
         """The local app accepted a stolen upgrade (RFC 9110 §7.8): the connection is its
         now, both ways, byte for byte (a WebSocket to the local app)."""
         kept = [(n, v) for n, v in headers
                 if n.lower() not in (b"content-length", b"transfer-encoding")]
-        out.append(SendDownstream(data=response_head_bytes(101, reason, kept)))
-        self._tunnel = "local"
+        self._sink.send_downstream(response_head_bytes(101, reason, kept))
+        self._tunnel = Tunnel.LOCAL
         exchange.record.status = 101
         exchange.response_started = exchange.response_done = True
-        self._record(exchange, out)
+        self._record(exchange)
         self._exchange = None
-        self._pump_downstream(out)  # bytes the client sent right behind its request
+        self._pump_downstream()  # bytes the client sent right behind its request
 
-    def _local_data(self, data: bytes, out: list[Command]) -> None:
-        if self._tunnel == "local":
-            out.append(SendDownstream(data=data))
+    def _local_data(self, data: bytes) -> None:
+        if self._tunnel is Tunnel.LOCAL:
+            self._sink.send_downstream(data)
             return
         exchange = self._exchange
         if (exchange is None or not exchange.stolen or not exchange.response_started
@@ -462,26 +649,26 @@ class Http1Router:
         exchange.record.bytes_out += len(data)
         if exchange.record.response_body is not None:
             exchange.record.capture_response_body(data)
-        out.append(SendDownstream(data=chunk(data) if framing is CHUNKED else data))
+        self._sink.send_downstream(chunk(data) if framing is CHUNKED else data)
 
-    def _local_end(self, out: list[Command]) -> None:
-        if self._tunnel == "local":
-            self._close(out)  # the local app ended the upgraded connection
+    def _local_end(self) -> None:
+        if self._tunnel is Tunnel.LOCAL:
+            self._close()  # the local app ended the upgraded connection
             return
         exchange = self._exchange
         if (exchange is None or not exchange.stolen or not exchange.response_started
                 or exchange.response_done):
             return
         if exchange.stolen_framing is CHUNKED:
-            out.append(SendDownstream(data=LAST_CHUNK))
+            self._sink.send_downstream(LAST_CHUNK)
         exchange.response_done = True
-        self._finish_if_done(exchange, out)
+        self._finish_if_done(exchange)
         if self._exchange is None:
-            self._pump_downstream(out)
+            self._pump_downstream()
 
     # --- endings ------------------------------------------------------------------------
 
-    def _finish_if_done(self, exchange: _Exchange, out: list[Command]) -> bool:
+    def _finish_if_done(self, exchange: _Exchange) -> bool:
         """Close the books on a complete exchange; True if the next request may follow."""
         if not exchange.response_done:
             return False
@@ -489,66 +676,67 @@ class Http1Router:
             # An early answer (413, 401, ...) while the body still arrives: end the
             # connection rather than read a body nobody wants.
             exchange.close_after = True
-        self._record(exchange, out)
+        self._record(exchange)
         self._exchange = None
         if not exchange.stolen and (exchange.close_after or not exchange.request_done):
-            self._release_upstream(False, out)
+            self._release_upstream(False)
         if exchange.close_after:
-            self._close(out)
+            self._close()
             return False
         return True
 
-    def _fail(self, message: str, out: list[Command]) -> None:
-        """Answer 502 if nothing was sent yet, otherwise cut the connection."""
+    def _fail(self, message: str, status: int = 502) -> None:
+        """Answer ``status`` if nothing was sent yet, otherwise cut the connection."""
         exchange = self._exchange
         if exchange is None or exchange.response_done:
             return
         if exchange.response_started:
-            self._abort(out)
+            self._abort()
             return
-        exchange.record.status = 502
-        self._send_simple(502, (message + "\n").encode("utf-8", "replace"), out)
+        exchange.record.status = status
+        self._send_simple(status, (message + "\n").encode("utf-8", "replace"))
         exchange.response_started = exchange.response_done = True
         exchange.close_after = True
-        self._finish_if_done(exchange, out)
+        self._finish_if_done(exchange)
 
-    def _abort(self, out: list[Command]) -> None:
-        self._release_upstream(False, out)
-        self._close(out)
+    def _abort(self) -> None:
+        self._release_upstream(False)
+        self._close()
 
-    def _send_simple(self, status: int, body: bytes, out: list[Command]) -> None:
+    def _send_simple(self, status: int, body: bytes) -> None:
         head = response_head_bytes(status, b"", [
             (b"Content-Type", b"text/plain; charset=utf-8"),
             (b"Content-Length", str(len(body)).encode()),
             (b"Connection", b"close"),
         ])
-        out.append(SendDownstream(data=head + body))
+        self._sink.send_downstream(head + body)
 
-    def _record(self, exchange: _Exchange, out: list[Command]) -> None:
+    def _record(self, exchange: _Exchange) -> None:
         exchange.record.finish(self._now)
-        out.append(RecordFlow(record=exchange.record, owner=exchange.route.steal_by,
-                              timed_out=exchange.route.timed_out))
+        route = exchange.route
+        self._sink.record_flow(exchange.record, route.steal_by, route.timed_out)
 
-    def _close(self, out: list[Command]) -> None:
+    def _close(self) -> None:
         if self.closed:
             return
         self.closed = True
+        sink = self._sink
         exchange, self._exchange = self._exchange, None
         if exchange is not None and not exchange.response_done:
             if exchange.stolen:
-                out.append(StealAbort(reason="connection closed"))
-            self._record(exchange, out)
-        if self._tunnel == "local" and not self._tunnel_sent_end:
-            out.append(StealAbort(reason="connection closed"))
+                sink.steal_abort("connection closed")
+            self._record(exchange)
+        if self._tunnel is Tunnel.LOCAL and not self._tunnel_sent_end:
+            sink.steal_abort("connection closed")
         if self._has_upstream:
             self._has_upstream = False
-            out.append(ReleaseUpstream(reusable=exchange is None and not self._tunnel
-                                       and not self._up))
-        out.append(CloseDownstream())
+            sink.release_upstream(exchange is None and self._tunnel is Tunnel.NONE
+                                  and not self._up)
+        sink.close_downstream()
 
 
 def _coalesce(commands: list[Command]) -> list[Command]:
-    """Merge adjacent sends to the same peer: one write (one syscall) instead of several."""
+    """Merge adjacent sends to the same peer, as the driver writes them."""
     if len(commands) < 2:
         return commands
     merged: list[Command] = []
@@ -563,4 +751,4 @@ def _coalesce(commands: list[Command]) -> list[Command]:
     return merged
 
 
-__all__ = ["Http1Router"]
+__all__ = ["CommandRecorder", "Http1Router", "Http1Sink", "Tunnel"]

@@ -27,6 +27,7 @@ class Route:
     clause: str | None = None  # the filter clause that matched, for the event line
     timed_out: tuple[str, ...] = ()  # filter clauses that hit the regex time budget
     mirror_to: tuple[int, ...] = ()  # mirror subscriptions that get a copy
+    mirror_clauses: tuple[str | None, ...] = ()  # the clause of each, as in mirror_to
     shadowed: tuple[int, ...] = ()  # later steal subscriptions that matched too (and lost)
 
 
@@ -193,7 +194,8 @@ class MirrorStart:
     target: str
     http_version: str
     headers: list[tuple[bytes, bytes]]
-    record: FlowRecord  # where the copy's outcome is written
+    record: FlowRecord  # the request's record (the copy's outcome is kept per session)
+    clause: str | None = None  # the mirroring session's own clause that matched
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

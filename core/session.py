@@ -22,6 +22,7 @@ from typing import Any
 from core.config import IncomingConfig, Mode
 from core.errors import AgentError
 from core.filters import HttpFilter
+from core.flow import event_from_row
 from core.local_delivery import LocalPool, deliver_connection, deliver_request
 from core.wire import (
     ConnectionStart,
@@ -302,8 +303,9 @@ class Session:
 
     async def _dispatch(self, message: Message) -> None:
         match message:
-            case Flow(records=records):
-                for record in records:
+            case Flow(records=rows):
+                for row in rows:
+                    record = event_from_row(row)
                     self._count(record)
                     self._event(record)
             case RequestStart(stream=sid) | ConnectionStart(stream=sid):

@@ -29,6 +29,7 @@ import json
 from collections.abc import Callable
 from typing import Any, Final, assert_never
 
+from core.flow import ROW_FIELDS, FlowRow
 from core.wire_messages import (
     HEADER,
     HEADER_SIZE,
@@ -175,6 +176,15 @@ def _object(value: object, where: str) -> dict[str, object]:
     return value
 
 
+def _row(value: object, where: str) -> FlowRow:
+    """A flow row (``core.flow.ROW_FIELDS`` in order, then null or an object)."""
+    if (not isinstance(value, list) or len(value) != len(ROW_FIELDS) + 1
+            or not (value[-1] is None or isinstance(value[-1], dict))):
+        raise WireProtocolError(f"{where} must be a flow row of {len(ROW_FIELDS)} values and "
+                                f"null or an object, got {_shown(value)}")
+    return value
+
+
 def _optional_object(value: object, where: str) -> dict[str, object] | None:
     return None if value is None else _object(value, where)
 
@@ -255,7 +265,7 @@ def encode(message: Message) -> bytes:
                 FrameType.RESET, _stream(stream, "Reset.stream"), _json_payload(payload, "Reset")
             )
         case Flow(records=records):
-            payload = {"records": [_object(r, "Flow.records[]") for r in records]}
+            payload = {"rows": [_row(r, "Flow.records[]") for r in records]}
             return _frame(FrameType.FLOW, 0, _json_payload(payload, "Flow"))
         case Ping(nonce=nonce):
             return _frame(FrameType.PING, 0, _nonce(nonce, "Ping.nonce"))
@@ -416,10 +426,10 @@ def _decode_reset(stream: int, payload: memoryview) -> Message:
 
 def _decode_flow(stream: int, payload: memoryview) -> Message:
     _link_only(stream)
-    records = _json_object(payload)["records"]
-    if not isinstance(records, list):
-        raise WireProtocolError("FLOW frame: records must be a list")
-    return Flow(records=tuple(_object(r, "records[]") for r in records))
+    rows = _json_object(payload)["rows"]
+    if not isinstance(rows, list):
+        raise WireProtocolError("FLOW frame: rows must be a list")
+    return Flow(records=tuple(_row(r, "rows[]") for r in rows))
 
 
 def _decode_ping(stream: int, payload: memoryview) -> Message:

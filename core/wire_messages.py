@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Final, TypeAlias
 
+from core.flow import FlowRow
+
 PROTOCOL_VERSION: Final = 1
 
 HEADER: Final = struct.Struct("!IBI")  # payload length u32, frame type u8, stream id u32
@@ -212,10 +214,12 @@ class Reset:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Flow:
-    """Flow records, stream 0, batched (``{"records": [...]}``): on a busy port one frame
-    carries many, which keeps the per-request cost of reporting small on both sides."""
+    """Flow records, stream 0, batched (``{"rows": [...]}``): on a busy port one frame
+    carries many, each a compact row (``core.flow.ROW_FIELDS``), which keeps the
+    per-request cost of reporting small on both sides; ``core.flow.event_from_row`` makes
+    the event."""
 
-    records: tuple[dict[str, object], ...]
+    records: tuple[FlowRow, ...]
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -33,6 +33,7 @@ from core.attach import AttachedSession
 from core.config import AgentConfig, IncomingConfig
 from core.errors import ConfigError
 from core.filters import HttpFilter, RequestView, compile_http_filter
+from core.flow import row_from_event
 from core.session import EventSink, Session
 from core.target import Target
 from core.wire import (
@@ -353,7 +354,7 @@ class FakeAgent:
             self._send_flow(batch)
 
     def _send_flow(self, batch: list[dict[str, Any]]) -> None:
-        frame = encode(Flow(records=tuple(batch))) if batch else b""
+        frame = encode(Flow(records=tuple(row_from_event(r) for r in batch))) if batch else b""
         if len(frame) > MAX_PAYLOAD and len(batch) > 1:
             half = len(batch) // 2
             self._send_flow(batch[:half])

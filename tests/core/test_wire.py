@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from core.flow import ROW_FIELDS
 from core.wire import (
     HEADER,
     HEADER_SIZE,
@@ -66,6 +67,10 @@ json_values = st.recursive(
     max_leaves=8,
 )
 json_objects = st.dictionaries(st.text(max_size=6), json_values, max_size=4)
+flow_rows = st.tuples(
+    st.lists(json_values, min_size=len(ROW_FIELDS), max_size=len(ROW_FIELDS)),
+    st.none() | json_objects,
+).map(lambda parts: [*parts[0], parts[1]])
 
 STRATEGIES: dict[type, st.SearchStrategy[Message]] = {
     Hello: st.builds(Hello, token=texts, client=texts, version=streams),
@@ -112,7 +117,7 @@ STRATEGIES: dict[type, st.SearchStrategy[Message]] = {
     ),
     Reset: st.builds(Reset, stream=streams, reason=texts),
     Trailers: st.builds(Trailers, stream=streams, headers=wire_headers),
-    Flow: st.builds(Flow, records=st.lists(json_objects, max_size=3).map(tuple)),
+    Flow: st.builds(Flow, records=st.lists(flow_rows, max_size=3).map(tuple)),
     Notice: st.builds(Notice, level=st.sampled_from(["warning", "error"]), message=texts),
 }
 messages = st.one_of(*STRATEGIES.values())
@@ -480,8 +485,9 @@ def test_malformed_frames_are_rejected(frame_bytes: bytes) -> None:
         ResponseStart(stream=1, status=200, reason="", headers=(("x", "\u20ac"),)),
         ConnectionStart(stream=1, sub_id=1, port=True, peer=""),
         Notice(level="info", message="x"),
-        Flow(records=({"x": math.nan},)),
-        Flow(records=({"x": object()},)),
+        Flow(records=([math.nan] * len(ROW_FIELDS) + [None],)),
+        Flow(records=([object()] * len(ROW_FIELDS) + [None],)),
+        Flow(records=([1, 2],)),
         Hello(token=1, client="c"),  # type: ignore[arg-type]
         Welcome(agent="a", session="s", listening_ports=(80, 0)),
     ],
