@@ -29,6 +29,7 @@ After any ``HttpParseError`` the connection's framing is lost: close it.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Final, Literal
 
@@ -152,15 +153,23 @@ class RequestHead:
 
 @dataclass(frozen=True, slots=True)
 class ResponseHead:
-    """A parsed response head. ``raw`` is its exact bytes, to forward verbatim."""
+    """A parsed response head. ``raw`` is its exact bytes, to forward verbatim.
+
+    A passed response is forwarded, not read: its fields are parsed out of ``raw`` only
+    when asked for (``headers``), which on the agent's hot path is never.
+    """
 
     status: int
     reason: bytes
     version: bytes  # b"1.1" or b"1.0"
-    headers: list[tuple[bytes, bytes]]
     raw: bytes
     framing: Framing
     keep_alive: bool
+
+    @property
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        """The field lines: names as received, values without surrounding whitespace."""
+        return _parse_fields(self.raw, self.raw.find(b"\n") + 1, _BAD_GATEWAY, _BAD_GATEWAY)[0]
 
     @property
     def informational(self) -> bool:
@@ -218,7 +227,6 @@ def _response_head(
     status: int,
     reason: bytes,
     version: bytes,
-    headers: list[tuple[bytes, bytes]],
     raw: bytes,
     framing: Framing,
     keep_alive: bool,
@@ -228,10 +236,9 @@ def _response_head(
     s[0](head, status)
     s[1](head, reason)
     s[2](head, version)
-    s[3](head, headers)
-    s[4](head, raw)
-    s[5](head, framing)
-    s[6](head, keep_alive)
+    s[3](head, raw)
+    s[4](head, framing)
+    s[5](head, keep_alive)
     return head
 
 
@@ -392,10 +399,25 @@ def _parse_request_line(line: bytes, lf: int) -> tuple[bytes, bytes, bytes]:
 
 
 def _parse_request(raw: bytes) -> RequestHead:
+    fast = _FAST_REQUEST.fullmatch(raw)
+    if fast is not None and raw.count(b"\n") <= MAX_HEADERS + 1:
+        # The usual head (CRLF lines, token names, no obs-fold, no CTLs): the fields come
+        # from one C-level scan. Same result as the general path below (tested).
+        method, target, minor = fast.groups()
+        if method in _token_memo or _learn_token(method) is not None:
+            headers = _fields(raw, fast.end(1))
+            return _request_from_fields(method, target, b"1.1" if minor == b"1" else b"1.0",
+                                        headers, _tracked(headers), raw)
     lf = raw.find(b"\n")
     method, target, version = _parse_request_line(_strip_cr(raw[:lf]), lf)
     headers, tracked = _parse_fields(raw, lf + 1, 400, 431)
+    return _request_from_fields(method, target, version, headers, tracked, raw)
 
+
+def _request_from_fields(method: bytes, target: bytes, version: bytes,
+                         headers: list[tuple[bytes, bytes]],
+                         tracked: list[tuple[bytes, bytes]], raw: bytes) -> RequestHead:
+    """The request head's framing and persistence (RFC 9112 §6.3, §9.3) from its fields."""
     hosts = 0
     connection = expect = b""
     has_upgrade = has_length = has_coding = False
@@ -457,6 +479,15 @@ def _parse_request(raw: bytes) -> RequestHead:
 
 
 def _parse_response(raw: bytes, request_method: bytes) -> ResponseHead:
+    fast = _FAST_RESPONSE.fullmatch(raw)
+    if fast is not None and raw.count(b"\n") <= MAX_HEADERS + 1:
+        # See _parse_request: the usual head, fields from one C-level scan.
+        minor, digits, reason = fast.groups()
+        tracked = [(name.lower(), value.rstrip(_OWS))
+                   for name, value in _FAST_RESPONSE_TRACKED.findall(raw)]
+        return _response_from_fields(int(digits), reason or b"",
+                                     b"1.1" if minor == b"1" else b"1.0", tracked, raw,
+                                     request_method)
     lf = raw.find(b"\n")
     line = _strip_cr(raw[:lf])
     version = line[5:8]
@@ -477,8 +508,14 @@ def _parse_response(raw: bytes, request_method: bytes) -> ResponseHead:
     reason = line[13:]
     if reason and reason.translate(None, _FIELD_CHARS):
         raise _bad_gateway(f"invalid character in reason phrase {reason[:64]!r}")
-    headers, tracked = _parse_fields(raw, lf + 1, _BAD_GATEWAY, _BAD_GATEWAY)
+    tracked = _parse_fields(raw, lf + 1, _BAD_GATEWAY, _BAD_GATEWAY)[1]
+    return _response_from_fields(status, reason, version, tracked, raw, request_method)
 
+
+def _response_from_fields(status: int, reason: bytes, version: bytes,
+                          tracked: list[tuple[bytes, bytes]], raw: bytes,
+                          request_method: bytes) -> ResponseHead:
+    """The response head's framing and persistence (RFC 9112 §6.3, §9.3) from its fields."""
     connection = b""
     has_length = has_coding = False
     for name, value in tracked:
@@ -516,7 +553,7 @@ def _parse_response(raw: bytes, request_method: bytes) -> ResponseHead:
         keep_alive = False
     else:
         keep_alive = version == b"1.1" or b"keep-alive" in tokens
-    return _response_head(status, reason, version, headers, raw, framing, keep_alive)
+    return _response_head(status, reason, version, raw, framing, keep_alive)
 
 
 def _bad_gateway(message: str) -> HttpParseError:
@@ -527,6 +564,48 @@ def _bad_gateway(message: str) -> HttpParseError:
 _TRACKED: Final = frozenset(
     [b"content-length", b"transfer-encoding", b"connection", b"host", b"expect", b"upgrade"]
 )
+
+# The fast path's grammar: a head whose every line ends in CRLF, whose field names are
+# tokens and whose values hold only HTAB, SP, VCHAR and obs-text (RFC 9110 §5.5, RFC 9112
+# §5). Anything else (bare LF, obs-fold, a CTL, a bad name) takes the general path, which
+# knows the exact error; a head the fast grammar accepts, the general path accepts too,
+# with the same result (tests/core/test_http1_framing.py checks both ways).
+_TOKEN_RE: Final = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_FIELDS_RE: Final = rb"(?:" + _TOKEN_RE + rb":[\t\x20-\x7e\x80-\xff]*\r\n)*\r\n"
+_FAST_REQUEST: Final = re.compile(
+    rb"(" + _TOKEN_RE + rb") ([!-~]+) HTTP/1\.([01])\r\n" + _FIELDS_RE)
+_FAST_RESPONSE: Final = re.compile(
+    rb"HTTP/1\.([01]) ([1-9][0-9][0-9])(?: ([\t\x20-\x7e\x80-\xff]*))?\r\n" + _FIELDS_RE)
+# One field line of a head the grammar above accepted: name, and value without leading
+# OWS (trailing OWS, rare, is taken off by _fields).
+_FAST_FIELD: Final = re.compile(rb"\n(" + _TOKEN_RE + rb"):[ \t]*([^\r]*)")
+
+
+# The fields a response's framing depends on, in a head the fast grammar accepted.
+_FAST_RESPONSE_TRACKED: Final = re.compile(
+    rb"\n(content-length|transfer-encoding|connection):[ \t]*([^\r]*)", re.IGNORECASE)
+
+
+def _fields(raw: bytes, start: int) -> list[tuple[bytes, bytes]]:
+    """The field lines of a head the fast grammar accepted, from ``start``."""
+    headers: list[tuple[bytes, bytes]] = _FAST_FIELD.findall(raw, start)
+    if b" \r" in raw or b"\t\r" in raw:
+        headers = [(name, value.rstrip(b" \t")) for name, value in headers]
+    return headers
+
+
+def _tracked(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """The tracked fields of ``headers``, names lower-cased (see _parse_fields)."""
+    memo = _token_memo
+    tracked = []
+    for name, value in headers:
+        lower = memo.get(name)
+        if lower is None:
+            lower = _learn_token(name)
+            assert lower is not None  # the fast grammar admits tokens only
+        if lower in _TRACKED:
+            tracked.append((lower, value))
+    return tracked
 
 
 def _parse_fields(
