@@ -84,8 +84,9 @@ TARGET_H2_RATIO = 0.08  # HTTP/2 passthrough throughput / HTTP/2 direct
 TARGET_STEAL_ADDED_P50_MS = 0.5  # stolen p50 - local app p50, one connection each
 TARGET_STEAL_RPS = 10_000  # stolen requests/s, 16 connections
 TARGET_KIB = idle_memory.TARGET_KIB_PER_CONNECTION
+TARGET_TUI_LAG_P95_MS = 50.0  # the dashboard's event-loop lag at TUI_RATE requests/s
 
-SCENARIOS = ("direct", "proxy", "floor", "passthrough", "steal", "memory", "h2")
+SCENARIOS = ("direct", "proxy", "floor", "passthrough", "steal", "memory", "h2", "tui")
 # What a scenario's ratios need; ``--only`` measures these too.
 NEEDS = {"proxy": ("direct",), "floor": ("direct",), "passthrough": ("direct", "floor")}
 
@@ -94,7 +95,10 @@ STEAL_HEADER = NEVER_MATCHING_FILTER  # the filter's header: wrk sends it on sto
 LOCAL_BODY = b"local\n"  # the local app's answer: tells a stolen answer from a passed one
 H2_SCRIPT = REPO / "bench" / "h2_passthrough.py"
 H2_SLACK_S = 90.0  # beyond its two loads: setup, warm-ups, waylay's start and stop
-H2_STOP_S = 60.0  # after our SIGINT, its own cleanup
+TUI_SCRIPT = REPO / "bench" / "tui_lag.py"
+TUI_RATE = 5000  # requests/s of the dashboard target
+TUI_SLACK_S = 60.0  # beyond its flood: the app's start, the drain (10 s at most), the exit
+SUBPROCESS_STOP_S = 60.0  # after our SIGINT, a benchmark subprocess's own cleanup
 
 
 def local_servers(port: int) -> str:
@@ -264,41 +268,75 @@ def _summary(waylay: Waylay) -> str:
     return summary
 
 
-def measure_h2(args: argparse.Namespace) -> dict[str, Any]:
-    """``bench/h2_passthrough.py --json`` in a subprocess: its report, or ``{"error": ...}``
+def _json_subprocess(script: Path, options: Sequence[str], timeout: float) -> dict[str, Any]:
+    """``script --json OPTIONS`` in a subprocess: its JSON document, or ``{"error": ...}``
     saying why there is none. A Ctrl-C here is passed on as one SIGINT and its cleanup is
-    awaited (bounded), since the subprocess owns a namespace and an agent of its own."""
-    if not H2_SCRIPT.exists():
-        return {"error": f"{H2_SCRIPT.relative_to(REPO)} is missing"}
-    argv = [sys.executable, str(H2_SCRIPT), "--json", "-d", str(args.duration),
-            "--warmup", str(args.warmup)]
-    _say(args, "  HTTP/2: " + " ".join(["bench/h2_passthrough.py", *argv[2:]]))
+    awaited (bounded): the HTTP/2 benchmark owns a namespace and an agent of its own."""
+    name = str(script.relative_to(REPO))
+    if not script.exists():
+        return {"error": f"{name} is missing"}
+    argv = [sys.executable, str(script), "--json", *options]
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         # Its own session: our signal handler decides what it gets, exactly once.
         process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
                                    start_new_session=True)
         try:
-            process.wait(2 * (args.duration + args.warmup) + H2_SLACK_S)
+            process.wait(timeout)
         except subprocess.TimeoutExpired:
-            _stop(process, signal.SIGINT, H2_STOP_S)
-            return {"error": "bench/h2_passthrough.py did not finish in time"}
+            _stop(process, signal.SIGINT, SUBPROCESS_STOP_S)
+            return {"error": f"{name} did not finish in {timeout:g} s"}
         finally:
-            # KeyboardInterrupt included: its cleanup (namespace, agent) must run.
-            _stop(process, signal.SIGINT, H2_STOP_S)
+            # KeyboardInterrupt included: its cleanup must run.
+            _stop(process, signal.SIGINT, SUBPROCESS_STOP_S)
         out.seek(0)
         err.seek(0)
         text, errors = out.read().decode(errors="replace"), err.read().decode(errors="replace")
     if process.returncode != 0:
-        return {"error": f"bench/h2_passthrough.py exited {process.returncode}: "
+        return {"error": f"{name} exited {process.returncode}: "
                          f"{errors.strip()[-400:] or text.strip()[-400:]}"}
     try:
-        h2 = json.loads(text)
+        document = json.loads(text)
+    except ValueError as exc:
+        return {"error": f"cannot read {name} --json ({exc}): {text.strip()[:300]}"}
+    if not isinstance(document, dict):
+        return {"error": f"{name} --json printed no object: {text.strip()[:300]}"}
+    return document
+
+
+def measure_h2(args: argparse.Namespace) -> dict[str, Any]:
+    """The HTTP/2 rows, from ``bench/h2_passthrough.py --json`` (or ``{"error": ...}``)."""
+    options = ["-d", str(args.duration), "--warmup", str(args.warmup)]
+    _say(args, f"  HTTP/2: bench/h2_passthrough.py --json {' '.join(options)}")
+    h2 = _json_subprocess(H2_SCRIPT, options, 2 * (args.duration + args.warmup) + H2_SLACK_S)
+    if "error" in h2:
+        return h2
+    try:
         direct, agent = h2["results"]["direct"], h2["results"]["agent"]
-        return {"direct": direct, "agent": agent, "h2load": h2.get("h2load"),
-                "waylay_summary": h2.get("waylay_summary", "")}
-    except (ValueError, KeyError, TypeError) as exc:
-        return {"error": f"cannot read bench/h2_passthrough.py --json ({exc!r}): "
-                         f"{text.strip()[:300]}"}
+        for result in (direct, agent):
+            float(result["requests_per_s"])
+    except (KeyError, TypeError, ValueError) as exc:
+        return {"error": f"bench/h2_passthrough.py --json lacks {exc!r}"}
+    _say(args, f"  HTTP/2: direct {direct['requests_per_s']:,.0f}, through the agent "
+         f"{agent['requests_per_s']:,.0f} requests/s")
+    return {"direct": direct, "agent": agent, "h2load": h2.get("h2load"),
+            "waylay_summary": h2.get("waylay_summary", "")}
+
+
+def measure_tui(args: argparse.Namespace) -> dict[str, Any]:
+    """The dashboard row, from ``bench/tui_lag.py --json`` (or ``{"error": ...}``)."""
+    options = ["--rate", f"{TUI_RATE}", "--duration", str(args.duration)]
+    _say(args, f"  dashboard: bench/tui_lag.py --json {' '.join(options)}")
+    tui = _json_subprocess(TUI_SCRIPT, options, args.duration + TUI_SLACK_S)
+    if "error" in tui:
+        return tui
+    try:
+        for value in (tui["lag"]["p95_ms"], tui["sent"], tui["received"]):
+            float(value)
+    except (KeyError, TypeError, ValueError) as exc:
+        return {"error": f"bench/tui_lag.py --json lacks {exc!r}"}
+    _say(args, f"  dashboard: event-loop lag p95 {tui['lag']['p95_ms']:.1f} ms, "
+         f"{tui['received']:,} of {tui['sent']:,} events received")
+    return tui
 
 
 # --- the report ---------------------------------------------------------------------------
@@ -356,6 +394,17 @@ def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
         found.append(_target("stolen, 16 connections", f"{steal['requests_per_s']:,.0f} req/s",
                              f">= {TARGET_STEAL_RPS:,} req/s",
                              steal["errors"] == 0 and steal["requests_per_s"] >= TARGET_STEAL_RPS))
+    tui = report.get("tui")
+    if tui is not None:
+        if "error" in tui:
+            found.append(_target("dashboard lag p95, nothing lost", "not measured",
+                                 f"<= {TARGET_TUI_LAG_P95_MS:g} ms, all", None))
+        else:
+            lag, lost = tui["lag"]["p95_ms"], tui["sent"] - tui["received"]
+            found.append(_target("dashboard lag p95, nothing lost",
+                                 f"{lag:.1f} ms, {lost:,} lost",
+                                 f"<= {TARGET_TUI_LAG_P95_MS:g} ms, 0 lost",
+                                 lost <= 0 and lag <= TARGET_TUI_LAG_P95_MS))
     if "agent" in memory:
         m = memory["agent"]
         found.append(_target("agent memory per idle connection",
@@ -380,11 +429,13 @@ def bench(stack: contextlib.ExitStack, args: argparse.Namespace) -> dict[str, An
              "other work on this machine competes for its CPUs and lowers every figure")
     # Before anything starts: nginx, the relays and the agent inherit the raised limit.
     idle_memory.connections_within_limit(args.memory_connections)
-    if selected - {"h2"}:
+    if selected - {"h2", "tui"}:  # the others share the namespace built here
         with contextlib.ExitStack() as http1:
             measure_http1(http1, args, selected, report)
     if "h2" in selected:
         report["h2"] = measure_h2(args)
+    if "tui" in selected:
+        report["tui"] = measure_tui(args)
     report["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     report["targets"] = targets(report)
     report["target"] = {"met": all(t["met"] for t in report["targets"])}
@@ -463,6 +514,21 @@ def print_table(report: dict[str, Any]) -> None:
                       f"KiB per connection ({m['connections']:,} held{capped}{failed}; "
                       f"{m['rss_before_kib'] / 1024:.1f} -> {m['rss_after_kib'] / 1024:.1f} MiB, "
                       f"{m['fds_added']:+,} fds)")
+    tui = report.get("tui")
+    if tui is not None:
+        if "error" in tui:
+            print(f"dashboard: not measured: {tui['error']}")
+        else:
+            lag, pressed = tui["lag"], tui.get("key_latency") or {}
+            keys = (f"; key -> action p50 {pressed['p50_ms']:.0f} ms, p95 "
+                    f"{pressed['p95_ms']:.0f} ms" if pressed else "")
+            print(f"dashboard (bench/tui_lag.py, {tui.get('rate_per_s', TUI_RATE):,.0f} "
+                  "requests/s of flow records)")
+            print(f"  {'event-loop lag':38} p50 {lag['p50_ms']:.1f} ms, p95 "
+                  f"{lag['p95_ms']:.1f} ms, max {lag['max_ms']:.0f} ms{keys}; events "
+                  f"{tui['received']:,} of {tui['sent']:,} received, "
+                  f"{tui.get('dropped', 0):,} dropped (counted); UI thread "
+                  f"{100 * tui.get('ui_thread_cpu_share', 0):.0f} %")
     if report["waylay_summary"]:
         print(f"waylay run: {report['waylay_summary']}")
     if h2 is not None and h2.get("waylay_summary"):
