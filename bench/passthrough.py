@@ -20,7 +20,8 @@ Everything started here (nginx, waylay, the namespace and its veth) is stopped i
 ``finally`` blocks, also on Ctrl-C; a second Ctrl-C cannot cut that cleanup short. Every
 load is bounded by ``wrk -d``. Needs root (namespaces, iptables), nginx and wrk.
 
-Usage: ``./dev bench [-d SECONDS] [-c CONNECTIONS] [-t THREADS] [--json] [--check]``;
+Usage: ``.venv/bin/python bench/passthrough.py [-d SECONDS] [-c CONNECTIONS] [-t THREADS]
+[--json] [--check]`` (``./dev bench`` runs ``bench/suite.py``, which reuses this module);
 ``--profile FILE`` adds one more agent run under py-spy and prints the agent's hot spots.
 """
 
@@ -239,9 +240,9 @@ worker_processes 1;
 daemon off;
 error_log stderr warn;
 pid {dir}/nginx.pid;
-# Room for the memory probe's 10,000 idle connections (bench/idle_memory.py) and more.
-worker_rlimit_nofile 65536;
-events {{ worker_connections 32768; }}
+# Room for the memory probe's 10,000 idle connections (bench/idle_memory.py); nginx
+# inherits the descriptor limit the benchmark raised.
+events {{ worker_connections 16384; }}
 http {{
     access_log off;
     client_body_temp_path {dir}/client_body;
