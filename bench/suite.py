@@ -258,6 +258,7 @@ def measure_http1(stack: contextlib.ExitStack, args: argparse.Namespace,
             rows["steal_16"] = _load(args, "stolen, 16 connections", url, 16, steal_cpu,
                                      [STEAL_HEADER])
     report["waylay_summary"] = _summary(waylay)
+    report["warnings"] += waylay.warnings
 
 
 def _summary(waylay: Waylay) -> str:
@@ -422,7 +423,7 @@ def bench(stack: contextlib.ExitStack, args: argparse.Namespace) -> dict[str, An
                      "connections": args.connections,
                      "memory_connections": args.memory_connections},
         "scenarios": [name for name in SCENARIOS if name in selected],
-        "rows": {}, "memory": {}, "waylay_summary": "",
+        "rows": {}, "memory": {}, "waylay_summary": "", "warnings": [],
     }
     if report["load_average_at_start"][0] > 0.5:
         _say(args, f"waylay bench: load average {report['load_average_at_start'][0]:.2f}: "
@@ -531,6 +532,8 @@ def print_table(report: dict[str, Any]) -> None:
                   f"{100 * tui.get('ui_thread_cpu_share', 0):.0f} %")
     if report["waylay_summary"]:
         print(f"waylay run: {report['waylay_summary']}")
+    for warning in report["warnings"]:
+        print(f"WARNING: {warning}")
     if h2 is not None and h2.get("waylay_summary"):
         print(f"waylay run (HTTP/2): {h2['waylay_summary']}")
     if report["targets"]:
