@@ -2,7 +2,8 @@
 
 Theory of operation. With ``agent.ephemeral: false`` the agent runs in a Job pod of its
 own, on the target pod's node, with ``hostPID`` (core/kube_specs.py). It is started as
-``waylay agent --listen tcp:127.0.0.1:PORT --enter-container containerd://ID``:
+``python3 -I -u -m agent --listen tcp:127.0.0.1:PORT --enter-container containerd://ID``
+(isolated, as is the agent it starts in turn: ``core.interpreter``):
 
 1. Find a process of the target container: with the host's PID namespace visible, every
    container runtime (containerd, CRI-O, Docker) puts the container ID in the cgroup path

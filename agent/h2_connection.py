@@ -1,19 +1,27 @@
 """The asyncio driver of one intercepted HTTP/2 connection (``core.h2_router``).
 
-``agent.interception`` hands a connection over here once ``core.detect`` saw the h2
-prior-knowledge preface. This module only executes the router's commands: bytes to the
-remote client and to the original app, one wire stream per stolen h2 stream, flow records.
+The connection driver hands a connection over here once ``core.detect`` saw the h2
+prior-knowledge preface: ``start_h2`` puts an ``H2Interception`` protocol on its
+transport. This module only executes the router's commands: bytes to the remote client
+and to the original app, one wire stream per stolen h2 stream, flow records. It runs on
+callbacks (``asyncio.Protocol``), with no task per connection or per stream: a task
+exists only while the upstream connection is being opened, or while a congested
+session's link is waited for.
 
-The upstream connection is always a fresh marked one (``agent.upstream.open_marked``):
-HTTP/2 state (HPACK tables, stream ids, settings) lives with the connection, so a pooled
-HTTP/1.1 keep-alive connection cannot carry it, and an h2 connection is not given back to
-the pool either. One upstream connection serves every passed stream of the downstream one.
+The upstream connection is always a fresh marked one (``SO_MARK`` = ``PASSTHROUGH_MARK``,
+so the agent's own redirect lets it through): HTTP/2 state (HPACK tables, stream ids,
+settings) lives with the connection, so a pooled HTTP/1.1 keep-alive connection cannot
+carry it, and an h2 connection is not given back to the pool either. One upstream
+connection serves every passed stream of the downstream one.
 
-Backpressure: the router buffers only what the h2 windows allow, so the reader loops keep
-reading; they wait only while a socket's write buffer is over ``WRITE_HIGH_WATER``, or a
-session's link is over its own high-water mark. A stolen response the client reads
-slowly holds up the link's reader (``drain_downstream``) once its backlog passes
-``MAX_LOCAL_BACKLOG``.
+Backpressure: the router buffers only what the h2 windows allow. Beyond that, reading
+stops on the side whose output cannot leave: while the client's transport is over its
+write-buffer bound (``WRITE_HIGH_WATER``) neither the original app nor the client is
+read (the client's own control frames, PING and SETTINGS floods, need answers that would
+queue there); while the original app's transport is over it the client is not read; and
+while a session's link is over its own high-water mark, the client (whose stolen
+request bodies feed it) is not read. A stolen response the client reads slowly holds up
+the link's reader (``drain_downstream``) once its backlog passes ``MAX_LOCAL_BACKLOG``.
 """
 
 from __future__ import annotations
@@ -21,13 +29,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import socket
 import time
-from typing import TYPE_CHECKING, assert_never
+from collections.abc import Callable
+from typing import TYPE_CHECKING, assert_never, cast
 
-from agent.upstream import open_marked
+from agent.iptables import PASSTHROUGH_MARK
+from core.filters import RequestView
 from core.h2_router import MAX_LOCAL_BACKLOG, H2Router
-from core.pool import READ_CHUNK
-from core.pool import Connection as Upstream
+from core.pool import CONNECT_TIMEOUT_S, tune
 from core.routing import (
     CloseDownstream,
     Command,
@@ -46,6 +56,7 @@ from core.routing import (
     MirrorStart,
     RecordFlow,
     ReleaseUpstream,
+    Route,
     SendDownstream,
     SendUpstream,
     StealAbort,
@@ -61,20 +72,14 @@ if TYPE_CHECKING:
     from agent.link import ClientLink, MirrorStream, Stream
     from agent.worker import Agent
 
-# Bytes written to a socket before its reader waits for them to drain: the per-connection
-# buffer bound in each direction (the same as agent.interception's).
+# Bytes queued on a transport before the side feeding it stops being read: the
+# per-connection buffer bound in each direction (as agent.interception's).
 WRITE_HIGH_WATER = 256 * 1024
 # How long a stolen answer may wait for a client that reads none of it before the stream
 # is reset: the wait holds up the session's link (every stream on it), and the session's
 # pings, which the agent needs to see within 15 s.
 STALL_TIMEOUT_S = 8.0
-
-
-async def _drain_if_full(writer: asyncio.StreamWriter) -> None:
-    transport = writer.transport
-    if transport.get_write_buffer_size() > WRITE_HIGH_WATER and not transport.is_closing():
-        with contextlib.suppress(ConnectionError):
-            await writer.drain()
+SO_MARK = getattr(socket, "SO_MARK", 36)
 
 
 class _StolenStream:
@@ -102,48 +107,262 @@ class _StolenStream:
         self.on_local(LocalAborted(reason="the session reset the stream"))
 
 
-class H2Interception:
-    """One downstream HTTP/2 connection, driven until it closes."""
+class _Upstream(asyncio.Protocol):
+    """The original app's side: its bytes go to the router of the connection."""
 
-    def __init__(self, agent: Agent, reader: asyncio.StreamReader,
-                 writer: asyncio.StreamWriter, destination: tuple[str, int], *,
-                 peer: str, decide: Decide) -> None:
+    def __init__(self, conn: H2Interception) -> None:
+        self._conn = conn
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses, but behave as one.
+        self.transport = cast(asyncio.Transport, transport)
+        self.transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+        self._conn.upstream_connected(self)
+
+    def data_received(self, data: bytes) -> None:
+        self._conn.upstream_event(self, UpstreamData(data=data))
+
+    def eof_received(self) -> bool:
+        self._conn.upstream_event(self, UpstreamClosed())
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._conn.upstream_event(self, UpstreamClosed(reason=str(exc) if exc else None))
+
+    def pause_writing(self) -> None:
+        self._conn.pause_downstream("upstream full")
+
+    def resume_writing(self) -> None:
+        self._conn.resume_downstream("upstream full")
+
+
+class H2Interception(asyncio.Protocol):
+    """One downstream HTTP/2 connection, driven by callbacks until it closes."""
+
+    def __init__(self, agent: Agent, transport: asyncio.Transport,
+                 destination: tuple[str, int], *, peer: str, decide: Decide,
+                 mark: int | None = PASSTHROUGH_MARK) -> None:
         self._agent = agent
-        self._reader = reader
-        self._writer = writer
+        self._mark = mark
+        self._down = transport
         self._destination = destination
         self.peer = peer
         port = destination[1]
         self._router = H2Router(
             port=port, authority=f"{destination[0]}:{port}", decide=decide,
             next_id=agent.next_flow_id, capture=lambda: agent.registry.capturing(port))
-        self._up: Upstream | None = None
+        self._up: _Upstream | None = None
         self._up_task: asyncio.Task[None] | None = None
         self._up_pending: list[bytes] | None = None  # writes queued while connecting
         self._stolen: dict[int, Stream] = {}  # h2 stream id -> its wire stream
         self._mirrors: dict[int, list[MirrorStream]] = {}  # h2 stream id -> its copies
+        self._paused: set[str] = set()  # why the client is not being read
+        self._down_full = False  # the client's transport is over its write-buffer bound
+        self._link_wait: asyncio.Task[None] | None = None
         self._progress = asyncio.Event()  # the router moved: backlogs may have shrunk
-        self._closed = asyncio.Event()
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._shut = False
 
-    async def run(self, head: bytes) -> None:
-        """Serve the connection; ``head`` holds the bytes detection already read."""
+    def start(self, head: bytes) -> None:
+        """Begin with ``head``, the bytes detection already read."""
+        self._down.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+        if not self._down.is_reading() and not self._down.is_closing():
+            self._down.resume_reading()
+        self._feed(DownstreamData(data=head))
+
+    # --- the client's transport -------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        pass  # the transport was handed over; __init__ has it
+
+    def data_received(self, data: bytes) -> None:
+        self._feed(DownstreamData(data=data))
+        if self._stolen:
+            self._wait_for_congested_links()
+
+    def eof_received(self) -> bool:
+        # A half-closed client still gets the answers in flight; the router closes the
+        # connection once they are sent.
+        self._feed(DownstreamClosed())
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._shutdown()
+
+    def pause_writing(self) -> None:
+        self._down_full = True
+        self.pause_downstream("client full")
+        if self._up is not None and self._up.transport is not None:
+            self._up.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self._down_full = False
+        self.resume_downstream("client full")
+        if self._up is not None and self._up.transport is not None:
+            self._up.transport.resume_reading()
+        self._progress.set()
+
+    def pause_downstream(self, reason: str) -> None:
+        if not self._paused and not self._down.is_closing():
+            self._down.pause_reading()
+        self._paused.add(reason)
+
+    def resume_downstream(self, reason: str) -> None:
+        self._paused.discard(reason)
+        if not self._paused and not self._down.is_closing():
+            self._down.resume_reading()
+
+    def _wait_for_congested_links(self) -> None:
+        """Stop reading the client while a session it sends stolen bodies to is congested."""
+        if self._link_wait is not None:
+            return
+        congested = {s.link for s in self._stolen.values() if s.link.congested}
+        if congested:
+            self.pause_downstream("link full")
+            self._link_wait = asyncio.create_task(self._drain_links(congested),
+                                                  name="h2-link-drain")
+
+    async def _drain_links(self, links: set[ClientLink]) -> None:
         try:
-            self._feed(DownstreamData(data=head))
-            while not self._router.closed:
-                data = await self._reader.read(READ_CHUNK)
-                self._feed(DownstreamData(data=data) if data else DownstreamClosed())
-                if not data:
-                    await self._closed.wait()  # answers in flight still go out
-                    return
-                await _drain_if_full(self._writer)
-                if self._up is not None:
-                    await _drain_if_full(self._up.writer)
-                for link in self._links():
-                    await link.drain()
-        except (ConnectionError, OSError):
-            pass
+            for link in links:
+                await link.drain()
         finally:
-            self._shutdown()
+            self._link_wait = None
+            self.resume_downstream("link full")
+
+    # --- events into the router -------------------------------------------------------
+
+    def _feed(self, event: Event) -> None:
+        router = self._router
+        if not router.closed:
+            self._execute(router.handle(event, time.time()))
+        self._progress.set()
+
+    def upstream_event(self, up: _Upstream, event: Event) -> None:
+        """From ``up``; ignored once that connection was released."""
+        if up is self._up:
+            self._feed(event)
+
+    def on_local(self, stream: int, event: Event) -> None:
+        """An event from the session that owns stolen ``stream``."""
+        match event:
+            case LocalResponse() | LocalData() | LocalTrailers() | LocalEnd() | LocalAborted():
+                self._feed(dataclasses.replace(event, stream=stream))
+            case _:
+                raise AssertionError(f"not a local event: {event!r}")
+
+    async def drain_stream(self, stream: int) -> None:
+        """Wait while the client is too slow for the stolen ``stream``'s answer.
+
+        This holds up the session's link, so it is bounded: a client that takes nothing
+        of the answer for ``STALL_TIMEOUT_S`` loses the stream (RST_STREAM), and the
+        link moves on.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + STALL_TIMEOUT_S
+        backlog = self._router.local_backlog(stream)
+        while (self._down_full or backlog > MAX_LOCAL_BACKLOG) and not self._shut:
+            left = deadline - loop.time()
+            if left <= 0:
+                wire = self._stolen.pop(stream, None)
+                if wire is not None:
+                    wire.reset("the remote client stopped reading the answer")
+                self.on_local(stream, LocalAborted(reason="the client stopped reading"))
+                return
+            self._progress.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._progress.wait(), left)
+            now = self._router.local_backlog(stream)
+            if now < backlog:
+                deadline = loop.time() + STALL_TIMEOUT_S  # it reads: give it time
+            backlog = now
+
+    def _shutdown(self) -> None:
+        if self._shut:
+            return
+        self._shut = True
+        if not self._router.closed:
+            self._execute(self._router.close(time.time()))
+        for stream in self._stolen.values():
+            stream.reset("connection closed")
+        self._stolen.clear()
+        for mirrors in self._mirrors.values():
+            for mirror in mirrors:
+                mirror.reset("connection closed")
+        self._mirrors.clear()
+        self._drop_upstream()
+        if self._link_wait is not None:
+            self._link_wait.cancel()
+        self._down.close()
+        self._progress.set()
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    # --- upstream ---------------------------------------------------------------------
+
+    def _connect_upstream(self) -> None:
+        self._up_pending = []
+        up = self._up = _Upstream(self)
+        self._up_task = asyncio.create_task(self._open_upstream(up), name="h2-upstream")
+
+    async def _open_upstream(self, up: _Upstream) -> None:
+        host, port = self._destination
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET,
+                             socket.SOCK_STREAM)
+        loop = asyncio.get_running_loop()
+        try:
+            if self._mark is not None:
+                # Marked, so the agent's own redirect lets it through to the original app.
+                sock.setsockopt(socket.SOL_SOCKET, SO_MARK, self._mark)
+            tune(sock)
+            sock.setblocking(False)
+            await asyncio.wait_for(loop.sock_connect(sock, self._destination),
+                                   CONNECT_TIMEOUT_S)
+            await loop.create_connection(lambda: up, sock=sock)
+        except (TimeoutError, OSError) as exc:
+            sock.close()
+            self._up_pending = None
+            self.upstream_event(up, UpstreamClosed(
+                reason=f"cannot connect to {host}:{port}: {exc or type(exc).__name__}"))
+            return
+        except BaseException:
+            sock.close()
+            raise
+        finally:
+            self._up_task = None
+
+    def upstream_connected(self, up: _Upstream) -> None:
+        """``up`` is connected: what was queued goes first (its answer may come before
+        ``create_connection`` even returns)."""
+        transport = up.transport
+        assert transport is not None
+        if up is not self._up:
+            transport.close()
+            return
+        pending, self._up_pending = self._up_pending or [], None
+        transport.write(b"".join(pending))
+        if self._down_full:
+            transport.pause_reading()
+
+    def _send_upstream(self, data: bytes) -> None:
+        up = self._up
+        if up is not None and up.transport is not None:
+            up.transport.write(data)
+        elif self._up_pending is not None:
+            self._up_pending.append(data)
+
+    def _drop_upstream(self) -> None:
+        up, self._up = self._up, None
+        self._up_pending = None
+        task, self._up_task = self._up_task, None
+        if task is not None and task is not asyncio.current_task() and not task.done():
+            task.cancel()
+        if up is not None and up.transport is not None:
+            up.transport.close()
+        self.resume_downstream("upstream full")
+
+    # --- the router's commands --------------------------------------------------------
 
     def _copy_to_mirrors(self, sid: int, data: bytes) -> None:
         """Copy a request's body to its mirrors; a congested session loses its copy, never
@@ -162,120 +381,20 @@ class H2Interception:
         else:
             self._mirrors.pop(sid, None)
 
-    def _links(self) -> set[ClientLink]:
-        return {stream.link for stream in self._stolen.values()}
-
-    def _shutdown(self) -> None:
-        if not self._router.closed:
-            self._execute(self._router.close(time.time()))
-        for stream in self._stolen.values():
-            stream.reset("connection closed")
-        self._stolen.clear()
-        for mirrors in self._mirrors.values():
-            for mirror in mirrors:
-                mirror.reset("connection closed")
-        self._mirrors.clear()
-        self._drop_upstream()
-        self._writer.close()
-        self._closed.set()
-        self._progress.set()
-
-    # --- events into the router -----------------------------------------------------------
-
-    def _feed(self, event: Event) -> None:
-        if not self._router.closed:
-            self._execute(self._router.handle(event, time.time()))
-        self._progress.set()
-
-    def on_local(self, stream: int, event: Event) -> None:
-        """An event from the session that owns stolen ``stream``."""
-        match event:
-            case LocalResponse() | LocalData() | LocalTrailers() | LocalEnd() | LocalAborted():
-                self._feed(dataclasses.replace(event, stream=stream))
-            case _:
-                raise AssertionError(f"not a local event: {event!r}")
-
-    async def drain_stream(self, stream: int) -> None:
-        """Wait while the client is too slow for the stolen ``stream``'s answer.
-
-        This holds up the session's link, so it is bounded: a client that takes nothing
-        of the answer for ``STALL_TIMEOUT_S`` loses the stream (RST_STREAM), and the
-        link moves on.
-        """
-        await _drain_if_full(self._writer)
-        backlog = self._router.local_backlog(stream)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + STALL_TIMEOUT_S
-        while backlog > MAX_LOCAL_BACKLOG:
-            left = deadline - loop.time()
-            if left <= 0:
-                wire = self._stolen.pop(stream, None)
-                if wire is not None:
-                    wire.reset("the remote client stopped reading the answer")
-                self.on_local(stream, LocalAborted(reason="the client stopped reading"))
-                return
-            self._progress.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._progress.wait(), left)
-            now = self._router.local_backlog(stream)
-            if now < backlog:
-                deadline = loop.time() + STALL_TIMEOUT_S  # it reads: give it time
-            backlog = now
-
-    # --- upstream -------------------------------------------------------------------------
-
-    def _connect_upstream(self) -> None:
-        self._up_pending = []
-        self._up_task = asyncio.create_task(self._upstream_lifetime(), name="h2-upstream")
-
-    async def _upstream_lifetime(self) -> None:
-        dest = f"{self._destination[0]}:{self._destination[1]}"
-        try:
-            up = await open_marked(self._destination)
-        except (TimeoutError, OSError) as exc:
-            self._up_pending = None
-            self._feed(UpstreamClosed(reason=f"cannot connect to {dest}: {exc}"))
-            return
-        pending, self._up_pending = self._up_pending or [], None
-        self._up = up
-        up.writer.write(b"".join(pending))
-        try:
-            while self._up is up:
-                data = await up.reader.read(READ_CHUNK)
-                if self._up is not up:
-                    return
-                self._feed(UpstreamData(data=data) if data else UpstreamClosed())
-                if not data:
-                    return
-                await _drain_if_full(self._writer)
-        except (ConnectionError, OSError) as exc:
-            if self._up is up:
-                self._feed(UpstreamClosed(reason=str(exc)))
-
-    def _send_upstream(self, data: bytes) -> None:
-        if self._up is not None:
-            self._up.writer.write(data)
-        elif self._up_pending is not None:
-            self._up_pending.append(data)
-
-    def _drop_upstream(self) -> None:
-        up, self._up = self._up, None
-        self._up_pending = None
-        task, self._up_task = self._up_task, None
-        if task is not None and task is not asyncio.current_task() and not task.done():
-            task.cancel()
-        if up is not None:
-            up.close()
-
-    # --- the router's commands ------------------------------------------------------------
-
     def _execute(self, commands: list[Command]) -> None:
         for command in commands:
             match command:
                 case SendDownstream(data=data):
-                    self._writer.write(data)
+                    self._down.write(data)
                 case SendUpstream(data=data):
                     self._send_upstream(data)
+                case RecordFlow(record=record, owner=owner, timed_out=timed_out, stream=sid):
+                    if owner is not None:
+                        self._stolen.pop(sid, None)  # that exchange is over
+                    if self._mirrors:
+                        for mirror in self._mirrors.pop(sid, ()):
+                            mirror.reset("the request ended early")  # or answered early
+                    self._agent.record(record, owner, timed_out)
                 case StealData(stream=sid, data=data):
                     stream = self._stolen.get(sid)
                     if stream is not None:
@@ -300,19 +419,12 @@ class H2Interception:
                     stream = self._stolen.pop(sid, None)
                     if stream is not None:
                         stream.reset(reason)
-                case RecordFlow(record=record, owner=owner, timed_out=timed_out, stream=sid):
-                    if owner is not None:
-                        self._stolen.pop(sid, None)  # that exchange is over
-                    for mirror in self._mirrors.pop(sid, ()):
-                        mirror.reset("the request ended early")  # reset, or answered early
-                    self._agent.record(record, owner, timed_out)
                 case ConnectUpstream():
                     self._connect_upstream()
                 case ReleaseUpstream():
                     self._drop_upstream()
                 case CloseDownstream():
-                    self._writer.close()
-                    self._closed.set()
+                    self._down.close()
                 case MirrorStart(stream=sid, sub_id=sub_id):
                     copy = self._agent.open_mirror_stream(sub_id, self._destination[1],
                                                           self.peer, command)
@@ -327,8 +439,33 @@ class H2Interception:
                     assert_never(command)
 
 
+def start_h2(agent: Agent, transport: asyncio.Transport, destination: tuple[str, int],
+             head: bytes, *, peer: str, decide: Callable[[RequestView], Route],
+             mark: int | None = PASSTHROUGH_MARK) -> H2Interception:
+    """Take over the downstream transport of a connection detected as HTTP/2 prior
+    knowledge: the returned protocol is set on it, and ``head`` (the bytes already read)
+    is processed as the first data. The connection is served until it closes (the
+    protocol's ``closed`` future). ``mark`` is the upstream socket's ``SO_MARK`` (None:
+    unmarked, for tests without the privilege)."""
+    conn = H2Interception(agent, transport, destination, peer=peer, decide=decide,
+                          mark=mark)
+    transport.set_protocol(conn)
+    conn.start(head)
+    return conn
+
+
 async def serve_h2(agent: Agent, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                    destination: tuple[str, int], head: bytes, *, peer: str,
                    decide: Decide) -> None:
-    """Route an HTTP/2 prior-knowledge connection per stream until it closes."""
-    await H2Interception(agent, reader, writer, destination, peer=peer, decide=decide).run(head)
+    """Route an HTTP/2 prior-knowledge connection per stream until it closes.
+
+    A bridge for a stream-based caller: the transport under ``writer`` is taken over
+    (``start_h2``); what ``reader`` still buffered comes first.
+    """
+    transport = cast(asyncio.Transport, writer.transport)
+    conn = H2Interception(agent, transport, destination, peer=peer, decide=decide)
+    transport.set_protocol(conn)
+    reader.feed_eof()  # nothing more arrives there: what it holds is all it will give
+    rest = await reader.read()
+    conn.start(head + rest)
+    await conn.closed

@@ -263,6 +263,8 @@ class ClientLink:
         self._flows: list[FlowRow] = []
         self._flush_handle: asyncio.TimerHandle | None = None
         self._notes_handle: asyncio.TimerHandle | None = None
+        self._decoder = WireDecoder()
+        self._early: list[Message] = []  # frames that arrived with the Hello
         self.name = "?"
 
     def send(self, message: Message) -> None:
@@ -282,25 +284,38 @@ class ClientLink:
             with contextlib.suppress(ConnectionError):
                 await self._writer.drain()
 
-    async def run(self) -> None:
-        decoder = WireDecoder()
+    async def handshake(self) -> bool:
+        """Read and check the session's Hello, within HANDSHAKE_TIMEOUT_S.
+
+        False when the connection is refused (a wrong or missing token, bytes that are not
+        a Hello, silence, a close): the peer is told why and the connection is closed. Such
+        a connection never becomes a session: the agent does not count it, so it neither
+        keeps the agent alive nor receives anything meant for sessions.
+        """
         try:
-            hello = await asyncio.wait_for(self._handshake(decoder), HANDSHAKE_TIMEOUT_S)
+            hello = await asyncio.wait_for(self._read_hello(), HANDSHAKE_TIMEOUT_S)
         except (WireProtocolError, TimeoutError, ConnectionError, OSError) as exc:
             reason = "handshake timed out" if isinstance(exc, TimeoutError) else str(exc)
             self.send(Error(stream=0, message=reason, code="handshake"))
             self._writer.close()
-            return
+            return False
         self.name = hello.client
+        return True
+
+    async def run(self) -> None:
+        """Serve the session after a successful ``handshake`` until its link ends."""
         self.send(Welcome(agent=self.agent.name, session=self.agent.chain,
                           listening_ports=tuple(self.agent.listening_ports())))
         try:
+            early, self._early = self._early, []
+            for message in early:
+                await self._dispatch(message)
             while True:
                 data = await self._reader.read(256 * 1024)
                 if not data:
                     break
                 self.last_seen = time.monotonic()
-                for message in decoder.receive_data(data):
+                for message in self._decoder.receive_data(data):
                     await self._dispatch(message)
         except WireProtocolError as exc:
             self.send(Error(stream=0, message=f"protocol error: {exc}", code="protocol"))
@@ -309,16 +324,16 @@ class ClientLink:
         finally:
             await self._teardown()
 
-    async def _handshake(self, decoder: WireDecoder) -> Hello:
+    async def _read_hello(self) -> Hello:
         while True:
             data = await self._reader.read(64 * 1024)
             if not data:
                 raise ConnectionError("the session closed during the handshake")
-            messages = decoder.receive_data(data)
+            messages = self._decoder.receive_data(data)
             if messages:
                 hello = check_hello(messages[0], self.agent.token)
-                for extra in messages[1:]:
-                    await self._dispatch(extra)
+                # Frames sent right behind the Hello wait until the session is registered.
+                self._early = messages[1:]
                 return hello
 
     async def _dispatch(self, message: Message) -> None:

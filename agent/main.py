@@ -11,12 +11,12 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import os
-import sys
 from collections.abc import Sequence
 
 from agent.guard import run_guard
 from agent.worker import emit, run_worker
 from core.errors import EXIT_USAGE, WaylayError
+from core.interpreter import clean_environment, python_command
 
 DEFAULT_TTL_S = 30.0
 
@@ -90,12 +90,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.worker:
         return run_worker(token=token, chain=args.chain, listen=args.listen,
                           proxy_port=args.proxy_port, ttl=args.ttl, linger=args.linger)
-    worker_argv = [sys.executable, "-m", "agent", "--worker", "--listen", args.listen,
+    # Isolated like the guard itself (core.interpreter): the worker runs as root too.
+    worker_argv = [*python_command("agent"), "--worker", "--listen", args.listen,
                    "--ttl", str(args.ttl), "--linger", str(args.linger),
                    "--proxy-port", str(args.proxy_port),
                    "--token-env", args.token_env]
     try:
-        return run_guard(worker_argv, clean_on_start=args.clean_on_start, report=emit)
+        return run_guard(worker_argv, clean_on_start=args.clean_on_start, report=emit,
+                         env=clean_environment(os.environ))
     except WaylayError as exc:
         emit({"event": "error", "message": str(exc), "exit": exc.exit_code})
         return exc.exit_code

@@ -98,7 +98,15 @@ class Agent:
     # --- sessions and subscriptions ---------------------------------------------------
 
     async def attach(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """One connection to the control socket; a session once its Hello carries the token.
+
+        Only authenticated sessions enter ``self.links``: a refused connection (wrong or
+        no token, garbage, silence, connect-and-close) never counts, so the agent still
+        leaves with its last session, or after its TTL when none ever came.
+        """
         link = ClientLink(self, self._next_link_id(), reader, writer)
+        if not await link.handshake():
+            return
         self.links[link.link_id] = link
         self._ever_attached = True
         task = asyncio.current_task()

@@ -11,8 +11,10 @@ the command prefix that enters its network namespace:
   so the agent gets CAP_NET_ADMIN over that namespace. (Without --preserve-credentials,
   nsenter calls setgroups(), which such a namespace denies: "setgroups failed".)
 
-``launch_local_agent`` runs ``PREFIX python -m agent --listen unix:SOCK --ttl TTL ...`` with
-the session token in the environment (never on argv, which every user can read). The
+``launch_local_agent`` runs ``PREFIX python -I -u -m agent --listen unix:SOCK --ttl TTL ...``
+(isolated: nothing from the caller's directory or ``PYTHON*`` variables is imported by a
+root process; ``core.interpreter``) from ``/``, with the session token in an environment
+without ``PYTHON*`` variables (never on argv, which every user can read). The
 socket lives in a fresh 0700 directory: filesystem paths cross network namespaces, so the
 client reaches the agent there. The agent reports on stdout, one JSON object per line:
 ``warning`` lines (forwarded), then ``ready`` or ``error`` (and a non-zero exit). After
@@ -38,6 +40,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from core.errors import PrivilegeError, TargetError, UsageError, WaylayError
+from core.interpreter import clean_environment, python_command
 from core.target import Target
 
 TOKEN_ENV: Final = "WAYLAY_TOKEN"
@@ -144,7 +147,7 @@ async def launch_local_agent(
 ) -> AgentProcess:
     """Start the agent inside ``target`` and wait for its ready line.
 
-    ``agent_argv`` replaces ``[sys.executable, "-m", "agent"]`` (tests use a fake agent);
+    ``agent_argv`` replaces ``python_command("agent")`` (tests use a fake agent);
     ``--listen unix:PATH --ttl TTL`` and ``extra_args`` follow it. ``on_message`` receives
     every other line the agent prints (warnings before ready, everything after), from the
     event loop. Raises the agent's own error (its ``exit`` code picks UsageError,
@@ -158,15 +161,14 @@ async def launch_local_agent(
     token = token or secrets.token_urlsafe(32)
     argv = [
         *prefix,
-        *(agent_argv if agent_argv is not None else (sys.executable, "-m", "agent")),
+        *(agent_argv if agent_argv is not None else python_command("agent")),
         "--listen",
         f"unix:{socket_path}",
         "--ttl",
         str(ttl),
         *extra_args,
     ]
-    # PYTHONUNBUFFERED: the ready line must not sit in a pipe buffer.
-    env = {**os.environ, TOKEN_ENV: token, "PYTHONUNBUFFERED": "1"}
+    env = {**clean_environment(os.environ), TOKEN_ENV: token}
     try:
         process = await asyncio.create_subprocess_exec(
             *argv,
@@ -174,6 +176,8 @@ async def launch_local_agent(
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             env=env,
+            # Not the caller's directory: a root process has no business holding it.
+            cwd="/",
             limit=_LINE_LIMIT,
             # Its own session: the terminal's Ctrl-C reaches the client, which stops the
             # agent with SIGTERM so the guard can remove its rules.

@@ -3,35 +3,45 @@
 Theory of operation
 -------------------
 A passed HTTP/2 stream has its header blocks decoded and encoded again twice (request
-and response), and with the ``hpack`` package that coding was most of the router's cost.
-Two substitutes, plugged into h2's ``H2Connection.encoder`` / ``.decoder`` by ``install``:
+and response). Two pieces keep that cheap:
 
 * ``StatelessEncoder`` never inserts into the dynamic table: every field is an indexed
   static-table entry, or a literal *without indexing* (RFC 7541 §6.2.2) with a static
   name index where there is one, or *never indexed* (§6.2.3) when the field came to us
   that way (an intermediary must keep that, §7.1.3). So a field's encoding depends on the
-  field alone and is memoised; the peer's decoder table stays empty. The cost is a few
-  bytes more per block, on a network path that is local. Strings are sent without
-  Huffman coding (§5.2 allows either).
+  field alone and is memoised, and so is a whole block's (``HeaderBlock.encoded``); the
+  peer's decoder table stays empty. The cost is a few bytes more per block, on a network
+  path that is local. Strings are sent without Huffman coding (§5.2 allows either).
 * ``CachingDecoder`` memoises whole blocks that leave its dynamic table unchanged: the
   steady state of a connection, where a client re-sending the same fields references
   its table and adds nothing. A version counter, bumped by every table insertion and
   resize, keys the memo, so a hit is always exactly what decoding would have produced.
+  The memo holds ``HeaderBlock`` objects, on which the router also keeps what it derived
+  from the fields (the request head it parsed, the re-encoded block): a repeated block
+  costs one dictionary lookup.
 
-Both memos are bounded (``MEMO_ENTRIES``) and simply cleared when full.
+Both memos are bounded (``MEMO_ENTRIES``) and simply cleared when full. Decoding is
+bounded too: a block may inflate to at most ``max_header_list_size`` (an HPACK bomb, a
+small block referencing a large table entry many times, stops there).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
-from h2.connection import H2Connection
 from hpack import Decoder, HeaderTuple, NeverIndexedHeaderTuple
 from hpack.table import HeaderTable
+
+if TYPE_CHECKING:
+    from core.h2_streams import RequestHead
 
 # Memoised fields (encoder) and blocks (decoder) per connection: the distinct headers of
 # a busy API fit, and a memo of hostile variety costs at most this many entries.
 MEMO_ENTRIES = 2048
+# RFC 9113 §6.5.2 SETTINGS_MAX_HEADER_LIST_SIZE we announce and enforce: the decoded size
+# of a block (names, values and 32 bytes per field) at most this.
+MAX_HEADER_LIST_SIZE = 64 * 1024
 
 _STATIC: dict[tuple[bytes, bytes], int] = {}
 _STATIC_NAMES: dict[bytes, int] = {}
@@ -39,7 +49,7 @@ for _index, (_name, _value) in enumerate(HeaderTable.STATIC_TABLE, start=1):
     _STATIC.setdefault((_name, _value), _index)
     _STATIC_NAMES.setdefault(_name, _index)
 
-_TABLE_SIZE_ZERO = b"\x20"  # dynamic table size update to 0 (RFC 7541 §6.3)
+TABLE_SIZE_ZERO = b"\x20"  # dynamic table size update to 0 (RFC 7541 §6.3)
 
 
 def _integer(value: int, prefix_bits: int, flags: int) -> bytes:
@@ -78,7 +88,7 @@ def _as_bytes(value: bytes | str) -> bytes:
 
 
 class StatelessEncoder:
-    """What h2 needs of an encoder (``encode``, ``header_table_size``); see the module doc."""
+    """Header blocks that need no dynamic table at the peer; see the module doc."""
 
     def __init__(self) -> None:
         self._memo: dict[tuple[bytes, bytes, bool], bytes] = {}
@@ -94,11 +104,17 @@ class StatelessEncoder:
         # any limit (a size update opens the next block, RFC 7541 §4.2).
         self._size_update = True
 
-    def encode(self, headers: Iterable[tuple[bytes | str, bytes | str]],
-               huffman: bool = True) -> bytes:
+    def prefix(self) -> bytes:
+        """What the next block must start with: a pending table size update, once."""
+        if self._size_update:
+            self._size_update = False
+            return TABLE_SIZE_ZERO
+        return b""
+
+    def fields(self, headers: Iterable[tuple[bytes | str, bytes | str]]) -> bytes:
+        """The fields alone, without the prefix: the same bytes on any connection."""
         memo = self._memo
-        parts = [_TABLE_SIZE_ZERO] if self._size_update else []
-        self._size_update = False
+        parts = []
         for header in headers:
             name, value = _as_bytes(header[0]), _as_bytes(header[1])
             key = (name, value, isinstance(header, NeverIndexedHeaderTuple))
@@ -110,6 +126,10 @@ class StatelessEncoder:
                 memo[key] = encoded
             parts.append(encoded)
         return b"".join(parts)
+
+    def encode(self, headers: Iterable[tuple[bytes | str, bytes | str]]) -> bytes:
+        """A whole block: the prefix, then the fields."""
+        return self.prefix() + self.fields(headers)
 
 
 class _VersionedTable(HeaderTable):
@@ -125,7 +145,8 @@ class _VersionedTable(HeaderTable):
 
     @property
     def maxsize(self) -> int:
-        return self._maxsize
+        size: int = HeaderTable.maxsize.fget(self)  # type: ignore[attr-defined]
+        return size
 
     @maxsize.setter
     def maxsize(self, value: int) -> None:
@@ -133,34 +154,55 @@ class _VersionedTable(HeaderTable):
         HeaderTable.maxsize.fset(self, value)  # type: ignore[attr-defined]
 
 
-class CachingDecoder(Decoder):
-    """hpack's decoder with a memo of blocks that change nothing; see the module doc."""
+class HeaderBlock:
+    """One decoded header block, as memoised: its fields and what was derived from them.
 
-    def __init__(self) -> None:
-        super().__init__()
+    ``fields`` come as hpack gives them with ``raw=True``: (bytes, bytes) tuples, a
+    ``NeverIndexedHeaderTuple`` for a field that must stay never indexed. The other slots
+    are filled by the router the first time it needs them, and must be pure functions of
+    the fields (the block is shared by every stream that sends the same bytes).
+    """
+
+    __slots__ = ("encoded", "fields", "request")
+
+    def __init__(self, fields: list[HeaderTuple]) -> None:
+        self.fields = fields
+        self.request: RequestHead | None = None
+        self.encoded: bytes | None = None  # StatelessEncoder.fields of the fields
+
+
+class CachingDecoder:
+    """hpack's decoder behind a memo of blocks that change nothing; see the module doc."""
+
+    def __init__(self, max_header_list_size: int = MAX_HEADER_LIST_SIZE) -> None:
+        self._decoder = Decoder(max_header_list_size=max_header_list_size)
         self._table = _VersionedTable()
-        self.header_table = self._table
-        self.max_allowed_table_size = self._table.maxsize
-        self._memo: dict[bytes, tuple[int, list[HeaderTuple]]] = {}
+        self._decoder.header_table = self._table
+        self._memo: dict[bytes, tuple[int, HeaderBlock]] = {}
 
-    def decode(self, data: bytes, raw: bool = False) -> list[HeaderTuple]:
-        key = bytes(data)
+    @property
+    def header_table(self) -> HeaderTable:
+        return self._table
+
+    def decode(self, data: bytes | memoryview) -> HeaderBlock:
+        """Decode one complete block (raises hpack's ``HPACKError`` subclasses)."""
+        memo = self._memo
         version = self._table.version
-        hit = self._memo.get(key)
-        if hit is not None and hit[0] == version and raw:
-            return list(hit[1])
-        headers = list(super().decode(data, raw=raw))
-        if raw and self._table.version == version:
-            if len(self._memo) >= MEMO_ENTRIES:
-                self._memo.clear()
-            self._memo[key] = (version, headers)
-            return list(headers)
-        return headers
+        hit = memo.get(data)  # type: ignore[arg-type]  # a memoryview hashes as bytes do
+        if hit is not None and hit[0] == version:
+            return hit[1]
+        key = bytes(data)
+        block = HeaderBlock(list(self._decoder.decode(key, raw=True)))
+        if self._table.version == version:
+            if len(memo) >= MEMO_ENTRIES:
+                memo.clear()
+            memo[key] = (version, block)
+        return block
 
 
-def install(conn: H2Connection) -> None:
-    """Give a fresh h2 connection the codec of this module (before any frame)."""
-    decoder = CachingDecoder()
-    decoder.max_header_list_size = conn.decoder.max_header_list_size
-    conn.decoder = decoder
-    conn.encoder = StatelessEncoder()  # type: ignore[assignment]
+def encoded(block: HeaderBlock, encoder: StatelessEncoder) -> bytes:
+    """The block's fields as ``encoder`` writes them (without a size-update prefix)."""
+    data = block.encoded
+    if data is None:
+        data = block.encoded = encoder.fields(block.fields)
+    return data

@@ -1,23 +1,20 @@
-"""The HTTP/2 router's per-stream state and its h2 plumbing (sans-I/O).
+"""The HTTP/2 router's per-stream state and header translations (sans-I/O).
 
 ``core.h2_router`` decides and moves; this module holds what it moves with: the windows
-both h2 connections advertise (which are also the router's buffer bounds), a factory for
-those connections, ``StreamState`` (where one stream stands in each direction), sending
-within a peer's windows, and the header translations between an h2 stream and a session's
-request or response head.
+both connections advertise (which are also the router's buffer bounds), ``RequestHead``
+(a client's request head, parsed and checked once per distinct header block),
+``StreamState`` (where one stream stands in each direction), and the header translations
+between an h2 stream and a session's request or response head.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import re
 
-from h2.config import H2Configuration
-from h2.connection import ConnectionState, H2Connection
-from h2.exceptions import StreamClosedError
-from h2.settings import SettingCodes
+from hpack import HeaderTuple
 
+from core.filters import RequestView
 from core.flow import FlowRecord
-from core.h2_codec import install as install_codec
 from core.routing import Route
 
 # The windows we advertise to both peers. They are also the bound of what the router
@@ -28,80 +25,104 @@ from core.routing import Route
 STREAM_WINDOW = 256 * 1024
 CONNECTION_WINDOW = 1024 * 1024
 DEFAULT_WINDOW = 65_535  # RFC 9113 §6.9.2: every window starts here
-# Streams a client may open at once on one connection (RFC 9113 §5.1.2); more wait in
-# the client. The original app's own limit is honoured separately (passed streams queue).
+# Streams a client may open at once on one connection (RFC 9113 §5.1.2); more are
+# refused. The original app's own limit is honoured separately (passed streams queue).
 MAX_CONCURRENT_STREAMS = 128
 
-# Connection-specific fields (RFC 9113 §8.2.2) that may come from an HTTP/1.1 local app
-# and must not appear in an HTTP/2 message.
+# Connection-specific fields (RFC 9113 §8.2.2): never in an HTTP/2 message; some may come
+# from an HTTP/1.1 local app and are dropped from its answers.
 HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection",
                         b"transfer-encoding", b"te", b"upgrade"})
 NO_BODY_STATUS = frozenset({204, 304})
+_REQUEST_PSEUDO = frozenset({b":method", b":scheme", b":path", b":authority"})
+
+# RFC 9113 §8.2.1: names never hold controls, space, upper case or non-ASCII; values
+# never hold NUL, CR or LF, nor start or end with whitespace.
+_BAD_NAME = re.compile(rb"[\x00-\x20A-Z\x7f-\xff]")
+_BAD_VALUE = re.compile(rb"[\x00\r\n]|^[ \t]|[ \t]$")
 
 Headers = list[tuple[bytes, bytes]]
 
 
-def new_connection(*, client_side: bool, trust_inbound: bool) -> H2Connection:
-    """An h2 connection as the router uses it, its preface and settings queued.
-
-    Header blocks are forwarded as they came (checked when received, or built here), so
-    outbound validation and normalisation would only cost time; ``trust_inbound`` skips
-    the inbound checks too (the original app's answers: the client checks them, as it
-    would without waylay). Push is refused (RFC 9113 §8.4).
-    """
-    conn = H2Connection(H2Configuration(
-        client_side=client_side, header_encoding=None, normalize_inbound_headers=False,
-        validate_inbound_headers=not trust_inbound, validate_outbound_headers=False,
-        normalize_outbound_headers=False))
-    install_codec(conn)
-    conn.initiate_connection()
-    settings: dict[SettingCodes | int, int] = {SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW}
-    if client_side:
-        settings[SettingCodes.ENABLE_PUSH] = 0
-    else:
-        settings[SettingCodes.MAX_CONCURRENT_STREAMS] = MAX_CONCURRENT_STREAMS
-    conn.update_settings(settings)
-    conn.increment_flow_control_window(CONNECTION_WINDOW - DEFAULT_WINDOW)
-    return conn
+class MalformedHead(Exception):
+    """A request or trailer block breaks RFC 9113 §8 (a stream error, PROTOCOL_ERROR)."""
 
 
-def to_bytes(value: bytes | str) -> bytes:
-    return value if isinstance(value, bytes) else value.encode("latin-1")
+def _check_fields(fields: list[HeaderTuple]) -> None:
+    for name, value in fields:
+        if not name or _BAD_NAME.search(name, 1 if name[:1] == b":" else 0):
+            raise MalformedHead(f"invalid field name {name!r}")
+        if value and _BAD_VALUE.search(value):
+            raise MalformedHead(f"invalid value in field {name!r}")
+        if name in HOP_BY_HOP and not (name == b"te" and value == b"trailers"):
+            raise MalformedHead(f"connection-specific field {name!r}")
 
 
-def pairs(headers: Iterable[tuple[bytes | str, bytes | str]]) -> Headers:
-    """h2's header tuples as a list, kept as they are: with ``header_encoding=None`` they
-    are bytes already, and a never-indexed field must stay one when forwarded
-    (RFC 7541 §7.1.3; ``core.h2_codec`` keeps the distinction)."""
-    return [h if type(h[0]) is bytes and type(h[1]) is bytes
-            else (to_bytes(h[0]), to_bytes(h[1])) for h in headers]  # type: ignore[misc]
+class RequestHead:
+    """A client's request head, parsed and checked (RFC 9113 §8.3.1) once per block."""
+
+    __slots__ = ("authority", "content_length", "encoded", "expect_continue", "fields",
+                 "method", "path", "regular", "shown", "view")
+
+    def __init__(self, fields: list[HeaderTuple]) -> None:
+        _check_fields(fields)
+        pseudo: dict[bytes, bytes] = {}
+        regular: Headers = []
+        for name, value in fields:
+            if name[:1] == b":":
+                if regular:
+                    raise MalformedHead("a pseudo-header field after a regular one")
+                if name not in _REQUEST_PSEUDO or name in pseudo:
+                    raise MalformedHead(f"unknown or repeated pseudo-header field {name!r}")
+                pseudo[name] = value
+            else:
+                regular.append((name, value))
+        method = pseudo.get(b":method")
+        if not method:
+            raise MalformedHead("no :method")
+        if method == b"CONNECT":
+            if b":scheme" in pseudo or b":path" in pseudo or b":authority" not in pseudo:
+                raise MalformedHead("CONNECT takes :authority only")
+        elif not pseudo.get(b":scheme") or not pseudo.get(b":path"):
+            raise MalformedHead("no :scheme or :path")
+        self.fields = fields
+        self.encoded: bytes | None = None  # the fields as ``StatelessEncoder`` writes them
+        self.regular = regular
+        self.method = method.decode("latin-1")
+        self.path = pseudo.get(b":path", b"").decode("latin-1")
+        authority = pseudo.get(b":authority")
+        host = next((v for n, v in regular if n == b"host"), None)
+        shown = authority if authority is not None else host
+        self.authority = authority
+        self.shown = shown.decode("latin-1") if shown is not None else None
+        view_headers = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in regular]
+        if authority is not None and host is None:
+            # DESIGN §2: :authority is offered to header filters as host.
+            view_headers.insert(0, ("host", authority.decode("latin-1")))
+        self.view = RequestView(method=self.method, target=self.path,
+                                headers=tuple(view_headers), authority=self.shown)
+        lengths = {v for n, v in regular if n == b"content-length"}
+        if len(lengths) > 1 or any(not v.isdigit() for v in lengths):
+            raise MalformedHead("invalid content-length")
+        self.content_length = int(lengths.pop()) if lengths else None
+        self.expect_continue = any(n == b"expect" and v.lower() == b"100-continue"
+                                   for n, v in regular)
 
 
-def reopen(conn: H2Connection, state: ConnectionState) -> None:
-    """h2 closes the whole connection when a GOAWAY is sent or received; RFC 9113 §6.8
-    lets the streams the GOAWAY covers finish. Put the state machine back so they can
-    (the router itself never opens a stream past the GOAWAY)."""
-    conn.state_machine.state = state
+def check_trailers(fields: list[HeaderTuple]) -> Headers:
+    """A request's trailer block, checked: no pseudo-header fields (RFC 9113 §8.1)."""
+    _check_fields(fields)
+    if any(n[:1] == b":" for n, _ in fields):
+        raise MalformedHead("a pseudo-header field in trailers")
+    return list(fields)
 
 
-def send_within_window(conn: H2Connection, sid: int, buf: bytearray) -> int:
-    """Send what the peer's windows allow of ``buf`` (removing it); bytes sent."""
-    sent = 0
-    while buf:
-        try:
-            room = min(conn.local_flow_control_window(sid), conn.max_outbound_frame_size)
-        except StreamClosedError:
-            return sent
-        if room <= 0:
-            break
-        chunk = bytes(buf[:room])
-        try:
-            conn.send_data(sid, chunk)
-        except StreamClosedError:
-            return sent
-        del buf[:room]
-        sent += len(chunk)
-    return sent
+def status_of(fields: list[HeaderTuple]) -> int | None:
+    """A response block's :status, or None when it has none (trailers) or a bad one."""
+    for name, value in fields:
+        if name == b":status":
+            return int(value) if value.isdigit() else None
+    return None
 
 
 def session_head(regular: Headers, host: bytes) -> Headers:
@@ -128,17 +149,27 @@ def trailer_fields(headers: Headers) -> Headers:
 
 
 class StreamState:
-    """One downstream stream and where it stands in each direction."""
+    """One downstream stream and where it stands in each direction.
+
+    Windows are kept as *credit*: a stream's send window towards a peer is that peer's
+    current SETTINGS_INITIAL_WINDOW_SIZE plus the credit, so a settings change applies to
+    every stream at once (RFC 9113 §6.9.2) without visiting them.
+    """
 
     __slots__ = (
+        "down_credit",
         "down_id",
+        "down_recv",
+        "down_unacked",
+        "head",
         "head_only",
+        "mirrored",
         "record",
         "recorded",
         "req_buf",
         "req_discard",
         "req_ended",
-        "req_headers",
+        "req_left",
         "req_sent_end",
         "req_trailers",
         "resp_buf",
@@ -148,32 +179,41 @@ class StreamState:
         "resp_started",
         "resp_trailers",
         "route",
+        "stolen",
+        "up_credit",
         "up_id",
+        "up_recv",
+        "up_unacked",
     )
 
     def __init__(self, down_id: int, route: Route, record: FlowRecord,
-                 req_headers: Headers) -> None:
+                 head: RequestHead) -> None:
         self.down_id = down_id
         self.route = route
         self.record = record
-        self.req_headers = req_headers
+        self.head = head
+        self.stolen = route.steal_by is not None
+        self.mirrored = bool(route.mirror_to)
         self.up_id: int | None = None
         # client -> original app or session
+        self.down_recv = STREAM_WINDOW  # what the client may still send on this stream
+        self.down_unacked = 0  # handed on, not yet returned to the client
+        self.req_left = head.content_length  # body bytes still announced (RFC 9113 §8.1.1)
         self.req_buf = bytearray()  # passed: waiting for the upstream window
         self.req_ended = False  # the client sent END_STREAM
-        self.req_trailers: Headers | None = None
+        self.req_trailers: bytes | None = None  # passed: the encoded trailer block
         self.req_sent_end = False  # we ended the request upstream
         self.req_discard = False  # the answer is complete: further body is dropped
+        self.up_credit = 0  # send window towards the original app, beyond its initial one
         # original app or local app -> client
+        self.up_recv = STREAM_WINDOW  # what the original app may still send us
+        self.up_unacked = 0
+        self.down_credit = 0  # send window towards the client, beyond its initial one
         self.resp_buf = bytearray()  # waiting for the client's window
         self.resp_started = False
-        self.resp_head: Headers | None = None  # a head held back until the answer ends
+        self.resp_head: bytes | None = None  # an encoded head held until the answer ends
         self.resp_ended = False  # the response body is complete (buffered or sent)
-        self.resp_trailers: Headers | None = None
+        self.resp_trailers: bytes | None = None  # encoded, sent after the body
         self.resp_done = False  # END_STREAM or RST_STREAM went to the client
-        self.head_only = False  # HEAD, 204, 304: no body may follow (RFC 9110 §6.4.1)
+        self.head_only = head.method == "HEAD"  # no body may follow (RFC 9110 §6.4.1)
         self.recorded = False
-
-    @property
-    def stolen(self) -> bool:
-        return self.route.steal_by is not None

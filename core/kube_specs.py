@@ -15,6 +15,11 @@ Either way the agent listens on the loopback of the pod it runs in (never on the
 and the client reaches it through the API server's port-forward, so only users allowed to
 port-forward to that pod can reach it. The session token travels in the container's
 environment (the agent reads it from there, never from argv).
+
+The container runs ``python3 -I -u -m agent`` (``AGENT_COMMAND``), not the ``waylay``
+script: isolated mode (``core.interpreter``), so neither the image's working directory
+nor ``PYTHON*`` variables in the image or the pod can put code into the root agent.
+``python3`` is the image's own (its PATH), as any container command is.
 """
 
 from __future__ import annotations
@@ -23,19 +28,21 @@ import itertools
 from typing import Any, Final
 
 from core.config import AgentConfig
+from core.interpreter import python_command
 
 AGENT_PORT: Final = 47_010  # the agent's control port on the pod's loopback
 TOKEN_ENV: Final = "WAYLAY_TOKEN"
 APP_LABEL: Final = "waylay-agent"
 SESSION_LABEL: Final = "waylay.dev/session"
+AGENT_COMMAND: Final = tuple(python_command("agent", interpreter="python3"))
 
 Json = dict[str, Any]
 
 
 def agent_args(agent: AgentConfig, *, port: int = AGENT_PORT,
                container_id: str | None = None) -> list[str]:
-    """``waylay agent`` arguments: listen on the pod's loopback, leave after the TTL."""
-    args = ["agent", "--listen", f"tcp:127.0.0.1:{port}", "--ttl", str(agent.ttl)]
+    """``AGENT_COMMAND`` arguments: listen on the pod's loopback, leave after the TTL."""
+    args = ["--listen", f"tcp:127.0.0.1:{port}", "--ttl", str(agent.ttl)]
     if container_id is not None:
         args += ["--enter-container", container_id]
     return args
@@ -57,7 +64,7 @@ def ephemeral_container(*, name: str, agent: AgentConfig, token: str, target_con
         "name": name,
         "image": agent.image,
         "imagePullPolicy": "IfNotPresent",
-        "command": ["waylay"],
+        "command": list(AGENT_COMMAND),
         "args": agent_args(agent, port=port),
         "env": [{"name": TOKEN_ENV, "value": token}],
         # The target container's process namespace (as `kubectl debug --target`): the
@@ -105,7 +112,7 @@ def agent_job(*, name: str, namespace: str, session: str, agent: AgentConfig, to
                         "name": APP_LABEL,
                         "image": agent.image,
                         "imagePullPolicy": "IfNotPresent",
-                        "command": ["waylay"],
+                        "command": list(AGENT_COMMAND),
                         "args": agent_args(agent, port=port, container_id=container_id),
                         "env": [{"name": TOKEN_ENV, "value": token}],
                         "securityContext": {

@@ -29,6 +29,7 @@ from typing import Final
 
 from core import agent_directory
 from core.errors import TargetError
+from core.interpreter import clean_environment
 
 # Bounds on waiting; none of them is a performance expectation.
 START_TIMEOUT_S: Final = 20.0
@@ -115,7 +116,7 @@ class Children:
             try:
                 proc = subprocess.Popen(
                     list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err,
-                    cwd="/", env={**CHILD_ENV, "PYTHONUNBUFFERED": "1"},
+                    cwd="/", env=clean_environment(CHILD_ENV),
                     start_new_session=True)
             except OSError as exc:
                 raise TargetError(f"cannot start {what} ({argv[0]}): {exc}") from exc

@@ -44,6 +44,7 @@ from cli.run import EventWriter
 from core.attach import attach
 from core.config import Config, Mode, default_config, load_config
 from core.errors import AgentError, UsageError, WaylayError
+from core.interpreter import python_command
 from core.target import parse_target
 
 EXIT_NOT_ROUTED: Final = 1
@@ -145,7 +146,7 @@ class Demo:
         self.record.save()
         self.sandbox = open_sandbox(self.children, progress)
         progress("starting the local dev version of the shop on 127.0.0.1 ...")
-        local = self.children.start([sys.executable, "-m", "cli.demo.local_app",
+        local = self.children.start([*python_command("cli.demo.local_app"),
                                      "--owner-pid", str(os.getpid())], "the local dev app")
         self.local_port = self.children.wait_listening(local, "the local dev app")
         progress(f"the sample shop runs in {self.sandbox.description}; target "
@@ -168,7 +169,7 @@ class Demo:
         progress(f"starting the traffic generator ({', '.join(USERS)} and a kube-probe "
                  "every second) ...")
         self.generator = self.children.start(
-            [*self.sandbox.enter, sys.executable, "-m", "cli.demo.traffic",
+            [*self.sandbox.enter, *python_command("cli.demo.traffic"),
              "--host", self.sandbox.shop_host, "--port", str(SHOP_PORT),
              "--seconds", f"{seconds:g}", "--owner-pid", str(os.getpid())],
             "the traffic generator")

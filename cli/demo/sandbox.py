@@ -30,7 +30,6 @@ import secrets
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -38,6 +37,7 @@ from typing import Final
 
 from cli.demo.processes import Children, RunRecord, demo_directory, same_process
 from core.errors import PrivilegeError, TargetError
+from core.interpreter import python_command
 
 NETNS_PREFIX: Final = "waylay-demo-"
 # A /16 the demo carves /30s from. Not one of the ranges Kubernetes, Docker or k3s use
@@ -85,7 +85,7 @@ def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 
 
 def _python_module(module: str) -> list[str]:
-    return [sys.executable, "-m", module]
+    return python_command(module)  # isolated: the shop runs as root (core.interpreter)
 
 
 # --- making one --------------------------------------------------------------------------

@@ -73,3 +73,16 @@ def test_the_check_can_fail() -> None:
     spec["securityContext"]["privileged"] = "no"
     with pytest.raises(ValueError):
         V1EphemeralContainer.from_dict(spec)
+
+
+def test_agent_containers_run_python_isolated() -> None:
+    """Both forms start `python3 -I -u -m agent`: neither the image's working directory nor
+    a PYTHON* variable can put code into the root agent; the spec sets none."""
+    spec = ephemeral_container(name="a", agent=AGENT, token="t", target_container="app")
+    job = agent_job(name="j", namespace="shop", session="1a2b", agent=AGENT, token="t",
+                    node="node-7", container_id="containerd://" + "ab" * 32,
+                    target_pod="shop/web-1")
+    for container in (spec, job["spec"]["template"]["spec"]["containers"][0]):
+        assert container["command"] == ["python3", "-I", "-u", "-m", "agent"]
+        assert container["args"][:2] == ["--listen", f"tcp:127.0.0.1:{AGENT_PORT}"]
+        assert not [e for e in container["env"] if e["name"].startswith("PYTHON")]
