@@ -29,7 +29,7 @@ from agent import h2_connection
 from agent.upstream import Upstream
 from core.detect import Protocol, detect, h2_server_preface
 from core.filters import RequestView
-from core.flow import FlowRecord, Verdict
+from core.flow import FlowRecord, FlowRow, Verdict
 from core.http1 import Http1Router
 from core.observer import Http1Observer
 from core.pool import tune
@@ -219,6 +219,8 @@ class InterceptedConnection(asyncio.Protocol):
         """Bound what this connection queues: in the engine, and towards a session."""
         router = self._router
         assert router is not None
+        if not self._paused and self._stream is None and router.wants_downstream:
+            return  # the usual case: nothing to bound
         if router.wants_downstream:
             if self._paused & _BY_ROUTER:
                 self._resume(_BY_ROUTER)
@@ -277,17 +279,8 @@ class InterceptedConnection(asyncio.Protocol):
         self.drop_upstream(reusable=not self._up_sent)
         transport = self._transport
         assert transport is not None
-        # TEMPORARY bridge until agent.h2_connection offers a Protocol entry: the stream
-        # driver reads and writes this transport through a StreamReader/Writer pair.
-        loop = asyncio.get_running_loop()
-        reader = asyncio.StreamReader(limit=WRITE_HIGH_WATER, loop=loop)
-        protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
-        transport.set_protocol(protocol)
-        protocol.connection_made(transport)
-        writer = asyncio.StreamWriter(transport, protocol, reader, loop)
-        self._agent.spawn(h2_connection.serve_h2(self._agent, reader, writer, self._destination,
-                                                 head, peer=self.peer, decide=self._decide),
-                          name="h2")
+        h2_connection.start_h2(self._agent, transport, self._destination, head,
+                               peer=self.peer, decide=self._decide)
 
     def _decide(self, view: RequestView) -> Route:
         route = self._agent.registry.decide(self.port, view)
@@ -516,6 +509,9 @@ class InterceptedConnection(asyncio.Protocol):
         # The stream may live on (a stolen upgrade); the next steal_start replaces it, and
         # a finished one ignores whatever comes.
         self._agent.record(record, owner, timed_out)
+
+    def record_row(self, row: FlowRow, timed_out: tuple[str, ...]) -> None:
+        self._agent.record_row(self.port, row, timed_out)
 
     def _copy_to_mirrors(self, data: bytes) -> None:
         """Copy client bytes to the mirrors; a congested session loses its copy, never

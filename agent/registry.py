@@ -41,6 +41,20 @@ class Registry:
 
     def __init__(self) -> None:
         self._by_port: dict[int, tuple[Subscription, ...]] = {}
+        # Read per request, so kept ready rather than computed each time.
+        self._capturing: frozenset[int] = frozenset()
+        self._link_ids: dict[int, tuple[int, ...]] = {}
+
+    def _set(self, port: int, subs: tuple[Subscription, ...]) -> None:
+        """The one place the table changes (a new dict each time: see the module doc)."""
+        by_port = dict(self._by_port)
+        if subs:
+            by_port[port] = subs
+        else:
+            by_port.pop(port, None)
+        self._by_port = by_port
+        self._capturing = frozenset(p for p, ss in by_port.items() if any(s.capture for s in ss))
+        self._link_ids = {p: tuple(sorted({s.link_id for s in ss})) for p, ss in by_port.items()}
 
     def add(self, sub: Subscription) -> None:
         current = self._by_port.get(sub.port, ())
@@ -51,7 +65,7 @@ class Registry:
                         f"port {sub.port} is already stolen without a filter by another "
                         "session; add an http_filter to share it"
                     )
-        self._by_port[sub.port] = (*current, sub)
+        self._set(sub.port, (*current, sub))
 
     def replace(self, sub: Subscription) -> None:
         """Swap a subscription's mode and filter in place, keeping its precedence."""
@@ -64,17 +78,13 @@ class Registry:
             raise SubscriptionRefused(
                 f"port {sub.port} is already stolen without a filter by another session; "
                 "add an http_filter to share it")
-        self._by_port[sub.port] = tuple(sub if s.sub_id == sub.sub_id else s for s in subs)
+        self._set(sub.port, tuple(sub if s.sub_id == sub.sub_id else s for s in subs))
 
     def remove(self, sub_id: int) -> Subscription | None:
         for port, subs in self._by_port.items():
             for sub in subs:
                 if sub.sub_id == sub_id:
-                    rest = tuple(s for s in subs if s.sub_id != sub_id)
-                    if rest:
-                        self._by_port[port] = rest
-                    else:
-                        del self._by_port[port]
+                    self._set(port, tuple(s for s in subs if s.sub_id != sub_id))
                     return sub
         return None
 
@@ -104,7 +114,11 @@ class Registry:
         return None
 
     def capturing(self, port: int) -> bool:
-        return any(s.capture for s in self._by_port.get(port, ()))
+        return port in self._capturing
+
+    def link_ids(self, port: int) -> tuple[int, ...]:
+        """The sessions (links) subscribed to ``port``, in link order."""
+        return self._link_ids.get(port, ())
 
     def whole_mirrors(self, port: int) -> list[Subscription]:
         """Unfiltered mirrors: they copy connections that are not HTTP, too."""

@@ -285,6 +285,17 @@ class Agent:
             return
         self._send_record(record, owner, timed_out)
 
+    def record_row(self, port: int, row: FlowRow, timed_out: tuple[str, ...]) -> None:
+        """A passed request's record, already a wire row: to every session on ``port``."""
+        links = self.links
+        for link_id in self.registry.link_ids(port):
+            link = links.get(link_id)
+            if link is not None:
+                link.send_flow(row)
+                for clause in timed_out:
+                    link.warn(f"filter {clause} hit its time budget on request {row[0]} "
+                              f"({row[4]} {row[6]}); counted as no match")
+
     def _send_record(self, record: FlowRecord, owner: int | None,
                      timed_out: tuple[str, ...]) -> None:
         """To its thief only, or to every session on the port; each session sees only its
@@ -297,8 +308,8 @@ class Agent:
             targets += [self.links[i] for i in sorted(results)
                         if i in self.links and self.links[i] not in targets]
         else:
-            link_ids = {s.link_id for s in self.registry.subscriptions(record.port)}
-            targets = [self.links[i] for i in sorted(link_ids) if i in self.links]
+            links = self.links
+            targets = [links[i] for i in self.registry.link_ids(record.port) if i in links]
         plain: FlowRow | None = None
         whole_mirrors: set[int] | None = None
         for link in targets:

@@ -65,6 +65,13 @@ class FlowRecord:
         body += data[: max(room, 0)]
         return body
 
+    @classmethod
+    def from_row(cls, row: FlowRow) -> FlowRecord:
+        """The record of a wire row without extras (``to_row`` of a plain record)."""
+        return cls(id=row[0], ts=row[1], port=row[2], protocol=row[3], method=row[4],
+                   authority=row[5], path=row[6], verdict=Verdict(row[7]), status=row[8],
+                   duration_ms=row[9], bytes_in=row[10], bytes_out=row[11], matched=row[12])
+
     def finish(self, now: float) -> None:
         self.duration_ms = round((now - self.ts) * 1000.0, 3)
 

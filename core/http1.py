@@ -40,7 +40,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from core.filters import request_view
-from core.flow import FlowRecord, Verdict
+from core.flow import FlowRecord, FlowRow, Verdict
 from core.http1_framing import (
     CHUNKED,
     LAST_CHUNK,
@@ -58,6 +58,7 @@ from core.http1_framing import (
     parse_response_head,
     response_head_bytes,
 )
+from core.http1_simple import SimpleRequest, simple_request, simple_response
 from core.routing import (
     CloseDownstream,
     Command,
@@ -122,6 +123,8 @@ class Http1Sink(Protocol):
     def mirror_end(self) -> None: ...
     def record_flow(self, record: FlowRecord, owner: int | None,
                     timed_out: tuple[str, ...]) -> None: ...
+    def record_row(self, row: FlowRow, timed_out: tuple[str, ...]) -> None:
+        """A passed request's record, already in wire form (the fast lane's)."""
 
 
 class CommandRecorder:
@@ -174,6 +177,9 @@ class CommandRecorder:
                     timed_out: tuple[str, ...]) -> None:
         self.commands.append(RecordFlow(record=record, owner=owner, timed_out=timed_out))
 
+    def record_row(self, row: FlowRow, timed_out: tuple[str, ...]) -> None:
+        self.record_flow(FlowRecord.from_row(row), None, timed_out)
+
 
 class _Exchange:
     """The request in flight and what has happened to it so far."""
@@ -195,6 +201,20 @@ class _Exchange:
         self.response_done = False
         self.stolen_framing: Framing = NO_BODY  # stolen requests: how we frame the answer
         self.close_after = not request.keep_alive
+
+
+class _Lane:
+    """A simple request sent upstream whole, awaiting its response (the fast lane)."""
+
+    __slots__ = ("keep_alive", "method", "raw", "route", "row")
+
+    def __init__(self, raw: bytes, method: str, row: FlowRow, route: Route,
+                 keep_alive: bool) -> None:
+        self.raw = raw
+        self.method = method
+        self.row = row  # its flow record, as a wire row (ts: the start, unrounded)
+        self.route = route
+        self.keep_alive = keep_alive
 
 
 class Http1Router:
@@ -222,6 +242,8 @@ class Http1Router:
         self._has_upstream = False
         self._tunnel = Tunnel.NONE
         self._exchange: _Exchange | None = None
+        self._lane: _Lane | None = None  # a simple request in the fast lane
+        self._route_ahead: Route | None = None  # decided by the lane, for _start
         self._now = 0.0
         self.closed = False
         self.requests = 0
@@ -269,6 +291,12 @@ class Http1Router:
         if self.closed:
             return
         self._now = now
+        if self._lane is not None:
+            self._promote()  # pipelined bytes: the general path orders them
+        elif self._exchange is None and not self._down and self._tunnel is Tunnel.NONE:
+            simple = simple_request(data)
+            if simple is not None and self._start_simple(simple, data):
+                return
         self._down += data
         # A head can only complete with a line end: a head dripping in byte by byte is
         # not rescanned on every byte (that would be quadratic).
@@ -281,6 +309,8 @@ class Http1Router:
         if self.closed:
             return
         self._now = now
+        if self._lane is not None:
+            self._promote()
         self._down_eof = True
         self._pump_downstream()
 
@@ -289,6 +319,11 @@ class Http1Router:
         if self.closed:
             return
         self._now = now
+        lane = self._lane
+        if lane is not None:
+            if not self._up and self._finish_simple(lane, data):
+                return
+            self._promote()
         self._up += data
         self._pump_upstream()
 
@@ -297,6 +332,8 @@ class Http1Router:
         if self.closed:
             return
         self._now = now
+        if self._lane is not None:
+            self._promote()
         self._upstream_closed(reason)
 
     def local_response(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]],
@@ -333,7 +370,63 @@ class Http1Router:
         if self.closed:
             return
         self._now = now
+        if self._lane is not None:
+            self._promote()
         self._close()
+
+    # --- the fast lane: a simple request passed through whole --------------------------
+
+    def _start_simple(self, simple: SimpleRequest, data: bytes) -> bool:
+        """Route a simple request (``core.http1_simple``); True if it went the fast lane,
+        False if it must take the general path (its route is decided already)."""
+        if self._capture():
+            return False
+        route = self._decide(request_view(simple.method, simple.target, simple.headers))
+        if route.steal_by is not None or route.mirror_to:
+            self._route_ahead = route  # decided once: _start uses it
+            return False
+        # The record as the wire row it will be (core.flow.ROW_FIELDS): no FlowRecord.
+        row = [self._next_id(), self._now, self._port, "http/1.1", simple.method,
+               simple.host, simple.target, "passed", None, None, 0, 0, route.clause, None]
+        self.requests += 1
+        self._lane = _Lane(data, simple.method, row, route, simple.keep_alive)
+        sink = self._sink
+        if not self._has_upstream:
+            self._has_upstream = True
+            sink.connect_upstream()
+        sink.send_upstream(data)
+        return True
+
+    def _finish_simple(self, lane: _Lane, data: bytes) -> bool:
+        """The whole response to the lane's request in ``data``: pass it on; True if so."""
+        simple = simple_response(data, lane.method)
+        if simple is None:
+            return False
+        self._lane = None
+        row = lane.row
+        started = row[1]
+        row[1] = round(started, 6)
+        row[8] = simple.status
+        row[9] = round((self._now - started) * 1000.0, 3)
+        row[11] = simple.body_bytes
+        sink = self._sink
+        sink.send_downstream(data)
+        sink.record_row(row, lane.route.timed_out)
+        if not (lane.keep_alive and simple.keep_alive):
+            self._release_upstream(False)
+            self._close()
+        return True
+
+    def _promote(self) -> None:
+        """Anything but the lane's happy ending: the lane's request becomes the general
+        path's exchange in flight (its head parses there as it did here)."""
+        lane, self._lane = self._lane, None
+        assert lane is not None
+        head = parse_request_head(bytearray(lane.raw))
+        assert head is not None
+        exchange = _Exchange(head, FlowRecord.from_row(lane.row), lane.route)
+        exchange.request_done = True  # bodiless, and already sent upstream
+        self._exchange = exchange
 
     # --- downstream: the remote client's requests ---------------------------------------
 
@@ -407,10 +500,14 @@ class Http1Router:
         sink = self._sink
         method = head.method.decode("latin-1")
         target = head.target.decode("latin-1")
-        route = self._decide(request_view(
-            method, target,
-            tuple([(n.decode("latin-1"), v.decode("latin-1")) for n, v in head.headers]),
-        ))
+        route = self._route_ahead
+        if route is not None:
+            self._route_ahead = None
+        else:
+            route = self._decide(request_view(
+                method, target,
+                tuple([(n.decode("latin-1"), v.decode("latin-1")) for n, v in head.headers]),
+            ))
         host = head.header(b"host")
         stolen = route.steal_by is not None
         record = FlowRecord(

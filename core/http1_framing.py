@@ -399,7 +399,7 @@ def _parse_request_line(line: bytes, lf: int) -> tuple[bytes, bytes, bytes]:
 
 
 def _parse_request(raw: bytes) -> RequestHead:
-    fast = _FAST_REQUEST.fullmatch(raw)
+    fast = FAST_REQUEST.fullmatch(raw)
     if fast is not None and raw.count(b"\n") <= MAX_HEADERS + 1:
         # The usual head (CRLF lines, token names, no obs-fold, no CTLs): the fields come
         # from one C-level scan. Same result as the general path below (tested).
@@ -479,12 +479,12 @@ def _request_from_fields(method: bytes, target: bytes, version: bytes,
 
 
 def _parse_response(raw: bytes, request_method: bytes) -> ResponseHead:
-    fast = _FAST_RESPONSE.fullmatch(raw)
+    fast = FAST_RESPONSE.fullmatch(raw)
     if fast is not None and raw.count(b"\n") <= MAX_HEADERS + 1:
         # See _parse_request: the usual head, fields from one C-level scan.
         minor, digits, reason = fast.groups()
         tracked = [(name.lower(), value.rstrip(_OWS))
-                   for name, value in _FAST_RESPONSE_TRACKED.findall(raw)]
+                   for name, value in FAST_RESPONSE_TRACKED.findall(raw)]
         return _response_from_fields(int(digits), reason or b"",
                                      b"1.1" if minor == b"1" else b"1.0", tracked, raw,
                                      request_method)
@@ -570,19 +570,19 @@ _TRACKED: Final = frozenset(
 # §5). Anything else (bare LF, obs-fold, a CTL, a bad name) takes the general path, which
 # knows the exact error; a head the fast grammar accepts, the general path accepts too,
 # with the same result (tests/core/test_http1_framing.py checks both ways).
-_TOKEN_RE: Final = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
-_FIELDS_RE: Final = rb"(?:" + _TOKEN_RE + rb":[\t\x20-\x7e\x80-\xff]*\r\n)*\r\n"
-_FAST_REQUEST: Final = re.compile(
-    rb"(" + _TOKEN_RE + rb") ([!-~]+) HTTP/1\.([01])\r\n" + _FIELDS_RE)
-_FAST_RESPONSE: Final = re.compile(
+TOKEN_PATTERN: Final = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_FIELDS_RE: Final = rb"(?:" + TOKEN_PATTERN + rb":[\t\x20-\x7e\x80-\xff]*\r\n)*\r\n"
+FAST_REQUEST: Final = re.compile(
+    rb"(" + TOKEN_PATTERN + rb") ([!-~]+) HTTP/1\.([01])\r\n" + _FIELDS_RE)
+FAST_RESPONSE: Final = re.compile(
     rb"HTTP/1\.([01]) ([1-9][0-9][0-9])(?: ([\t\x20-\x7e\x80-\xff]*))?\r\n" + _FIELDS_RE)
 # One field line of a head the grammar above accepted: name, and value without leading
 # OWS (trailing OWS, rare, is taken off by _fields).
-_FAST_FIELD: Final = re.compile(rb"\n(" + _TOKEN_RE + rb"):[ \t]*([^\r]*)")
+_FAST_FIELD: Final = re.compile(rb"\n(" + TOKEN_PATTERN + rb"):[ \t]*([^\r]*)")
 
 
 # The fields a response's framing depends on, in a head the fast grammar accepted.
-_FAST_RESPONSE_TRACKED: Final = re.compile(
+FAST_RESPONSE_TRACKED: Final = re.compile(
     rb"\n(content-length|transfer-encoding|connection):[ \t]*([^\r]*)", re.IGNORECASE)
 
 
