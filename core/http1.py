@@ -172,8 +172,8 @@ class Http1Router:
                 self._local_data(data, out)
             case LocalEnd():
                 self._local_end(out)
-            case LocalAborted(reason=reason):
-                self._fail(f"waylay: the local app failed: {reason}", out)
+            case LocalAborted(reason=reason, status=status):
+                self._fail(f"waylay: the local app failed: {reason}", out, status=status)
             case LocalTrailers():
                 pass  # an HTTP/1.1 client gets a stolen answer without its trailers
             case _:
@@ -283,8 +283,9 @@ class Http1Router:
         headers = [(n, v) for n, v in head.headers if n.lower() != b"expect"]
         if host is None:
             headers.append((b"Host", self._authority))
-        out.append(StealStart(sub_id=route.steal_by, method=method, target=target,
-                              http_version=head.version.decode("ascii"), headers=headers))
+        out.append(StealStart(sub_id=route.steal_by, flow_id=record.id, method=method,
+                              target=target, http_version=head.version.decode("ascii"),
+                              headers=headers))
         return exchange
 
     def _bad_request(self, exc: HttpParseError, out: list[Command]) -> None:
@@ -498,16 +499,16 @@ class Http1Router:
             return False
         return True
 
-    def _fail(self, message: str, out: list[Command]) -> None:
-        """Answer 502 if nothing was sent yet, otherwise cut the connection."""
+    def _fail(self, message: str, out: list[Command], *, status: int = 502) -> None:
+        """Answer ``status`` if nothing was sent yet, otherwise cut the connection."""
         exchange = self._exchange
         if exchange is None or exchange.response_done:
             return
         if exchange.response_started:
             self._abort(out)
             return
-        exchange.record.status = 502
-        self._send_simple(502, (message + "\n").encode("utf-8", "replace"), out)
+        exchange.record.status = status
+        self._send_simple(status, (message + "\n").encode("utf-8", "replace"), out)
         exchange.response_started = exchange.response_done = True
         exchange.close_after = True
         self._finish_if_done(exchange, out)
