@@ -543,7 +543,7 @@ class InterceptedConnection(asyncio.Protocol):
             case LocalEnd():
                 router.local_end(now)
             case LocalAborted(reason=reason):
-                router.local_aborted(reason, getattr(event, "status", 502), now)
+                router.local_aborted(reason, event.status, now)
             case LocalTrailers():
                 pass  # an HTTP/1.1 client gets a stolen answer without its trailers
             case _:

@@ -5,6 +5,12 @@ link. After that the session subscribes ports and answers the requests the agent
 for it, each on its own wire stream. When the link ends, for whatever reason, its
 subscriptions are removed (its ports revert to passthrough) and its open streams are
 aborted; other sessions are not disturbed.
+
+A stolen request has a bound: the session's local app must start answering (its response
+head must come back) within the session's ``response_timeout``, counted from the moment
+the agent opens the request's stream. Past it the remote caller gets a 504 naming the
+local app, the session an error notice, and the stream is reset (the session stops
+delivering it). The response body, once started, takes as long as it takes.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from agent.registry import Subscription, SubscriptionRefused
@@ -22,6 +29,7 @@ from core.filters import compile_http_filter
 from core.flow import MirrorResult
 from core.routing import Event, LocalAborted, LocalData, LocalEnd, LocalResponse, LocalTrailers
 from core.wire import (
+    DEFAULT_RESPONSE_TIMEOUT_S,
     Data,
     End,
     Error,
@@ -118,15 +126,57 @@ class StreamOwner(Protocol):
     def abort_local(self) -> None: ...
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class LocalBound:
+    """How long a session's local app has to start answering a stolen request, and where
+    that app is (named in the caller's 504; None when an older session did not say)."""
+
+    seconds: float = DEFAULT_RESPONSE_TIMEOUT_S
+    local: str | None = None
+
+
 class Stream(_WireStream):
-    """A stolen request, or a whole stolen connection: the local app answers the client."""
+    """A stolen request, or a whole stolen connection: the local app answers the client.
+
+    A stolen request given a ``bound`` is timed from here to its ResponseStart (see the
+    module docstring); ``what`` names the request in the error ("GET /x on port 80").
+    Whole connections have no response to wait for and are never timed.
+    """
 
     def __init__(self, link: ClientLink, stream_id: int, conn: StreamOwner,
-                 *, whole: bool) -> None:
+                 *, whole: bool, bound: LocalBound | None = None, what: str = "") -> None:
         super().__init__(link, stream_id)
         self.conn = conn
         self.whole = whole
         self.tunnel = False  # a stolen upgrade the local app accepted
+        self.bound = bound
+        self.what = what
+        self._timer: asyncio.TimerHandle | None = None
+        if bound is not None and not whole:
+            self._timer = asyncio.get_running_loop().call_later(bound.seconds, self._too_slow)
+
+    def _too_slow(self) -> None:
+        """The local app did not start answering in time: reset the wire stream (the
+        session stops delivering it), tell the session, and answer the caller 504."""
+        self._timer = None
+        bound = self.bound
+        if self.finished.is_set() or bound is None:
+            return
+        within = f"within {bound.seconds:g} s"
+        if bound.local is not None:
+            app, named = bound.local, f"the local app at {bound.local}"
+        else:
+            app = named = f"the local app of session {self.link.name}"
+        self.link.send(Notice(level="error", message=f"{self.what}: {named} did not answer "
+                              f"{within} (agent.local_response_timeout)"))
+        self.reset(f"the local app did not answer {within}")
+        self.conn.on_local(LocalAborted(reason=f"no answer from {app} {within}", status=504))
+
+    def _finish(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        super()._finish()
 
     async def drain(self) -> None:
         await self.link.drain()
@@ -140,6 +190,9 @@ class Stream(_WireStream):
         conn = self.conn
         match message:
             case ResponseStart(status=status, reason=reason, headers=headers):
+                if self._timer is not None:  # the bound is on the head only: it came
+                    self._timer.cancel()
+                    self._timer = None
                 if status == 101:
                     # An upgrade: the stream now carries the new protocol both ways and
                     # each direction gets a fresh End (the request's already went).
@@ -260,6 +313,7 @@ class ClientLink:
         self.mirror_drops = 0  # copies dropped since the last warning about it
         self.shadowed = 0  # requests matching this session's filter taken by an earlier one
         self.client_subs: dict[int, int] = {}  # agent sub id -> the session's own sub id
+        self.bounds: dict[int, LocalBound] = {}  # agent sub id -> its local app's bound
         self._flows: list[FlowRow] = []
         self._flush_handle: asyncio.TimerHandle | None = None
         self._notes_handle: asyncio.TimerHandle | None = None
@@ -348,6 +402,7 @@ class ClientLink:
                 for sub_id, mine in list(self.client_subs.items()):
                     if mine == client_sub:
                         del self.client_subs[sub_id]
+                        self.bounds.pop(sub_id, None)
                         await self.agent.unsubscribe(sub_id)
             case ResponseStart(stream=sid) | Data(stream=sid) | End(stream=sid) | Reset(
                 stream=sid
@@ -384,8 +439,14 @@ class ClientLink:
                             f"{message.port}: {exc}", code="refused"))
             return
         self.client_subs[sub.sub_id] = message.sub_id
+        self.bounds[sub.sub_id] = LocalBound(
+            seconds=message.response_timeout or DEFAULT_RESPONSE_TIMEOUT_S, local=message.local)
         self.send(Subscribed(sub_id=message.sub_id, port=message.port, mode=message.mode,
                              filter=http_filter.text if http_filter is not None else None))
+
+    def bound_for(self, sub_id: int) -> LocalBound:
+        """The bound on stolen requests of this link's subscription ``sub_id``."""
+        return self.bounds.get(sub_id) or LocalBound()
 
     def close(self) -> None:
         self.flush_flows()
@@ -438,5 +499,6 @@ class ClientLink:
             stream.link_lost()
         self.streams.clear()
         self.client_subs.clear()
+        self.bounds.clear()
         await self.agent.link_closed(self)
         self._writer.close()

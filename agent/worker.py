@@ -200,13 +200,15 @@ class Agent:
         if found is None:
             return None
         link, sub = found
-        stream = Stream(link, self._next_stream_id(), conn, whole=False)
+        stream = Stream(link, self._next_stream_id(), conn, whole=False,
+                        bound=link.bound_for(sub.sub_id),
+                        what=f"{start.method} {start.target} on port {sub.port}")
         link.streams[stream.stream_id] = stream
         link.send(RequestStart(
             stream=stream.stream_id, sub_id=link.client_subs.get(sub.sub_id, 0),
             port=sub.port, method=start.method, target=start.target,
             http_version=start.http_version, headers=headers_to_wire(start.headers),
-            peer=conn.peer,
+            peer=conn.peer, flow_id=start.flow_id or None,
         ))
         return stream
 

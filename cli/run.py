@@ -27,7 +27,10 @@ class EventWriter:
         if self._sink is not None:
             self._sink.write(json.dumps(event, separators=(",", ":")) + "\n")
             self._sink.flush()
-        if self._human or event.get("type") in ("error", "warning"):
+        kind = event.get("type")
+        # "started" lines are for --events and the dashboard; the human line comes at
+        # the end of each request (an error event names one that hangs).
+        if (self._human and kind != "started") or kind in ("error", "warning"):
             print(_human_line(event), file=sys.stderr, flush=True)
 
 

@@ -118,7 +118,8 @@ async def attach(target: Target, *, incoming: IncomingConfig,
     """Launch the agent in ``target`` and connect a session to it (not yet running).
 
     Kubernetes targets go to ``core.kube_attach`` (``agent`` and ``kube_context`` apply
-    there); local ones start or join the agent of their network namespace."""
+    there); local ones start or join the agent of their network namespace (of ``agent``,
+    only ``local_response_timeout`` applies to them)."""
     if not target.is_local:
         # The kubernetes client loads slowly (off the event loop) and must not be imported
         # from two threads at once (core.kube_loading).
@@ -129,6 +130,7 @@ async def attach(target: Target, *, incoming: IncomingConfig,
             agent=agent or AgentConfig(), kube_context=kube_context)
     progress = on_progress or (lambda _message: None)
     progress(f"starting the agent in {target}")
+    timeout = (agent or AgentConfig()).local_response_timeout
 
     def agent_message(message: dict[str, object]) -> None:
         kind = message.get("event")
@@ -148,7 +150,8 @@ async def attach(target: Target, *, incoming: IncomingConfig,
         else:
             session = Session(reader=reader, writer=writer, token=existing.token,
                               incoming=incoming, cli_ports=cli_ports, on_event=on_event,
-                              local_host=local_host, capture=capture)
+                              local_host=local_host, capture=capture,
+                              local_response_timeout=timeout)
             return AttachedSession(target=target, agent=None, session=session, key=key)
     process = await launch_local_agent(
         target, ttl=ttl, extra_args=["--clean-on-start"] if clean_on_start else [],
@@ -166,5 +169,5 @@ async def attach(target: Target, *, incoming: IncomingConfig,
             target=str(target)))
     session = Session(reader=reader, writer=writer, token=process.token, incoming=incoming,
                       cli_ports=cli_ports, on_event=on_event, local_host=local_host,
-                      capture=capture)
+                      capture=capture, local_response_timeout=timeout)
     return AttachedSession(target=target, agent=process, session=session, key=key)

@@ -32,6 +32,7 @@ from core import jsonc
 from core.errors import ConfigError
 from core.filters import HttpFilter, compile_http_filter
 from core.jsonc import KeyPath, Locator, Position, Positions, describe_type
+from core.wire_messages import DEFAULT_RESPONSE_TIMEOUT_S
 
 
 class Mode(StrEnum):
@@ -79,13 +80,17 @@ DEFAULT_AGENT_IMAGE = "waylay-agent:0.1"
 
 @dataclass(frozen=True, kw_only=True)
 class AgentConfig:
-    """mirrord's ``agent`` section, the part that applies to waylay's Kubernetes agent."""
+    """mirrord's ``agent`` section, the part that applies to waylay's agent (Kubernetes
+    only, except ``local_response_timeout``, which every agent applies)."""
 
     image: str = DEFAULT_AGENT_IMAGE
     namespace: str | None = None  # where a Job agent runs (default: the target's namespace)
     ttl: int = 30  # seconds the agent waits for a session (and lingers without one)
     startup_timeout: int = 60  # seconds from deploying the agent to its first answer
     ephemeral: bool = True  # an ephemeral container in the pod; False: a Job on its node
+    # Seconds a local app has to start answering a stolen request (its response head);
+    # past that the remote caller gets a 504 naming the local app, and an error event.
+    local_response_timeout: int = DEFAULT_RESPONSE_TIMEOUT_S
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -316,6 +321,9 @@ class _Builder:
             startup_timeout=self.seconds(value.get("startup_timeout"),
                                          (*path, "startup_timeout"), defaults.startup_timeout),
             ephemeral=ephemeral,
+            local_response_timeout=self.seconds(
+                value.get("local_response_timeout"), (*path, "local_response_timeout"),
+                defaults.local_response_timeout),
         )
 
     def image(self, value: object, path: KeyPath) -> str | None:

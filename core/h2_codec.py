@@ -31,7 +31,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from hpack import Decoder, HeaderTuple, NeverIndexedHeaderTuple
-from hpack.table import HeaderTable
+from hpack.table import HeaderTable, table_entry_size
 
 if TYPE_CHECKING:
     from core.h2_streams import RequestHead
@@ -140,7 +140,11 @@ class _VersionedTable(HeaderTable):
         self.version = 0
 
     def add(self, name: bytes, value: bytes) -> None:
-        self.version += 1
+        # An entry larger than the table empties it (RFC 7541 §4.4): into an empty table
+        # that changes nothing. nginx, told to use a table of 0, still sends "with
+        # incremental indexing" literals, and its blocks stay memoisable that way.
+        if self.dynamic_entries or table_entry_size(name, value) <= self.maxsize:
+            self.version += 1
         super().add(name, value)
 
     @property

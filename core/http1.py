@@ -276,8 +276,8 @@ class Http1Router:
                 self.local_data(data, now)
             case LocalEnd():
                 self.local_end(now)
-            case LocalAborted(reason=reason):
-                self.local_aborted(reason, getattr(event, "status", 502), now)
+            case LocalAborted(reason=reason, status=status):
+                self.local_aborted(reason, status, now)
             case LocalTrailers():
                 pass  # an HTTP/1.1 client gets a stolen answer without its trailers
             case _:
@@ -544,8 +544,8 @@ class Http1Router:
         if host is None:
             headers.append((b"Host", self._authority))
         assert route.steal_by is not None
-        sink.steal_start(StealStart(sub_id=route.steal_by, method=method, target=target,
-                                    http_version=head.version.decode("ascii"),
+        sink.steal_start(StealStart(sub_id=route.steal_by, flow_id=record.id, method=method,
+                                    target=target, http_version=head.version.decode("ascii"),
                                     headers=headers))
         return exchange
 

@@ -158,7 +158,8 @@ class PodStarter:
         return Session(reader=link.reader, writer=link.writer, token=placed.token,
                        incoming=self.incoming, cli_ports=self.cli_ports, on_event=tagged,
                        local_host=self.local_host, capture=self.capture,
-                       client_name=f"waylay/{placed.pod.name}")
+                       client_name=f"waylay/{placed.pod.name}",
+                       local_response_timeout=self.agent.local_response_timeout)
 
 
 @dataclass

@@ -376,7 +376,7 @@ class LocalH2:
         first = await frames.get()
         no_body = isinstance(first, End)
         sid = 0
-        reset = False
+        reset = True  # unless the exchange completes; a cancelled delivery resets too
         try:
             sid, queue = await conn.open_stream(_request_fields(start, local), no_body)
             async with asyncio.TaskGroup() as group:
@@ -384,14 +384,13 @@ class LocalH2:
                     conn.send_body(sid, frames, None if no_body else first),
                     name=f"h2-body-{wire_sid}")
                 await conn.relay_response(link, wire_sid, sid, queue)
-                if not sender.done():
-                    # The answer is complete before the request: the app wants no more.
+                # The answer complete before the request: the app wants no more of it.
+                reset = not sender.done()
+                if reset:
                     sender.cancel()
-                    reset = True
         except* _Aborted:
-            reset = True
+            pass
         except* (ConnectionError, OSError, ProtocolError) as errors:
-            reset = True
             why = str(errors.exceptions[0]) or type(errors.exceptions[0]).__name__
             link.report_error(f"{start.method} {start.target}: local app at {where} "
                               f"failed: {why}")

@@ -94,10 +94,13 @@ class LocalTrailers:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class LocalAborted:
-    """The session could not deliver the stolen request, or its link died."""
+    """The session could not deliver the stolen request, or its link died, or the local app
+    did not start answering in time. If nothing was sent to the client yet it gets
+    ``status`` (504 for a local app that timed out) with ``reason`` in the body."""
 
     stream: int = 0
     reason: str
+    status: int = 502
 
 
 Event = (
@@ -145,10 +148,12 @@ class ReleaseUpstream:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class StealStart:
-    """Open a stream to session ``sub_id`` carrying this request head."""
+    """Open a stream to session ``sub_id`` carrying this request head; ``flow_id`` is the
+    id of the flow record that will report it (the session shows it while in flight)."""
 
     stream: int = 0
     sub_id: int
+    flow_id: int = 0
     method: str
     target: str
     http_version: str

@@ -5,7 +5,9 @@ This is the only way the CLI and the dashboard talk to an agent. A session owns 
 request (or per stolen TCP connection); the session delivers each to the local app over
 pooled keep-alive HTTP/1.1 connections (``core.local_delivery``) and streams the answer
 back. Every finished request, stolen or passed, arrives from the agent as a flow record
-and leaves as an event dict (DESIGN §3) through ``on_event``.
+and leaves as an event dict (DESIGN §3) through ``on_event``; a stolen request also leaves
+a ``started`` event as soon as it arrives (same ``id`` as its later ``request`` event), so
+a request the local app is slow to answer is visible while it waits.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from core.filters import HttpFilter
 from core.flow import event_from_row
 from core.local_delivery import LocalPool, deliver_connection, deliver_request
 from core.wire import (
+    DEFAULT_RESPONSE_TIMEOUT_S,
     ConnectionStart,
     Data,
     End,
@@ -126,6 +129,9 @@ class Session:
     on_event: EventSink
     local_host: str = "127.0.0.1"
     capture: bool = False  # ask for headers and body starts in request events
+    # Whole seconds the local app has to start answering a stolen request; the agent
+    # enforces it (agent.local_response_timeout).
+    local_response_timeout: int = DEFAULT_RESPONSE_TIMEOUT_S
     client_name: str = field(default_factory=lambda: f"waylay-cli/{os.getpid()}")
     stats: SessionStats = field(default_factory=SessionStats)
     plans: list[PortPlan] = field(default_factory=list)
@@ -244,7 +250,8 @@ class Session:
         self.send(Subscribe(
             sub_id=sub_id, port=plan.remote, mode=str(plan.mode),
             filter=plan.http_filter.to_mirrord() if plan.http_filter else None,
-            capture=self.capture))
+            capture=self.capture, local=f"{self.local_host}:{plan.local}",
+            response_timeout=self.local_response_timeout))
         return future
 
     async def update(self, incoming: IncomingConfig,
@@ -308,9 +315,20 @@ class Session:
                     record = event_from_row(row)
                     self._count(record)
                     self._event(record)
-            case RequestStart(stream=sid) | ConnectionStart(stream=sid):
+            case RequestStart(stream=sid, flow_id=flow_id):
+                if flow_id is not None:  # stolen (mirror copies have no id of their own)
+                    self._event(_started(message, flow_id))
                 self._open_stream(sid, message)
-            case Data(stream=sid) | End(stream=sid) | Reset(stream=sid) | Trailers(stream=sid):
+            case ConnectionStart(stream=sid):
+                self._open_stream(sid, message)
+            case Reset(stream=sid):
+                # The agent dropped the stream (its caller left, or the local app did not
+                # answer in time): stop delivering it. Its local connection is closed, so
+                # the app sees the request abandoned and no task waits on it for good.
+                state = self._streams.pop(sid, None)
+                if state is not None and state.task is not None:
+                    state.task.cancel()
+            case Data(stream=sid) | End(stream=sid) | Trailers(stream=sid):
                 state = self._streams.get(sid)
                 if state is not None:
                     await state.queue.put(message)
@@ -374,6 +392,16 @@ class Session:
         elif event.get("type") == "warning":
             self.stats.warnings += 1
         self.on_event(event)
+
+
+def _started(start: RequestStart, flow_id: int) -> dict[str, Any]:
+    """The ``started`` event of a stolen request: the keys its ``request`` event will have
+    that are known at arrival (status, duration and sizes come with the flow record)."""
+    host = next((value for name, value in start.headers if name.lower() == "host"), None)
+    return {"type": "started", "id": flow_id, "ts": round(time.time(), 6), "port": start.port,
+            "protocol": "h2" if start.http_version == "2" else "http/1.1",
+            "method": start.method, "authority": host, "path": start.target,
+            "verdict": "stolen"}
 
 
 def _first(group: BaseExceptionGroup[BaseException], kind: type[AgentError]) -> AgentError | None:

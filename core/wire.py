@@ -31,9 +31,11 @@ from typing import Any, Final, assert_never
 
 from core.flow import ROW_FIELDS, FlowRow
 from core.wire_messages import (
+    DEFAULT_RESPONSE_TIMEOUT_S,
     HEADER,
     HEADER_SIZE,
     MAX_PAYLOAD,
+    MAX_RESPONSE_TIMEOUT_S,
     MAX_STREAM,
     MODES,
     NONCE_SIZE,
@@ -64,6 +66,7 @@ from core.wire_messages import (
 )
 
 __all__ = [
+    "DEFAULT_RESPONSE_TIMEOUT_S",
     "HEADER",
     "HEADER_SIZE",
     "MAX_PAYLOAD",
@@ -137,6 +140,10 @@ def _str(value: object, where: str) -> str:
 
 def _optional_str(value: object, where: str) -> str | None:
     return None if value is None else _str(value, where)
+
+
+def _optional_timeout(value: object, where: str) -> int | None:
+    return None if value is None else _int(value, where, 1, MAX_RESPONSE_TIMEOUT_S)
 
 
 def _choice(value: object, where: str, choices: tuple[str, ...]) -> str:
@@ -238,6 +245,8 @@ def encode(message: Message) -> bytes:
                 "headers": _headers(message.headers, "RequestStart.headers"),
                 "peer": _str(message.peer, "RequestStart.peer"),
             }
+            if message.flow_id is not None:  # absent, not null: what older agents send
+                payload["flow_id"] = _stream(message.flow_id, "RequestStart.flow_id")
             return _frame(FrameType.REQUEST, stream, _json_payload(payload, "RequestStart"))
         case ResponseStart():
             stream = _stream(message.stream, "ResponseStart.stream")
@@ -283,13 +292,19 @@ def encode(message: Message) -> bytes:
                 FrameType.ERROR, _stream(stream, "Error.stream"), _json_payload(payload, "Error")
             )
         case Subscribe(sub_id=sub_id, port=port, mode=mode, filter=http_filter,
-                       capture=capture):
+                       capture=capture, local=local, response_timeout=timeout):
             payload = {
                 "port": _port(port, "Subscribe.port"),
                 "mode": _choice(mode, "Subscribe.mode", MODES),
                 "filter": _optional_object(http_filter, "Subscribe.filter"),
                 "capture": _bool(capture, "Subscribe.capture"),
             }
+            # Absent rather than null when unset: the frame stays what older agents read.
+            if local is not None:
+                payload["local"] = _str(local, "Subscribe.local")
+            if timeout is not None:
+                payload["response_timeout"] = _optional_timeout(
+                    timeout, "Subscribe.response_timeout")
             return _frame(
                 FrameType.SUBSCRIBE,
                 _stream(sub_id, "Subscribe.sub_id"),
@@ -393,6 +408,7 @@ def _decode_request(stream: int, payload: memoryview) -> Message:
         http_version=_str(fields["http_version"], "http_version"),
         headers=_headers(fields["headers"], "headers"),
         peer=_str(fields["peer"], "peer"),
+        flow_id=None if fields.get("flow_id") is None else _stream(fields["flow_id"], "flow_id"),
     )
 
 
@@ -468,6 +484,8 @@ def _decode_subscribe(stream: int, payload: memoryview) -> Message:
         mode=_choice(fields["mode"], "mode", MODES),
         filter=_optional_object(fields["filter"], "filter"),
         capture=_bool(fields.get("capture", False), "capture"),
+        local=_optional_str(fields.get("local"), "local"),
+        response_timeout=_optional_timeout(fields.get("response_timeout"), "response_timeout"),
     )
 
 

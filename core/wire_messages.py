@@ -27,6 +27,12 @@ MAX_STREAM: Final = 2**32 - 1  # stream ids (and sub_ids) fill the header's u32
 MODES: Final = ("steal", "mirror")
 NOTICE_LEVELS: Final = ("warning", "error")
 NONCE_SIZE: Final = 8
+# How long a session's local app may take to start answering a stolen request, when the
+# session does not say (an older client): long enough for a debugger's breakpoint, short
+# enough that a hung app does not hold the remote caller for good. The config's
+# ``agent.local_response_timeout`` sets it per session; both are whole seconds.
+DEFAULT_RESPONSE_TIMEOUT_S: Final = 60
+MAX_RESPONSE_TIMEOUT_S: Final = 86_400
 
 
 class WireProtocolError(Exception):
@@ -116,6 +122,10 @@ class Subscribe:
     and filter in place, atomically, keeping its precedence: a live filter change.
     ``capture`` asks for headers and the start of bodies in this port's flow records (the
     dashboard's detail view); absent in the JSON means false.
+    ``local`` is where the session delivers this port ("127.0.0.1:8080"), named in the
+    answer a caller gets when the local app is too slow; ``response_timeout`` is how many
+    whole seconds the local app has to start answering a stolen request. Absent (older
+    clients) they mean unknown and ``DEFAULT_RESPONSE_TIMEOUT_S``.
     """
 
     sub_id: int
@@ -123,6 +133,8 @@ class Subscribe:
     mode: str
     filter: dict[str, object] | None
     capture: bool = False
+    local: str | None = None
+    response_timeout: int | None = None
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -146,8 +158,10 @@ class Unsubscribe:
 class RequestStart:
     """A request head opening ``stream``.
 
-    JSON ``{sub_id, port, method, target, http_version, headers, peer}``, headers as a list of
-    ``[name, value]`` pairs.
+    JSON ``{sub_id, port, method, target, http_version, headers, peer, flow_id}``, headers as
+    a list of ``[name, value]`` pairs. ``flow_id`` is the id of the flow record that will
+    report this request (stolen requests only; absent for mirror copies and from older
+    agents), so a session can show the request while it is in flight.
     """
 
     stream: int
@@ -158,6 +172,7 @@ class RequestStart:
     http_version: str
     headers: tuple[tuple[str, str], ...]
     peer: str
+    flow_id: int | None = None
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

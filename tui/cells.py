@@ -130,6 +130,8 @@ def cell_text(name: str, event: dict[str, Any]) -> str:
             if remote is not None and local != remote:
                 return f"{remote}→{local if local is not None else '-'}"
             return "" if remote is None else str(remote)
+        if status is None and event.get("type") != "request":
+            return "…"  # in flight: the local app has not answered yet
         return "" if status is None else str(status)
     if name == "duration":
         return fmt_duration(event.get("duration_ms"))

@@ -173,9 +173,10 @@ class SessionClient:
         start = dataclasses.replace(wanted, mode=Mode.OFF) if wanted.mode is Mode.MIRROR \
             else wanted
         self._hide_off_warning = start is not wanted
-        extra: dict[str, Any] = dict(self._attach_extra)
-        if not target.is_local:  # where the agent goes and how it runs there
-            extra.update(kube_context=self._kube_context, agent=self._agent)
+        # How the agent runs (local targets take only agent.local_response_timeout).
+        extra: dict[str, Any] = dict(self._attach_extra, agent=self._agent)
+        if not target.is_local:  # which cluster
+            extra.update(kube_context=self._kube_context)
         try:
             attached = await self._attach(
                 target, incoming=start, cli_ports=self.cli_ports,
@@ -251,7 +252,7 @@ class SessionClient:
         if n != self._pending_session:
             self._flush()
             self._pending_session = n
-        if len(self._pending) >= MAX_PENDING and kind == "request":
+        if len(self._pending) >= MAX_PENDING and kind in ("request", "started"):
             self.overflow += 1
             return
         self._pending.append(event)

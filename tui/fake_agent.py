@@ -13,7 +13,8 @@ an ``Error`` on the subscription (as an agent without mirror support does); requ
 subscribed port are routed by the engine's own filter (``core.filters``): taken whole
 without a filter, else matched per request; everything else passes. Records carry what
 the engine's do, capture keys only for a session that asked for them. It never imports
-``agent``. Traffic never touches a network: requests are synthetic flow records.
+``agent``. Traffic never touches a network: requests are synthetic flow records (but for
+``start_request``, a stolen stream the session delivers to its local app on loopback).
 """
 
 from __future__ import annotations
@@ -38,12 +39,14 @@ from core.session import EventSink, Session
 from core.target import Target
 from core.wire import (
     MAX_PAYLOAD,
+    End,
     Error,
     Flow,
     Hello,
     Notice,
     Ping,
     Pong,
+    RequestStart,
     Subscribe,
     Subscribed,
     Unsubscribe,
@@ -156,7 +159,8 @@ class FakeAgent:
         reader, writer = await asyncio.open_connection(sock=mine)
         session = Session(reader=reader, writer=writer, token="fake", incoming=incoming,
                           cli_ports=cli_ports, on_event=on_event, local_host=local_host,
-                          capture=capture)
+                          capture=capture, local_response_timeout=(
+                              agent or AgentConfig()).local_response_timeout)
         return AttachedSession(target=target, agent=_FakeProcess(self),  # type: ignore[arg-type]
                                session=session)
 
@@ -196,6 +200,19 @@ class FakeAgent:
     def send_records(self, records: Sequence[dict[str, Any]]) -> None:
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._send_flows, list(records))
+
+    def start_request(self, *, flow_id: int, port: int, method: str = "GET", path: str = "/",
+                      authority: str | None = None) -> None:
+        """Steal one request as the agent does: its head (RequestStart naming the flow id
+        its record will have) and its end. The session shows it in flight and delivers it
+        to its local app; whatever it answers is ignored here."""
+        headers = (("host", authority),) if authority is not None else ()
+        stream = next(self._ids) + 2_000_000
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._send, RequestStart(
+                stream=stream, sub_id=0, port=port, method=method, target=path,
+                http_version="1.1", headers=headers, peer="10.0.0.9:40000", flow_id=flow_id))
+            self._loop.call_soon_threadsafe(self._send, End(stream=stream))
 
     def notice(self, level: str, message: str) -> None:
         if self._loop is not None:

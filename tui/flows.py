@@ -114,7 +114,9 @@ class FlowStore:
         self._by_id: dict[tuple[int, object], FlowRow] = {}
         self._with_bodies: deque[FlowRow] = deque()
         self._next_key = 0
-        self.received = 0  # request events seen (including in-place updates)
+        # Requests finished, each counted once: an in-flight ("started") row counts when
+        # its request event arrives, so the total never counts a stolen request twice.
+        self.received = 0
         self.dropped = 0  # rows evicted because the buffer was full
         self.cleared = 0  # rows removed by clear()
 
@@ -159,9 +161,11 @@ class FlowStore:
         for event in events:
             if event.get("type") not in REQUEST_TYPES:
                 continue
-            self.received += 1
+            finished = event.get("type") == "request"
             ident = _identity(event)
             row = self._by_id.get((session, ident)) if ident is not None else None
+            if finished and (row is None or row.event.get("type") != "request"):
+                self.received += 1
             if row is not None:
                 row.merge(_compact(event))
                 if row.key < batch_start:

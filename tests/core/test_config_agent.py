@@ -31,6 +31,12 @@ def test_mirrord_agent_section_loads_and_the_rest_is_ignored() -> None:
 
 @pytest.mark.parametrize(("text", "message"), [
     ('{"agent": {"ttl": -1}}', "agent.ttl: expected whole seconds"),
+    ('{"agent": {"local_response_timeout": 0}}',
+     "agent.local_response_timeout: expected whole seconds 1..86400, got 0"),
+    ('{"agent": {"local_response_timeout": 2.5}}',
+     "agent.local_response_timeout: expected whole seconds 1..86400, got 2.5"),
+    ('{"agent": {"local_response_timeout": "60s"}}',
+     "agent.local_response_timeout: expected whole seconds 1..86400, got a string"),
     ('{"agent": {"ephemeral": "yes"}}', "agent.ephemeral: expected true or false"),
     ('{"agent": {"image": ""}}', "agent.image: empty string"),
     ('{"agent": []}', "agent: expected an object"),
@@ -53,3 +59,12 @@ def test_ttl_flag_wins_over_the_file() -> None:
     assert config.with_agent_ttl(None).agent.ttl == 60
     assert config.with_agent_ttl(7.6).agent.ttl == 8
     assert config.with_agent_ttl(0.2).agent.ttl == 1  # never 0: the agent would not wait
+
+
+def test_local_response_timeout_defaults_to_a_minute_and_is_read() -> None:
+    """``agent.local_response_timeout``: 60 s unless the file says otherwise."""
+    assert parse_config("{}", fmt="json").agent.local_response_timeout == 60
+    config = parse_config('{"agent": {"local_response_timeout": 5}}', fmt="json")
+    assert config.agent.local_response_timeout == 5
+    toml = parse_config("[agent]\nlocal_response_timeout = 300\n", fmt="toml")
+    assert toml.agent.local_response_timeout == 300

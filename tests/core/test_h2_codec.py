@@ -71,3 +71,16 @@ def test_a_repeated_block_that_changes_nothing_is_one_lookup() -> None:
     block = caching.decode(again)
     assert block is not first and block.fields == first.fields == fields
     assert caching.decode(memoryview(b"pad" + again)[3:]) is block
+
+
+def test_insertions_into_a_zero_size_table_keep_the_memo() -> None:
+    """nginx with a table of 0 still sends incremental-indexing literals: no table change,
+    so the block is memoised (the first one also resizes the table: not memoised)."""
+    encoder, caching = Encoder(), CachingDecoder()
+    encoder.header_table_size = 0
+    first = encoder.encode([(b"server", b"nginx")], huffman=False)
+    again = encoder.encode([(b"server", b"nginx")], huffman=False)
+    assert caching.decode(first).fields == [(b"server", b"nginx")]
+    block = caching.decode(again)
+    assert caching.decode(again) is block
+    assert len(caching.header_table.dynamic_entries) == 0

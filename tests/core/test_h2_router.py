@@ -378,6 +378,22 @@ def test_local_failure_gives_502_or_a_reset() -> None:
     assert bed.client_got(StreamReset, 3)[0].error_code == ErrorCodes.INTERNAL_ERROR
 
 
+def test_a_local_app_that_timed_out_gives_the_abort_status() -> None:
+    """An abort carrying 504 answers the stream 504 with the reason and records it; the
+    steal named the flow record that reports the stream."""
+    bed = Bed()
+    bed.client.send_headers(1, request("/slow", steal=True), end_stream=True)
+    bed.pump()
+    (start,) = bed.of(StealStart)
+    bed.feed(LocalAborted(stream=1, reason="no answer from 127.0.0.1:8080 within 2 s",
+                          status=504))
+    bed.pump()
+    assert dict(bed.client_got(ResponseReceived, 1)[0].headers)[":status"] == "504"
+    assert b"no answer from 127.0.0.1:8080 within 2 s" in bed.client_body(1)
+    (rec,) = bed.of(RecordFlow)
+    assert rec.record.status == 504 and rec.record.id == start.flow_id
+
+
 def test_upstream_goaway_refuses_unprocessed_streams_and_drains() -> None:
     """After the app's GOAWAY, streams it never saw are refused; processed ones finish."""
     bed = Bed()

@@ -170,6 +170,35 @@ def test_session_abort_before_response_is_502() -> None:
     assert down_bytes(out).startswith(b"HTTP/1.1 502 ")
 
 
+def test_a_local_app_that_timed_out_is_answered_with_the_abort_status() -> None:
+    """An abort carrying 504 (the local app's time is up) answers 504 with the reason,
+    records it, and closes the connection; the steal named the flow record it reports."""
+    r = router()
+    (start,) = of(r.handle(DownstreamData(data=GET_STEAL), 0.0), StealStart)
+    out = r.handle(LocalAborted(reason="no answer from 127.0.0.1:8080 within 2 s",
+                                status=504), 2.0)
+    sent = down_bytes(out)
+    assert sent.startswith(b"HTTP/1.1 504 ")
+    assert sent.endswith(b"waylay: the local app failed: no answer from 127.0.0.1:8080 "
+                         b"within 2 s\n")
+    (rec,) = of(out, RecordFlow)
+    assert rec.record.status == 504 and rec.owner == 7
+    assert start.flow_id == rec.record.id
+    assert of(out, CloseDownstream)
+
+
+def test_an_abort_after_the_answer_began_cuts_the_connection_whatever_its_status() -> None:
+    """Once the local app's head went out, an abort cannot become a 504: the connection
+    is cut instead (the client sees a truncated answer, never a second head)."""
+    r = router()
+    r.handle(DownstreamData(data=GET_STEAL), 0.0)
+    r.handle(LocalResponse(status=200, reason=b"OK",
+                           headers=[(b"Content-Length", b"10")]), 0.1)
+    out = r.handle(LocalAborted(reason="late", status=504), 0.2)
+    assert b"504" not in down_bytes(out)
+    assert of(out, CloseDownstream)
+
+
 def test_client_close_mid_body_aborts_the_stolen_stream() -> None:
     """When the remote client vanishes in the middle of a stolen upload the stream is aborted."""
     r = router()

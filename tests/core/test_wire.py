@@ -86,7 +86,8 @@ STRATEGIES: dict[type, st.SearchStrategy[Message]] = {
     Pong: st.builds(Pong, nonce=st.binary(min_size=8, max_size=8)),
     Subscribe: st.builds(
         Subscribe, sub_id=streams, port=ports, mode=modes, filter=st.none() | json_objects,
-        capture=st.booleans(),
+        capture=st.booleans(), local=st.none() | texts,
+        response_timeout=st.none() | st.integers(1, 86_400),
     ),
     Subscribed: st.builds(
         Subscribed, sub_id=streams, port=ports, mode=modes, filter=st.none() | texts
@@ -102,6 +103,7 @@ STRATEGIES: dict[type, st.SearchStrategy[Message]] = {
         http_version=texts,
         headers=wire_headers,
         peer=texts,
+        flow_id=st.none() | streams,
     ),
     ConnectionStart: st.builds(
         ConnectionStart, stream=streams, sub_id=streams, port=ports, peer=texts
@@ -208,6 +210,18 @@ def test_wire_format_of_subscribe_is_pinned() -> None:
     body = json.dumps({"port": 80, "mode": "steal", "filter": None}).encode()
     (old,) = WireDecoder().receive_data(HEADER.pack(len(body), FrameType.SUBSCRIBE, 7) + body)
     assert old == Subscribe(sub_id=7, port=80, mode="steal", filter=None)
+    assert (old.local, old.response_timeout) == (None, None)
+
+
+def test_subscribe_carries_the_local_address_and_response_timeout_when_set() -> None:
+    """``local`` and ``response_timeout`` are in the JSON only when set, and decode back."""
+    message = Subscribe(sub_id=2, port=80, mode="steal", filter=None,
+                        local="127.0.0.1:8080", response_timeout=5)
+    wire = encode(message)
+    assert json.loads(wire[HEADER_SIZE:]) == {"port": 80, "mode": "steal", "filter": None,
+                                              "capture": False, "local": "127.0.0.1:8080",
+                                              "response_timeout": 5}
+    assert WireDecoder().receive_data(wire) == [message]
 
 
 def test_wire_format_of_request_is_pinned() -> None:
@@ -232,7 +246,11 @@ def test_wire_format_of_request_is_pinned() -> None:
         "http_version": "1.1",
         "headers": [["host", "svc"]],
         "peer": "10.0.0.2:5555",
-    }
+    }  # no flow_id: what older agents send, and what mirror copies carry
+    with_id = dataclasses.replace(message, flow_id=42)
+    wire = encode(with_id)
+    assert json.loads(wire[HEADER_SIZE:])["flow_id"] == 42
+    assert WireDecoder().receive_data(wire) == [with_id]
 
 
 def test_wire_format_of_trailers_is_pinned() -> None:
@@ -421,6 +439,10 @@ def test_deeply_nested_json_is_a_protocol_error() -> None:
         {"port": 80, "mode": "STEAL", "filter": None},
         {"port": 80, "mode": "steal", "filter": "path"},
         {"port": 80, "mode": "steal"},
+        {"port": 80, "mode": "steal", "filter": None, "response_timeout": 0},
+        {"port": 80, "mode": "steal", "filter": None, "response_timeout": 1.5},
+        {"port": 80, "mode": "steal", "filter": None, "response_timeout": 86_401},
+        {"port": 80, "mode": "steal", "filter": None, "local": 8080},
     ],
 )
 def test_bad_subscribe_fields_are_rejected(fields: dict[str, object]) -> None:
@@ -480,6 +502,9 @@ def test_malformed_frames_are_rejected(frame_bytes: bytes) -> None:
         Pong(nonce=b"much too long"),
         Subscribe(sub_id=1, port=0, mode="steal", filter=None),
         Subscribe(sub_id=1, port=80, mode="copy", filter=None),
+        Subscribe(sub_id=1, port=80, mode="steal", filter=None, response_timeout=0),
+        RequestStart(stream=1, sub_id=1, port=80, method="GET", target="/", http_version="1.1",
+                     headers=(), peer="", flow_id=-1),
         Subscribed(sub_id=1, port=70000, mode="mirror", filter=None),
         ResponseStart(stream=1, status=99, reason="", headers=()),
         ResponseStart(stream=1, status=200, reason="", headers=(("x", "\u20ac"),)),

@@ -40,6 +40,18 @@ def test_a_later_event_with_the_same_id_updates_the_row_in_place() -> None:
     assert row.get("type") == "request" and row.get("status") == 201
 
 
+def test_a_request_is_counted_once_when_it_finishes() -> None:
+    """``received`` counts finished requests: a "started" row counts when its request
+    event arrives, not before and not twice."""
+    store = FlowStore()
+    store.ingest([ev(1, type="started", status=None, duration_ms=None)])
+    assert len(store) == 1 and store.received == 0
+    store.ingest([ev(1, status=504), ev(2)])
+    assert len(store) == 2 and store.received == 2
+    store.ingest([ev(1, status=504)])  # a repeat of a finished one
+    assert store.received == 2
+
+
 def test_the_same_id_in_another_session_is_another_row() -> None:
     """Ids restart with each session."""
     store = FlowStore()

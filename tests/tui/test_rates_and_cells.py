@@ -37,3 +37,11 @@ def test_layout_fills_the_width_and_drops_columns_when_narrow() -> None:
         assert sum(c.width + 1 for c in cols) - 1 == width
     assert "matched" not in [c.name for c in layout(80)]
     assert "matched" in [c.name for c in layout(160)]
+
+
+def test_a_request_in_flight_shows_an_ellipsis_for_its_status() -> None:
+    """A "started" row has no status yet: "…"; a finished one without status stays blank."""
+    started = {"type": "started", "id": 1, "verdict": "stolen", "status": None}
+    assert cell_text("status", started) == "…"
+    assert cell_text("status", {**started, "type": "request"}) == ""
+    assert cell_text("status", {**started, "type": "request", "status": 504}) == "504"

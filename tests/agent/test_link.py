@@ -1,0 +1,240 @@
+"""The bound on a stolen request's local app (agent.link): 504 for the caller, an error
+notice for the session, a reset wire stream; and the bound each Subscribe sets."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from typing import Any
+
+from agent.link import ClientLink, LocalBound, Stream
+from agent.registry import Subscription
+from core.routing import Event, LocalAborted, LocalResponse
+from core.wire import (
+    DEFAULT_RESPONSE_TIMEOUT_S,
+    Hello,
+    Message,
+    Notice,
+    Reset,
+    ResponseStart,
+    Subscribe,
+    Subscribed,
+    WireDecoder,
+    encode,
+)
+
+WAIT_S = 10.0  # only keeps a broken test from hanging; nothing is measured against it
+
+
+class FakeLink:
+    """What a Stream uses of its ClientLink: send frames, the streams table, a name."""
+
+    def __init__(self) -> None:
+        self.name = "waylay-cli/7"
+        self.sent: list[Message] = []
+        self.streams: dict[int, Any] = {}
+
+    def send(self, message: Message) -> None:
+        self.sent.append(message)
+
+    def send_raw(self, frame: bytes) -> None:
+        self.sent.extend(WireDecoder().receive_data(frame))
+
+    def of(self, kind: type) -> list[Any]:
+        return [m for m in self.sent if isinstance(m, kind)]
+
+
+class Owner:
+    """The connection the stolen request belongs to; records what it is told."""
+
+    peer = "10.0.0.9:5555"
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+        self.aborted = False
+
+    def on_local(self, event: Event) -> None:
+        self.events.append(event)
+
+    async def drain_downstream(self) -> None:
+        return None
+
+    def write_local(self, data: bytes) -> None:
+        pass
+
+    def end_local(self) -> None:
+        pass
+
+    def abort_local(self) -> None:
+        self.aborted = True
+
+
+def open_stream(link: FakeLink, owner: Owner, bound: LocalBound | None, *,
+                whole: bool = False) -> Stream:
+    stream = Stream(link, 3, owner, whole=whole, bound=bound,  # type: ignore[arg-type]
+                    what="GET /x on port 80")
+    link.streams[3] = stream
+    return stream
+
+
+async def quiet_for(bound: LocalBound) -> None:
+    """Let several times the bound pass (the clock must have been stopped by then)."""
+    await asyncio.sleep(bound.seconds * 4)
+
+
+def test_a_local_app_that_never_answers_gets_the_caller_a_504_naming_it() -> None:
+    """Past the bound: an error notice names the request, the local address and the
+    setting; the wire stream is reset; the owner is told to answer 504 with the address."""
+    async def scenario() -> None:
+        link, owner = FakeLink(), Owner()
+        stream = open_stream(link, owner, LocalBound(seconds=0.05, local="127.0.0.1:8080"))
+        await asyncio.wait_for(stream.finished.wait(), WAIT_S)
+        assert link.of(Notice) == [Notice(
+            level="error", message="GET /x on port 80: the local app at 127.0.0.1:8080 did "
+            "not answer within 0.05 s (agent.local_response_timeout)")]
+        assert link.of(Reset) == [Reset(stream=3, reason="the local app did not answer "
+                                        "within 0.05 s")]
+        assert owner.events == [LocalAborted(
+            reason="no answer from 127.0.0.1:8080 within 0.05 s", status=504)]
+        assert 3 not in link.streams
+
+    asyncio.run(scenario())
+
+
+def test_without_its_address_the_local_app_is_named_by_its_session() -> None:
+    """An older session does not send its local address: the session's name stands in."""
+    async def scenario() -> None:
+        link, owner = FakeLink(), Owner()
+        stream = open_stream(link, owner, LocalBound(seconds=0.05))
+        await asyncio.wait_for(stream.finished.wait(), WAIT_S)
+        (notice,) = link.of(Notice)
+        assert "the local app of session waylay-cli/7 did not answer" in notice.message
+        (aborted,) = owner.events
+        assert isinstance(aborted, LocalAborted) and aborted.status == 504
+        assert "the local app of session waylay-cli/7" in aborted.reason
+
+    asyncio.run(scenario())
+
+
+def test_the_response_head_stops_the_clock() -> None:
+    """The bound is on the response head: once it came, a slow body is not cut."""
+    async def scenario() -> None:
+        link, owner = FakeLink(), Owner()
+        bound = LocalBound(seconds=0.05, local="127.0.0.1:8080")
+        stream = open_stream(link, owner, bound)
+        stream.receive(ResponseStart(stream=3, status=200, reason="OK", headers=()))
+        await quiet_for(bound)
+        assert not link.of(Notice) and not link.of(Reset)
+        assert [type(e) for e in owner.events] == [LocalResponse]
+        assert not stream.finished.is_set()
+
+    asyncio.run(scenario())
+
+
+def test_a_stream_that_ended_otherwise_is_never_timed_out() -> None:
+    """A caller that left (the stream reset) stops the clock: no late notice or 504."""
+    async def scenario() -> None:
+        link, owner = FakeLink(), Owner()
+        bound = LocalBound(seconds=0.05, local="127.0.0.1:8080")
+        stream = open_stream(link, owner, bound)
+        stream.reset("the remote client went away")
+        await quiet_for(bound)
+        assert not link.of(Notice) and owner.events == []
+
+    asyncio.run(scenario())
+
+
+def test_whole_stolen_connections_are_not_timed() -> None:
+    """A whole stolen connection has no response head to wait for."""
+    async def scenario() -> None:
+        link, owner = FakeLink(), Owner()
+        bound = LocalBound(seconds=0.05, local="127.0.0.1:8080")
+        stream = open_stream(link, owner, bound, whole=True)
+        await quiet_for(bound)
+        assert not link.of(Notice) and owner.events == [] and not owner.aborted
+        assert not stream.finished.is_set()
+
+    asyncio.run(scenario())
+
+
+class FakeAgent:
+    """What ClientLink asks of the agent during a handshake and subscriptions."""
+
+    token = "secret"
+    name = "waylay-agent/1"
+    chain = "WAYLAY-test"
+
+    def __init__(self) -> None:
+        self.subs: list[Subscription] = []
+        self._ids = itertools.count(10)
+
+    def listening_ports(self) -> list[int]:
+        return [80, 81]
+
+    def next_sub_id(self) -> int:
+        return next(self._ids)
+
+    async def subscribe(self, sub: Subscription) -> None:
+        self.subs.append(sub)
+
+    async def unsubscribe(self, sub_id: int) -> None:
+        pass
+
+    async def link_closed(self, link: ClientLink) -> None:
+        pass
+
+
+class FakeTransport:
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+
+class FakeWriter:
+    """Collects what the link sends to its session."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.transport = FakeTransport()
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.data += data
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    async def drain(self) -> None:
+        return None
+
+
+def test_each_subscription_carries_its_local_address_and_timeout() -> None:
+    """A Subscribe's ``local`` and ``response_timeout`` bound that subscription's stolen
+    requests; a Subscribe without them (an older session) gets the default and no address."""
+    async def scenario() -> None:
+        agent, writer, reader = FakeAgent(), FakeWriter(), asyncio.StreamReader()
+        link = ClientLink(agent, 1, reader, writer)  # type: ignore[arg-type]
+        reader.feed_data(encode(Hello(token="secret", client="waylay-cli/7"))
+                         + encode(Subscribe(sub_id=1, port=80, mode="steal", filter=None,
+                                            local="127.0.0.1:8080", response_timeout=5))
+                         + encode(Subscribe(sub_id=2, port=81, mode="steal", filter=None)))
+        task = asyncio.create_task(link.run())
+
+        def subscribed() -> int:
+            return sum(isinstance(m, Subscribed)
+                       for m in WireDecoder().receive_data(bytes(writer.data)))
+
+        for _ in range(1000):  # bounded: a few loop turns are enough
+            if subscribed() == 2:
+                break
+            await asyncio.sleep(0.01)
+        first, second = agent.subs
+        assert link.bound_for(first.sub_id) == LocalBound(seconds=5, local="127.0.0.1:8080")
+        assert link.bound_for(second.sub_id) == LocalBound(
+            seconds=DEFAULT_RESPONSE_TIMEOUT_S, local=None)
+        reader.feed_eof()
+        await asyncio.wait_for(task, WAIT_S)
+
+    asyncio.run(scenario())
