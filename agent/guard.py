@@ -1,6 +1,7 @@
 """The guard: a parent process whose one job is that waylay's iptables rules never outlive it.
 
-Theory of operation (DESIGN §4). ``run_guard`` reports (or, with ``clean_on_start``, removes)
+Theory of operation (docs/architecture.md §4). ``run_guard`` reports (or, with ``clean_on_start``,
+removes)
 chains left behind by dead agents, installs a fresh chain owned by its own pid, then runs
 the real agent (the *worker*) as a child with ``--chain NAME``. Whatever ends the worker
 (a normal exit, a crash, SIGKILL from the OOM killer) the guard removes the chain in a

@@ -1,6 +1,7 @@
 """The redirect rules: waylay's own iptables ``nat`` chain, and finding ones left behind.
 
-Theory of operation (DESIGN §4). Each agent session owns one chain, ``WAYLAY-<8 hex>``,
+Theory of operation (docs/architecture.md §4). Each agent session owns one chain, ``WAYLAY-<8
+hex>``,
 in the ``nat`` table::
 
     PREROUTING  -p tcp          -j WAYLAY-1a2b3c4d   (traffic arriving from outside)

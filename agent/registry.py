@@ -138,7 +138,8 @@ class Registry:
         only_filter = subs[0].http_filter if len(subs) == 1 else None
         if only_filter is not None and subs[0].mode == "steal":
             only = subs[0]  # the common case, kept cheap
-            result = only_filter.evaluate(request, clock=time.perf_counter)
+            result = only_filter.evaluate(request, clock=time.perf_counter,
+                                          cpu_clock=time.thread_time)
             if result.matched:
                 return Route(steal_by=only.sub_id, clause=result.clause,
                              timed_out=result.timed_out)
@@ -159,7 +160,8 @@ class Registry:
                     # connections that were already being routed one by one.
                     steal_by, clause = sub.sub_id, "whole port"
                 continue
-            result = sub.http_filter.evaluate(request, clock=time.perf_counter)
+            result = sub.http_filter.evaluate(request, clock=time.perf_counter,
+                                              cpu_clock=time.thread_time)
             timed_out.extend(result.timed_out)
             if not result.matched:
                 continue

@@ -50,6 +50,8 @@ class Upstream(asyncio.Protocol):
     makes it unusable, and it is closed.
     """
 
+    __slots__ = ("closed", "destination", "idle_since", "owner", "transport")
+
     def __init__(self, destination: Destination) -> None:
         self.destination = destination
         self.transport: asyncio.Transport | None = None

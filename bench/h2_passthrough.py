@@ -3,7 +3,7 @@
 Theory of operation. Like ``bench/passthrough.py`` (whose helpers it reuses), it builds
 its own network namespace with a veth pair and runs nginx inside, here serving h2c with
 prior knowledge (``listen 80 http2``, ``return 200``). ``h2load`` on the host loads the
-namespace's own address (DESIGN §5), many streams per connection:
+namespace's own address (docs/architecture.md §5), many streams per connection:
 
 1. **direct**: h2load straight at nginx:80.
 2. **waylay agent**: ``waylay run -t netns/NS -p 80:LOCAL`` with a header filter that no

@@ -2,12 +2,12 @@
 
 Theory of operation. The benchmark builds its own network namespace with a veth pair to
 the host and runs nginx (``return 200``) inside it, then loads it with ``wrk`` from the
-host, keep-alive, always at the namespace's own address (DESIGN §5):
+host, keep-alive, always at the namespace's own address (docs/architecture.md §5):
 
 1. **direct**: wrk straight at nginx:80.
 2. **nginx proxy** (``--nginx-proxy``, on by default): a second nginx in the namespace,
    a reverse proxy on :8081 with upstream keep-alive to 127.0.0.1:80. It is the reference
-   point of DESIGN §7 (about 0.4x direct): a good C proxy costs that much.
+   point (measured at about 0.35-0.45x direct): a good C proxy costs that much.
 3. **waylay agent**: ``waylay run -t netns/NS -p 80:LOCAL`` with a header filter that no
    request matches, so the agent REDIRECTs port 80 to itself and passes every request
    through to nginx. wrk hits the very same URL as in (1).

@@ -4,7 +4,8 @@ one table of ratios (``./dev bench``).
 Theory of operation. One network namespace with a veth pair to the host, nginx
 (``return 200``) inside it as the origin on :80, and a second nginx on the host's loopback
 as the developer's local app. wrk on the host loads the namespace's own address, keep-alive
-(DESIGN §5). In this order, so that each baseline runs before waylay's OUTPUT ``-o lo``
+(docs/architecture.md §5). In this order, so that each baseline runs before waylay's OUTPUT ``-o
+lo``
 rule would redirect the namespace's own loopback traffic:
 
 1. ``direct``: wrk -> nginx:80.
@@ -444,7 +445,19 @@ def bench(stack: contextlib.ExitStack, args: argparse.Namespace) -> dict[str, An
 
 
 def _cpu(row: dict[str, Any]) -> str:
-    return " + ".join(f"{who} {pct}" for who, pct in row["cpu_percent"].items())
+    """CPU share per process, and its CPU time per request: the figure other work on the
+    machine disturbs least (a busy machine lowers req/s, not the work per request)."""
+    rps = max(row["requests_per_s"], 1e-9)
+    return " + ".join(f"{who} {pct} ({pct / 100 / rps * 1e6:.1f} us/req)"
+                      for who, pct in row["cpu_percent"].items())
+
+
+def _cpu_per_request(row: dict[str, Any]) -> float | None:
+    """Microseconds of CPU per request of the row's first process (the intermediary)."""
+    shares = list(row.get("cpu_percent", {}).values())
+    if not shares or not row["requests_per_s"]:
+        return None
+    return float(shares[0]) / 100 / row["requests_per_s"] * 1e6
 
 
 def print_table(report: dict[str, Any]) -> None:
@@ -480,6 +493,11 @@ def print_table(report: dict[str, Any]) -> None:
         if "passthrough" in rows and "floor" in rows:
             print(f"  {'  the agent vs the floor relay':38} {'':>9} {'':>8} {'':>8} "
                   f"{ratio_text('passthrough', 'floor', 'floor'):>11}")
+            agent_us = _cpu_per_request(rows["passthrough"])
+            floor_us = _cpu_per_request(rows["floor"])
+            if agent_us and floor_us:
+                print(f"    CPU per request: agent {agent_us:.1f} us, floor relay "
+                      f"{floor_us:.1f} us ({floor_us / agent_us:.2f}x the floor's efficiency)")
     h2 = report.get("h2")
     if h2 is not None:
         if "error" in h2:

@@ -1,4 +1,4 @@
-"""`waylay`: the command line (DESIGN §3).
+"""`waylay`: the command line (docs/architecture.md §3).
 
 Exit codes: 0 ok, 2 bad usage or config, 3 target not found or not reachable, 4 missing
 privilege or system tool. Every failure is one line on stderr naming the problem.

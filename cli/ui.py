@@ -1,4 +1,4 @@
-"""`waylay ui`: the dashboard (DESIGN §3)."""
+"""`waylay ui`: the dashboard (docs/architecture.md §3)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """The mirrord-compatible config file: ``target`` and ``feature.network.incoming``.
 
-A mirrord config file works unchanged (DESIGN §2). waylay reads the two parts it acts on,
+A mirrord config file works unchanged (docs/architecture.md §2). waylay reads the two parts it acts
+on,
 ``target``, ``kube_context``, ``agent`` (how the agent runs in a Kubernetes pod) and
 ``feature.network.incoming``, checks them completely when the file is read, and compiles
 the HTTP filter once. Everything else in the file (``feature.fs``, ``feature.env``,

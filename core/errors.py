@@ -1,4 +1,5 @@
-"""waylay's error vocabulary: every user-facing failure carries its exit code (DESIGN §3)."""
+"""waylay's error vocabulary: every user-facing failure carries its exit code (docs/architecture.md
+§3)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """mirrord-compatible HTTP filters: compiled once from config, evaluated per request.
 
-The matching rules are mirrord's (DESIGN §2), so a filter written for mirrord takes the same
+The matching rules are mirrord's (docs/architecture.md §2), so a filter written for mirrord takes
+the same
 requests here:
 
 - ``header_filter`` / ``{"header": re}``: the regex is *searched* (unanchored) in every
@@ -137,22 +138,24 @@ class HttpFilter:
         return {f"{key}_filter": value}
 
     def evaluate(self, request: RequestView, *, budget_s: float = MATCH_BUDGET_S,
-                 clock: Callable[[], float] | None = None) -> MatchResult:
+                 clock: Callable[[], float] | None = None,
+                 cpu_clock: Callable[[], float] | None = None) -> MatchResult:
         """Does ``request`` match? Never takes much longer than ``budget_s`` in regex time.
 
         Time enters from outside (this module reads no clock): with ``clock`` the time a
         fast search leaves unused goes to the searches after it; without, each search
-        gets an equal share of the budget.
+        gets an equal share of the budget. With ``cpu_clock`` (the thread's CPU time), a
+        search that timed out only because it was descheduled is tried again (_search).
         """
         root = self._root
         if type(root) is _Regex and root.kind == "header":
-            return self._evaluate_header(root, request, budget_s, clock)
+            return self._evaluate_header(root, request, budget_s, clock, cpu_clock)
         if type(root) is _Method:
             method = request.method  # see _Run.leaf
             if method.isascii() and method.upper() == root.method:
                 return MatchResult(matched=True, clause=root.text, timed_out=())
             return _NO_MATCH
-        run = _Run(request, root, budget_s, clock)
+        run = _Run(request, root, budget_s, clock, cpu_clock)
         if isinstance(root, _Group):
             matched, clause = run.group(root)
         else:
@@ -165,7 +168,8 @@ class HttpFilter:
 
     @staticmethod
     def _evaluate_header(leaf: _Regex, request: RequestView, budget_s: float,
-                         clock: Callable[[], float] | None) -> MatchResult:
+                         clock: Callable[[], float] | None,
+                         cpu_clock: Callable[[], float] | None) -> MatchResult:
         """``evaluate`` for a lone header clause, the commonest filter, without the
         general ``_Run`` bookkeeping (same rules: header lines, then the authority)."""
         headers = request.headers
@@ -181,15 +185,17 @@ class HttpFilter:
                 line = f"{name.lower()}: {value}"
             else:
                 line = f"host: {authority}"
-            share = (deadline - clock()) / left if clock is not None else budget_s / total
+            share = budget_s / total  # never less: see _Run.leaf
+            if clock is not None:
+                share = max(share, (deadline - clock()) / left)
             left -= 1
             if share <= 0:
                 timed_out = True
                 continue
-            try:
-                if search(line, timeout=share) is not None:
-                    return MatchResult(matched=True, clause=leaf.text, timed_out=())
-            except TimeoutError:
+            found = _search(search, line, share, cpu_clock)
+            if found:
+                return MatchResult(matched=True, clause=leaf.text, timed_out=())
+            if found is None:
                 timed_out = True
         if timed_out:
             return MatchResult(matched=False, clause=None, timed_out=(leaf.text,))
@@ -220,12 +226,14 @@ class _Run:
     """
 
     def __init__(self, request: RequestView, root: _Clause, budget_s: float,
-                 clock: Callable[[], float] | None) -> None:
+                 clock: Callable[[], float] | None,
+                 cpu_clock: Callable[[], float] | None = None) -> None:
         self.request = request
         path, query = _split_target(request.target)
         self.paths = [path] if query is None else [path, f"{path}?{query}"]
         self.timed_out: list[str] = []
         self.clock = clock
+        self.cpu_clock = cpu_clock
         self.budget_s = budget_s
         self.deadline = clock() + budget_s if clock is not None else 0.0
         leaves = root.members if isinstance(root, _Group) else (root,)
@@ -264,23 +272,56 @@ class _Run:
         subjects = self.header_lines if leaf.kind == "header" else self.paths
         timed_out = False
         for subject in subjects:
+            # Each search gets at least an equal share of the budget (the total stays
+            # within it), plus what faster searches before it left unused. The floor
+            # matters on a busy machine: wall time spent descheduled must not leave a
+            # search no time at all (that would misroute the request).
+            share = self.budget_s / self.searches_total
             if self.clock is not None:
-                remaining = self.deadline - self.clock()
-            else:
-                remaining = self.budget_s * self.searches_left / self.searches_total
-            share = remaining / max(self.searches_left, 1)
+                share = max(share, (self.deadline - self.clock()) / max(self.searches_left, 1))
             self.searches_left -= 1
             if share <= 0:
                 timed_out = True
                 continue
-            try:
-                if leaf.compiled.search(subject, timeout=share) is not None:
-                    return True
-            except TimeoutError:
+            found = _search(leaf.compiled.search, subject, share, self.cpu_clock)
+            if found:
+                return True
+            if found is None:
                 timed_out = True
         if timed_out:
             self.timed_out.append(leaf.text)
         return False
+
+
+# A search that timed out is tried again this many times when it did not use its time
+# itself (see _search).
+_PREEMPTED_RETRIES = 2
+
+
+def _search(search: Callable[..., object | None], subject: str, share: float,
+            cpu_clock: Callable[[], float] | None) -> bool | None:
+    """Does the regex match ``subject`` within ``share`` seconds? None if it ran out.
+
+    The regex package's timeout is wall time, so a search descheduled on a busy machine
+    can "time out" having done almost nothing: counted as no match, that would misroute a
+    request. A timed-out search is therefore run again, measuring the CPU time it takes:
+    only one that used most of its share itself counts as out of time (a catastrophic
+    pattern then costs at most twice its share; the time budget's purpose, bounding
+    what one request can cost, holds).
+    """
+    try:
+        return search(subject, timeout=share) is not None
+    except TimeoutError:
+        if cpu_clock is None:
+            return None
+    for _ in range(_PREEMPTED_RETRIES):
+        started = cpu_clock()
+        try:
+            return search(subject, timeout=share) is not None
+        except TimeoutError:
+            if cpu_clock() - started >= share / 2:
+                return None  # it really is that slow
+    return None
 
 
 def _split_target(target: str) -> tuple[str, str | None]:

@@ -1,4 +1,5 @@
-"""Flow records: what waylay reports about each intercepted request (DESIGN §3 event lines)."""
+"""Flow records: what waylay reports about each intercepted request (the event lines of
+docs/architecture.md §3)."""
 
 from __future__ import annotations
 
@@ -154,7 +155,7 @@ class MirrorResult:
 
 
 def event_from_row(row: FlowRow) -> dict[str, Any]:
-    """The request event (DESIGN's event line) of one wire row; raises ValueError if the
+    """The request event (docs/architecture.md §3) of one wire row; raises ValueError if the
     row is not one (wrong length or types)."""
     if not isinstance(row, list) or len(row) != len(ROW_FIELDS) + 1:
         raise ValueError(f"a flow row has {len(ROW_FIELDS) + 1} elements")

@@ -97,7 +97,7 @@ class RequestHead:
         self.shown = shown.decode("latin-1") if shown is not None else None
         view_headers = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in regular]
         if authority is not None and host is None:
-            # DESIGN §2: :authority is offered to header filters as host.
+            # docs/architecture.md §2: :authority is offered to header filters as host.
             view_headers.insert(0, ("host", authority.decode("latin-1")))
         self.view = RequestView(method=self.method, target=self.path,
                                 headers=tuple(view_headers), authority=self.shown)

@@ -223,6 +223,11 @@ class Http1Router:
     Without a ``sink`` the router records commands for ``handle`` (playbook tests).
     """
 
+    __slots__ = ("_authority", "_awaiting_head", "_capture", "_decide", "_down", "_down_eof",
+                 "_exchange", "_has_upstream", "_lane", "_next_id", "_now", "_port", "_recorder",
+                 "_route_ahead", "_sink", "_tunnel", "_tunnel_sent_end", "_up", "closed",
+                 "requests")
+
     def __init__(self, *, port: int, authority: str, decide: Decide,
                  next_id: Callable[[], int],
                  capture: Callable[[], bool] = lambda: False,

@@ -5,7 +5,8 @@ This is the only way the CLI and the dashboard talk to an agent. A session owns 
 request (or per stolen TCP connection); the session delivers each to the local app over
 pooled keep-alive HTTP/1.1 connections (``core.local_delivery``) and streams the answer
 back. Every finished request, stolen or passed, arrives from the agent as a flow record
-and leaves as an event dict (DESIGN §3) through ``on_event``; a stolen request also leaves
+and leaves as an event dict (docs/architecture.md §3) through ``on_event``; a stolen request also
+leaves
 a ``started`` event as soon as it arrives (same ``id`` as its later ``request`` event), so
 a request the local app is slow to answer is visible while it waits.
 """

@@ -1,6 +1,6 @@
 """Target strings: what `-t` and the config's `target` name, parsed and validated (sans-I/O).
 
-A target is written ``KIND/NAME`` (DESIGN §2):
+A target is written ``KIND/NAME`` (docs/architecture.md §2):
 
 - Kubernetes: ``pod/NAME``, ``deployment/NAME`` (``deploy/NAME``), ``statefulset/NAME``,
   ``rollout/NAME``, each optionally followed by ``/container/C`` as in mirrord's target

@@ -2,7 +2,7 @@
 
 Everything here creates only namespaces and links of its own, named uniquely per process
 and call, and deletes them on exit (also when the test fails). Tests send traffic only to
-loopback or to addresses inside these namespaces (DESIGN §5).
+loopback or to addresses inside these namespaces (docs/architecture.md §5).
 
 Typical use::
 

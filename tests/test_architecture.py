@@ -1,4 +1,5 @@
-"""The dependency rules of DESIGN §1: sans-I/O core, and the UI never imports the agent."""
+"""The dependency rules of docs/architecture.md §1: sans-I/O core, and the UI never imports the
+agent."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 Theory of operation. :class:`SessionClient` runs at most one session at a time, in one
 named asyncio task it owns (``start`` / ``shutdown``). It talks to the agent only through
-``core.attach`` (DESIGN §1), exactly as ``waylay run`` does, and to the app only by
+``core.attach`` (docs/architecture.md §1), exactly as ``waylay run`` does, and to the app only by
 posting the messages of ``tui.messages``; it never touches a widget.
 
 The engine calls ``on_event`` on the event loop for every event. Those calls only append

@@ -1,6 +1,6 @@
 """The traffic buffer: one row per request, bounded, updated in place, filtered for view.
 
-Theory of operation. Request events (DESIGN §3) arrive in batches. Each becomes a
+Theory of operation. Request events (docs/architecture.md §3) arrive in batches. Each becomes a
 :class:`FlowRow` keyed by ``(session, id)``; a later event with the same key (a response
 arriving for a "started" request, or any refinement) is merged into the row in place and
 bumps its ``version``, which is what the table's line cache keys on. Rows get a store-wide

@@ -49,7 +49,8 @@ class SessionEnded(Message):
 
 @dataclass
 class TrafficBatch(Message):
-    """Events (DESIGN §3 dicts) from one session since the previous batch, in order."""
+    """Events (docs/architecture.md §3 dicts) from one session since the previous batch, in
+    order."""
 
     session: int
     events: list[dict[str, Any]]

@@ -2,7 +2,7 @@
 
 Everything is decided by the engine's own code: ``core.session.plan_ports`` says which
 ports a config intercepts and whether the filter applies there, and
-``HttpFilter.evaluate`` says whether a request matches. The routing rules (DESIGN §2)
+``HttpFilter.evaluate`` says whether a request matches. The routing rules (docs/architecture.md §2)
 on top of that are the agent's: an intercepted port without a filter is taken whole; on a
 filtered port each HTTP request is matched on its own and anything that is not HTTP passes.
 
@@ -124,7 +124,7 @@ def uses_headers(http_filter: HttpFilter) -> bool:
 
 def decide(event: Mapping[str, Any], plan: Plan,
            clock: Callable[[], float] | None = None) -> Decision:
-    """The engine's verdict for ``event`` under ``plan`` (DESIGN §2 routing rules)."""
+    """The engine's verdict for ``event`` under ``plan`` (docs/architecture.md §2 routing rules)."""
     if plan.mode is Mode.OFF:
         return Decision(taken=False, reason="off")
     port_plan = plan.by_port.get(event.get("port"))  # type: ignore[arg-type]

@@ -1,8 +1,9 @@
 """The traffic table: a line-API scroll view that caches one rendered line per row.
 
 Textual's DataTable re-renders cells on every change and deletes rows in O(n); at 1,000
-requests/s it cannot keep up (DESIGN §7). This widget, like Textual's toolong, renders
-only the lines on screen, from an LRU cache of :class:`Strip` keyed by the row's key and
+requests/s it cannot keep up (measured: ~96 % of a core at 500 rows/s, with ~230 ms of
+event-loop lag). This widget, like Textual's toolong, renders only the lines on screen,
+from an LRU cache of :class:`Strip` keyed by the row's key and
 version, the width and the row's highlight state. Rows come from a ``FlowView`` (the
 store, or its search results); the app tells the widget when a batch changed it, so the
 layout and scrollbar are updated a few times a second, not per request.

@@ -4,7 +4,7 @@ Theory of operation. ``runner`` puts together, each in a process of its own:
 
 - the sample "remote" service (``shop``: a small shop-like JSON API) inside a private
   network namespace that ``sandbox`` makes: as root a named namespace joined to the host
-  by a veth pair, otherwise a user + network namespace from ``unshare`` (DESIGN §5);
+  by a veth pair, otherwise a user + network namespace from ``unshare`` (docs/architecture.md §5);
 - the "local dev" version of the same service (``local_app``) on 127.0.0.1, answering
   recognisably differently (``X-Served-By: local-dev``, ``"served_by": "local"``);
 - a bounded traffic generator (``traffic``) that plays several users and a kubelet's

@@ -18,7 +18,8 @@ them (normal end, Ctrl-C, SIGTERM, SIGHUP, an error) passes through the tear-dow
    namespace, and the namespace itself. Signals are held off meanwhile: it is bounded.
 
 Exit codes: 0 when traffic flowed and was routed as the config says, 1 when it was not,
-130 when interrupted before traffic flowed, and DESIGN §3's 2 / 3 / 4 for a bad config,
+130 when interrupted before traffic flowed, and docs/architecture.md §3's 2 / 3 / 4 for a bad
+config,
 an unreachable target, a missing privilege or tool.
 """
 

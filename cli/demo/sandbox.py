@@ -1,6 +1,6 @@
 """The sample's private network namespace, made, torn down, and cleaned up after a crash.
 
-Theory of operation (DESIGN §5):
+Theory of operation (docs/architecture.md §5):
 
 - As root: a named namespace ``waylay-demo-<pid>`` with ``lo`` up, joined to the host by a
   veth pair addressed from a /30 of SUBNET_POOL that no address or route on the host uses

@@ -185,7 +185,7 @@ def test_passed_stream_goes_upstream_and_the_answer_comes_back() -> None:
 
 
 def test_header_filters_see_authority_as_host() -> None:
-    """DESIGN §2: :authority is offered to header filters as ``host: ...``."""
+    """docs/architecture.md §2: :authority is offered to header filters as ``host: ...``."""
     SEEN.clear()
     bed = Bed()
     bed.client.send_headers(1, request("/h"), end_stream=True)

@@ -327,7 +327,7 @@ def test_capture_records_headers_and_body_starts() -> None:
 
 
 def test_without_capture_events_have_only_the_stable_keys() -> None:
-    """By default a request event has exactly DESIGN §3's keys."""
+    """By default a request event has exactly docs/architecture.md §3's keys."""
     r = router()
     r.handle(DownstreamData(data=GET), 0.0)
     event = of(r.handle(UpstreamData(data=OK), 0.1), RecordFlow)[0].record.to_event()

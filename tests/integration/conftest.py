@@ -12,7 +12,7 @@ clients) or to 127.0.0.1 from inside the namespace (a sidecar).
 waits for its ``subscribed`` events, collects its event lines and stderr in background
 threads, and stops it on teardown (SIGINT, then SIGKILL only if it hangs).
 
-Traffic goes only to loopback and to the namespaces created here (DESIGN §5); every
+Traffic goes only to loopback and to the namespaces created here (docs/architecture.md §5); every
 process started here is stopped by pid on teardown, and every wait is bounded.
 ``WAYLAY_TEST_VENV`` names another virtual environment holding waylay (default: the
 repository's ``.venv``).

@@ -1,7 +1,8 @@
 """`waylay demo --headless`: traffic flows, is routed as the config says, and nothing remains.
 
 As root the demo uses a named namespace and a veth pair; the unprivileged test drops to
-``nobody`` and the demo then uses a user + network namespace (DESIGN §5). After every way a
+``nobody`` and the demo then uses a user + network namespace (docs/architecture.md §5). After every
+way a
 demo ends (normal end, SIGINT, SIGTERM, SIGKILL followed by the next demo) the test checks
 that no namespace, veth address, run record, iptables rule or process of it remains.
 

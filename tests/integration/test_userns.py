@@ -1,5 +1,5 @@
 """The steal test without root: a service in a user + network namespace, intercepted by a
-plain user with ``waylay run -t pid/N`` (DESIGN §5, "unprivileged local targets").
+plain user with ``waylay run -t pid/N`` (docs/architecture.md §5, "unprivileged local targets").
 
 As root the test drops to ``nobody`` with ``setpriv``; run by a plain user it stays that
 user. The service is started the way the demo starts one (``unshare --user --map-root-user
