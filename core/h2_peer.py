@@ -96,6 +96,8 @@ class H2Peer:
         if self._buf:
             data = self._buf + data
             self._buf = b""
+        elif type(data) is not bytes:
+            data = bytes(data)  # payloads are memoryviews of it, hashed by the HPACK memo
         view = memoryview(data)
         end = len(data)
         at = 0
