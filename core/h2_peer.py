@@ -261,8 +261,15 @@ class H2Peer:
     def headers(self, stream: int, block: bytes, *, end_stream: bool) -> None:
         """A header block (fields already encoded by ``encoder``) on ``stream``."""
         prefix = self.encoder.prefix()
-        self.out += f.headers(stream, prefix + block if prefix else block,
-                              end_stream=end_stream, max_frame=self.max_frame)
+        if prefix:
+            block = prefix + block
+        if len(block) <= self.max_frame:  # the common case: one HEADERS frame
+            out = self.out
+            out += f.head(len(block), f.HEADERS,
+                          f.END_HEADERS | f.END_STREAM if end_stream else f.END_HEADERS, stream)
+            out += block
+        else:
+            self.out += f.headers(stream, block, end_stream=end_stream, max_frame=self.max_frame)
 
     def take(self) -> bytes:
         """Everything queued for the peer, as one write."""
