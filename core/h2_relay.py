@@ -84,7 +84,6 @@ class StreamRelay:
         except (ValueError, IndexError) as exc:
             raise H2Error(ErrorCode.COMPRESSION_ERROR, f"HPACK: {exc}") from None
 
-
     def _ack_client(self, s: StreamState, length: int) -> None:
         """Return ``length`` bytes of ``s`` to the client's windows."""
         self._down.ack(length)
@@ -96,9 +95,7 @@ class StreamRelay:
                 owed = 0
             s.down_unacked = owed
 
-
     # --- upstream: the original app's side of passed streams ------------------------------
-
 
     def _open_upstream_stream(self, s: StreamState, out: list[Command]) -> None:
         if self._up_going_away or self._next_up > MAX_STREAM_ID:
@@ -129,14 +126,12 @@ class StreamRelay:
         if not ends and (s.req_buf or s.req_ended):
             self._flush_request(s)
 
-
     def _start_waiting(self, out: list[Command]) -> None:
         up = self._up
         while self._waiting and up is not None and not self._up_going_away and (
             len(self._by_up) < up.max_streams
         ):
             self._open_upstream_stream(self._waiting.popleft(), out)
-
 
     def _upstream_data(self, data: bytes, out: list[Command]) -> None:
         up = self._up
@@ -184,7 +179,6 @@ class StreamRelay:
             self._flush_blocked_requests()
         self._start_waiting(out)
 
-
     def _app_headers(self, up_id: int, flags: int, payload: memoryview) -> None:
         up = self._up
         assert up is not None
@@ -215,7 +209,6 @@ class StreamRelay:
         self._flush_response(s)
         if s.resp_done:
             self._finished_upstream.append(s)
-
 
     def _app_data(self, up_id: int, flags: int, payload: memoryview, flow_len: int) -> None:
         up = self._up
@@ -267,7 +260,6 @@ class StreamRelay:
         if s.resp_done:
             self._finished_upstream.append(s)
 
-
     def _ack_app(self, s: StreamState, length: int) -> None:
         """Return ``length`` bytes of ``s`` to the original app's windows."""
         up = self._up
@@ -281,7 +273,6 @@ class StreamRelay:
                 s.up_recv += owed
                 owed = 0
             s.up_unacked = owed
-
 
     def _upstream_goaway(self, last: int, code: int, out: list[Command]) -> None:
         if code != ErrorCode.NO_ERROR:
@@ -302,7 +293,6 @@ class StreamRelay:
         # The client should open its next streams on a new connection, whose passed
         # streams get a new upstream connection.
         self._goaway_downstream()
-
 
     def _upstream_lost(self, reason: str, out: list[Command]) -> None:
         """The upstream connection failed or closed: fail its streams, drop it."""
@@ -325,7 +315,6 @@ class StreamRelay:
                 self._fail(s, f"waylay: the original app failed: {reason}", out)
             self._finish(s, out)
 
-
     def _reset_upstream(self, s: StreamState, code: int) -> None:
         up_id, s.up_id = s.up_id, None
         if up_id is None:
@@ -335,20 +324,16 @@ class StreamRelay:
         if self._up is not None and not (s.req_sent_end and s.resp_ended):
             self._up.out += f.rst_stream(up_id, code)
 
-
     # --- moving bytes within the windows --------------------------------------------------
-
 
     def _flush_blocked_responses(self, out: list[Command]) -> None:
         for s in list(self._resp_blocked.values()):
             self._flush_response(s)
             self._finish(s, out)
 
-
     def _flush_blocked_requests(self) -> None:
         for s in list(self._req_blocked.values()):
             self._flush_request(s)
-
 
     def _flush_request(self, s: StreamState) -> None:
         """Send what the original app's windows take of ``s``'s request body, then its end."""
@@ -375,7 +360,6 @@ class StreamRelay:
                 up.out += f.head(0, f.DATA, f.END_STREAM, up_id)
             s.req_sent_end = True
         self._req_blocked.pop(s.down_id, None)
-
 
     def _flush_response(self, s: StreamState) -> None:
         """Send what the client's windows take of ``s``'s answer, then its end."""
@@ -412,7 +396,6 @@ class StreamRelay:
             s.resp_done = True
         self._resp_blocked.pop(s.down_id, None)
 
-
     @staticmethod
     def _send_data(peer: H2Peer, sid: int, buf: bytearray, credit: int, *, end: bool) -> int:
         """Send what ``peer``'s windows allow of ``buf`` (removing it), END_STREAM on the
@@ -434,9 +417,7 @@ class StreamRelay:
         peer.send_window -= total
         return total
 
-
     # --- endings --------------------------------------------------------------------------
-
 
     def _fail(self, s: StreamState, message: str, out: list[Command], *,
               status: int = 502) -> None:
@@ -466,12 +447,10 @@ class StreamRelay:
             s.resp_trailers = None
             self._flush_response(s)
 
-
     def _refuse(self, s: StreamState) -> None:
         """The original app will not take this stream: the client may retry it elsewhere."""
         self._discard_request(s)
         self._reset_downstream(s, ErrorCode.REFUSED_STREAM)
-
 
     def _reset_downstream(self, s: StreamState, code: int) -> None:
         """Reset the client's stream (also after a complete answer, if the client is still
@@ -482,7 +461,6 @@ class StreamRelay:
         self._discard_request(s)
         self._discard_response(s)
 
-
     def _discard_request(self, s: StreamState) -> None:
         """Drop the request body still held; hand its window back to the client."""
         s.req_discard = True
@@ -491,19 +469,16 @@ class StreamRelay:
             self._ack_client(s, len(s.req_buf))
             s.req_buf.clear()
 
-
     def _discard_response(self, s: StreamState) -> None:
         self._resp_blocked.pop(s.down_id, None)
         if s.resp_buf and not s.stolen:
             self._ack_app(s, len(s.resp_buf))
         s.resp_buf.clear()
 
-
     def _goaway_downstream(self) -> None:
         if not self._draining:
             self._draining = True
             self._down.out += f.goaway(self._highest_in, ErrorCode.NO_ERROR)
-
 
     def _finish(self, s: StreamState, out: list[Command]) -> None:
         """Record ``s`` once its response is over; forget it once over both ways."""
@@ -520,7 +495,6 @@ class StreamRelay:
                 self._reset_upstream(s, ErrorCode.CANCEL)
             else:
                 self._by_up.pop(s.up_id, None)
-
 
     def _close(self, out: list[Command]) -> None:
         if self.closed:
@@ -544,7 +518,6 @@ class StreamRelay:
             self._up = None
             out.append(ReleaseUpstream(reusable=False))
         out.append(CloseDownstream())
-
 
     def _collect(self, out: list[Command]) -> None:
         """The bytes both connections want sent, as one write each."""

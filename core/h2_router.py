@@ -130,17 +130,14 @@ class H2Router(StreamRelay):
         """Always true while open: flow control, not the driver, bounds what we buffer."""
         return not self.closed
 
-
     @property
     def active_streams(self) -> int:
         return len(self._streams)
-
 
     def local_backlog(self, stream: int) -> int:
         """Bytes of a stolen response waiting for the client's window (0 when gone)."""
         s = self._streams.get(stream)
         return len(s.resp_buf) if s is not None else 0
-
 
     def handle(self, event: Event, now: float) -> list[Command]:
         """Feed one event; return the commands to execute, in order."""
@@ -186,7 +183,6 @@ class H2Router(StreamRelay):
             self._collect(out)
         return out
 
-
     def close(self, now: float) -> list[Command]:
         """The connection broke (or the driver is done with it): abort every stream."""
         self._now = now
@@ -194,9 +190,7 @@ class H2Router(StreamRelay):
         self._close(out)
         return out
 
-
     # --- downstream: the remote client's frames -------------------------------------------
-
 
     def _downstream_data(self, data: bytes, out: list[Command]) -> None:
         down = self._down
@@ -228,12 +222,10 @@ class H2Router(StreamRelay):
             # A WINDOW_UPDATE or SETTINGS may have opened the client's windows.
             self._flush_blocked_responses(out)
 
-
     def _connection_error(self, exc: H2Error, out: list[Command]) -> None:
         """The client broke the protocol (RFC 9113 §5.4.1): GOAWAY naming it, then close."""
         self._down.out += f.goaway(self._highest_in, exc.code, str(exc).encode()[:200])
         self._close(out)
-
 
     def _client_headers(self, sid: int, flags: int, payload: memoryview,
                         out: list[Command]) -> None:
@@ -261,7 +253,6 @@ class H2Router(StreamRelay):
                 self._down.out += f.rst_stream(sid, ErrorCode.PROTOCOL_ERROR)
                 return
         self._request_head(sid, head, bool(flags & f.END_STREAM), out)
-
 
     def _request_head(self, sid: int, head: RequestHead, ended: bool,
                       out: list[Command]) -> None:
@@ -307,7 +298,6 @@ class H2Router(StreamRelay):
         if ended:
             self._request_ended(s, out)
 
-
     def _client_trailers(self, s: StreamState, flags: int, block: HeaderBlock,
                          out: list[Command]) -> None:
         if s.req_ended:
@@ -327,7 +317,6 @@ class H2Router(StreamRelay):
                 s.req_trailers = encoded(block, self._down.encoder)
         self._request_ended(s, out)
 
-
     def _request_ended(self, s: StreamState, out: list[Command]) -> None:
         """The client sent END_STREAM on ``s``."""
         if s.req_left:
@@ -344,7 +333,6 @@ class H2Router(StreamRelay):
         elif s.up_id is not None:
             self._flush_request(s)
         self._finish(s, out)
-
 
     def _client_data(self, sid: int, flags: int, payload: memoryview, flow_len: int,
                      out: list[Command]) -> None:
@@ -390,14 +378,12 @@ class H2Router(StreamRelay):
         if flags & f.END_STREAM:
             self._request_ended(s, out)
 
-
     @staticmethod
     def _count_in(s: StreamState, data: bytes | memoryview) -> None:
         record = s.record
         record.bytes_in += len(data)
         if record.request_body is not None:
             record.capture_request_body(bytes(data))
-
 
     def _client_window(self, sid: int, increment: int, out: list[Command]) -> None:
         s = self._streams.get(sid)
@@ -413,7 +399,6 @@ class H2Router(StreamRelay):
         if sid in self._resp_blocked:
             self._flush_response(s)
             self._finish(s, out)
-
 
     def _client_reset(self, s: StreamState, code: int, out: list[Command], *,
                       counted: bool) -> None:
@@ -431,7 +416,6 @@ class H2Router(StreamRelay):
             self._waiting.remove(s)
         self._finish(s, out)
 
-
     def _spend_reset_budget(self) -> None:
         elapsed = max(0.0, self._now - self._reset_clock)
         budget = self._reset_budget + elapsed * RESET_REFILL_PER_S
@@ -439,7 +423,6 @@ class H2Router(StreamRelay):
         self._reset_budget = min(budget, RESET_BUDGET) - 1
         if self._reset_budget < 0:
             raise H2Error(ErrorCode.ENHANCE_YOUR_CALM, "too many streams reset")
-
 
     def _stream_error(self, s: StreamState, code: int, out: list[Command]) -> None:
         """The client broke the protocol on one stream (RFC 9113 §5.4.2): reset it."""
@@ -452,9 +435,7 @@ class H2Router(StreamRelay):
         self._reset_downstream(s, code)
         self._finish(s, out)
 
-
     # --- the local app's answer to stolen streams -----------------------------------------
-
 
     def _local_head(self, sid: int, status: int, headers: Headers,
                     out: list[Command]) -> None:
@@ -475,7 +456,6 @@ class H2Router(StreamRelay):
             return
         self._down.headers(sid, block, end_stream=False)
 
-
     def _local_data(self, sid: int, data: bytes, out: list[Command]) -> None:
         s = self._streams.get(sid)
         if s is None or not s.stolen or not s.resp_started or s.resp_ended or s.head_only:
@@ -487,13 +467,11 @@ class H2Router(StreamRelay):
         self._flush_response(s)
         self._finish(s, out)
 
-
     def _local_trailers(self, sid: int, headers: Headers) -> None:
         s = self._streams.get(sid)
         if s is None or not s.stolen or not s.resp_started or s.resp_ended:
             return
         s.resp_trailers = self._down.encoder.fields(trailer_fields(headers)) or None
-
 
     def _local_end(self, sid: int, out: list[Command]) -> None:
         s = self._streams.get(sid)
