@@ -96,6 +96,8 @@ class H2Peer:
         if self._buf:
             data = self._buf + data
             self._buf = b""
+        elif type(data) is not bytes:
+            data = bytes(data)  # payloads are memoryviews of it, hashed by the HPACK memo
         view = memoryview(data)
         end = len(data)
         at = 0
@@ -259,8 +261,15 @@ class H2Peer:
     def headers(self, stream: int, block: bytes, *, end_stream: bool) -> None:
         """A header block (fields already encoded by ``encoder``) on ``stream``."""
         prefix = self.encoder.prefix()
-        self.out += f.headers(stream, prefix + block if prefix else block,
-                              end_stream=end_stream, max_frame=self.max_frame)
+        if prefix:
+            block = prefix + block
+        if len(block) <= self.max_frame:  # the common case: one HEADERS frame
+            out = self.out
+            out += f.head(len(block), f.HEADERS,
+                          f.END_HEADERS | f.END_STREAM if end_stream else f.END_HEADERS, stream)
+            out += block
+        else:
+            self.out += f.headers(stream, block, end_stream=end_stream, max_frame=self.max_frame)
 
     def take(self) -> bytes:
         """Everything queued for the peer, as one write."""

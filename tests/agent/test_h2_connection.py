@@ -183,9 +183,12 @@ class Client:
 
 
 async def with_bed(test: Callable[[Client, FakeAgent, H2Interception], Awaitable[None]],
-                   *, bridge: bool = False) -> None:
+                   *, bridge: bool = False, origin: bool = True) -> None:
     server = await asyncio.start_server(origin_app, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
+    if not origin:
+        server.close()
+        await server.wait_closed()  # nothing listens there any more
     agent_side, client_side = socket.socketpair()
     loop = asyncio.get_running_loop()
     reader, writer = await asyncio.open_connection(sock=client_side)
@@ -245,3 +248,38 @@ def test_many_streams(bridge: bool) -> None:
         assert all(client.bodies[sid].endswith(b" 0") for sid in client.bodies)
 
     run(with_bed(test, bridge=bridge))
+
+
+def test_an_unreachable_origin_gives_502_and_stolen_streams_still_work() -> None:
+    """Connecting to the original app fails: passed streams get a 502 naming it."""
+    async def test(client: Client, agent: FakeAgent, conn: H2Interception) -> None:
+        client.request(1, "/passed")
+        client.request(3, "/stolen", steal=True)
+        await client.until(lambda: client.ended >= {1, 3})
+        assert client.heads[1][":status"] == "502"
+        assert b"cannot connect to 127.0.0.1:" in client.bodies[1]
+        assert client.bodies[3] == b"local /stolen 0"
+
+    run(with_bed(test, origin=False))
+
+
+def test_a_vanished_client_aborts_its_stolen_streams() -> None:
+    """The client's connection breaks mid-request: the session's stream is reset, the
+    flow is recorded, the protocol's ``closed`` resolves."""
+    async def test(client: Client, agent: FakeAgent, conn: H2Interception) -> None:
+        client.conn.send_headers(1, [(":method", "POST"), (":scheme", "http"),
+                                     (":authority", "svc"), (":path", "/up"),
+                                     ("x-steal", "yes")])
+        client.conn.send_data(1, b"partial")
+        client.writer.write(client.conn.data_to_send())
+        for _ in range(100):
+            if agent.streams and agent.streams[0].body:
+                break
+            await asyncio.sleep(0.01)
+        client.writer.transport.abort()
+        await asyncio.wait_for(conn.closed, TIMEOUT_S)
+        (stream,) = agent.streams
+        assert stream.body == b"partial" and stream.resets
+        assert [r.path for r in agent.records] == ["/up"]
+
+    run(with_bed(test))
