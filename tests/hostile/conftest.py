@@ -17,7 +17,8 @@ session, so every hostile test runs against the same agent process: a test that 
 the agent shows up as a changed or missing worker pid (``assert_same_agent``), and the
 worker's resident memory before and after all hostile traffic is comparable.
 ``agent_memory`` records it (VmRSS from /proc) and prints it at the end of the run, in
-the terminal summary (no assertion on it).
+the terminal summary (no assertion on it). Being session-scoped, the bed and its agent
+stay up from the first hostile test that uses them to the end of the pytest run.
 
 The integration bed's ``bed`` and ``waylay`` fixtures are re-exported for modules that need
 an agent of their own (killing the worker must not kill the keeper's agent).
