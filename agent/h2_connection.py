@@ -20,8 +20,9 @@ write-buffer bound (``WRITE_HIGH_WATER``) neither the original app nor the clien
 read (the client's own control frames, PING and SETTINGS floods, need answers that would
 queue there); while the original app's transport is over it the client is not read; and
 while a session's link is over its own high-water mark, the client (whose stolen
-request bodies feed it) is not read. A stolen response the client reads slowly holds up
-the link's reader (``drain_downstream``) once its backlog passes ``MAX_LOCAL_BACKLOG``.
+request bodies feed it) is not read. A stolen response the client reads slowly is
+paused at the session (``agent.link`` sends PAUSE for that stream only) once its backlog
+passes ``MAX_LOCAL_BACKLOG``.
 """
 
 from __future__ import annotations
@@ -92,6 +93,9 @@ class _StolenStream:
 
     def on_local(self, event: Event) -> None:
         self._conn.on_local(self._stream, event)
+
+    def congested(self) -> bool:
+        return self._conn.stream_congested(self._stream)
 
     async def drain_downstream(self) -> None:
         await self._conn.drain_stream(self._stream)
@@ -252,12 +256,18 @@ class H2Interception(asyncio.Protocol):
             case _:
                 raise AssertionError(f"not a local event: {event!r}")
 
+    def stream_congested(self, stream: int) -> bool:
+        """Too much of the stolen ``stream``'s answer waits for the client (drain_stream
+        would wait)."""
+        return not self._shut and (self._down_full
+                                   or self._router.local_backlog(stream) > MAX_LOCAL_BACKLOG)
+
     async def drain_stream(self, stream: int) -> None:
         """Wait while the client is too slow for the stolen ``stream``'s answer.
 
-        This holds up the session's link, so it is bounded: a client that takes nothing
-        of the answer for ``STALL_TIMEOUT_S`` loses the stream (RST_STREAM), and the
-        link moves on.
+        The session is told to PAUSE this stream meanwhile (``agent.link``), its other
+        streams go on; a client that takes nothing of the answer for ``STALL_TIMEOUT_S``
+        loses the stream (RST_STREAM).
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + STALL_TIMEOUT_S

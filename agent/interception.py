@@ -556,6 +556,10 @@ class InterceptedConnection(asyncio.Protocol):
                 raise AssertionError(f"unexpected local event {event!r}")
         self._after_router()
 
+    def congested(self) -> bool:
+        """The client reads slower than we write to it (the transport said so)."""
+        return self._write_paused
+
     async def drain_downstream(self) -> None:
         """Wait while too much is queued towards the remote client (bounds the buffer)."""
         while self._write_paused and self.mode is not Mode.CLOSED:

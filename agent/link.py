@@ -37,9 +37,11 @@ from core.wire import (
     Hello,
     Message,
     Notice,
+    Pause,
     Ping,
     Pong,
     Reset,
+    Resume,
     ResponseStart,
     Subscribe,
     Subscribed,
@@ -101,6 +103,9 @@ class _WireStream:
     def receive(self, message: Message) -> None:
         raise NotImplementedError
 
+    def pace(self) -> None:
+        raise NotImplementedError
+
     def link_lost(self) -> None:
         raise NotImplementedError
 
@@ -120,7 +125,10 @@ class StreamOwner(Protocol):
     peer: str
 
     def on_local(self, event: Event) -> None: ...
-    async def drain_downstream(self) -> None: ...
+    def congested(self) -> bool:
+        """Too much of the local app's answer is queued towards the remote client."""
+    async def drain_downstream(self) -> None:
+        """Return once the remote client has taken enough of it (or is gone)."""
     def write_local(self, data: bytes) -> None: ...
     def end_local(self) -> None: ...
     def abort_local(self) -> None: ...
@@ -149,6 +157,7 @@ class Stream(_WireStream):
         self.conn = conn
         self.whole = whole
         self.tunnel = False  # a stolen upgrade the local app accepted
+        self._paused = False  # the session was told to PAUSE this stream
         self.bound = bound
         self.what = what
         self._timer: asyncio.TimerHandle | None = None
@@ -228,8 +237,23 @@ class Stream(_WireStream):
             case _:
                 log.debug("ignoring %r on stream %d", message, self.stream_id)
 
-    async def drain_receiver(self) -> None:
-        await self.conn.drain_downstream()
+    def pace(self) -> None:
+        """After a frame for this stream: if its remote client is too slow, PAUSE the
+        session's sending on this stream only, and RESUME once the client caught up.
+        The link itself never waits for one client (no head-of-line blocking)."""
+        if self._paused or self.finished.is_set() or not self.conn.congested():
+            return
+        self._paused = True
+        self.link.send(Pause(stream=self.stream_id))
+        self.link.agent.spawn(self._resume_when_drained(), name="stream-pace")
+
+    async def _resume_when_drained(self) -> None:
+        try:
+            await self.conn.drain_downstream()
+        finally:
+            self._paused = False
+            if not self.finished.is_set():
+                self.link.send(Resume(stream=self.stream_id))
 
     def link_lost(self) -> None:
         if self.finished.is_set():
@@ -286,8 +310,8 @@ class MirrorStream(_WireStream):
             self.result.error = "the session's link to the agent ended"
             self._finish()
 
-    async def drain_receiver(self) -> None:
-        return None
+    def pace(self) -> None:
+        """Copies are never paced: their answers are measured and dropped."""
 
     def _finish(self) -> None:
         if self.finished.is_set():
@@ -410,10 +434,7 @@ class ClientLink:
                 stream = self.streams.get(sid)
                 if stream is not None:
                     stream.receive(message)
-                    # Bounds the bytes queued towards a slow remote client. It holds up
-                    # this session's other streams meanwhile (head-of-line): per-stream
-                    # windows arrive with HTTP/2 support.
-                    await stream.drain_receiver()
+                    stream.pace()  # bounds what is queued towards a slow remote client
             case _:
                 self.send(Error(stream=0, message=f"unexpected {type(message).__name__}",
                                 code="protocol"))

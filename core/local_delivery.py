@@ -40,6 +40,9 @@ class StreamLink(Protocol):
     def send(self, message: Message) -> None: ...
     def send_raw(self, frame: bytes) -> None: ...
     async def drain(self) -> None: ...
+    async def drain_stream(self, sid: int) -> None:
+        """Before more is sent on ``sid``: the link has room and the agent has not
+        paused that stream (its remote client is slow)."""
     def report_error(self, message: str) -> None: ...
 
 
@@ -180,7 +183,7 @@ async def _relay_response(link: StreamLink, proto: h11.Connection, conn: Connect
                                     headers=headers_to_wire(list(event.headers.raw_items()))))
         elif isinstance(event, h11.Data):
             link.send_raw(encode_data(sid, bytes(event.data)))
-            await link.drain()
+            await link.drain_stream(sid)
         elif isinstance(event, h11.EndOfMessage):
             if trailers and event.headers:  # an HTTP/2 client gets them (gRPC's status)
                 link.send(Trailers(stream=sid,
@@ -265,6 +268,6 @@ async def _local_to_frames(link: StreamLink, conn: Connection, sid: int) -> None
             link.send(End(stream=sid))
             return
         link.send_raw(encode_data(sid, data))
-        await link.drain()
+        await link.drain_stream(sid)
 
 

@@ -286,7 +286,7 @@ class _LocalConnection:
             if isinstance(event, DataReceived):
                 if event.data:
                     link.send_raw(encode_data(wire_sid, event.data))
-                    await link.drain()
+                    await link.drain_stream(wire_sid)
                 if self.dead is None:
                     self._h2.acknowledge_received_data(event.flow_controlled_length, sid)
                     self._flush()
@@ -318,6 +318,7 @@ class _Link(Protocol):
     def send(self, message: Message) -> None: ...
     def send_raw(self, frame: bytes) -> None: ...
     async def drain(self) -> None: ...
+    async def drain_stream(self, sid: int) -> None: ...
     def report_error(self, message: str) -> None: ...
 
 

@@ -37,10 +37,12 @@ from core.wire import (
     Hello,
     Message,
     Notice,
+    Pause,
     Ping,
     Pong,
     RequestStart,
     Reset,
+    Resume,
     Subscribe,
     Subscribed,
     Trailers,
@@ -148,6 +150,8 @@ class Session:
         self._last_seen = time.monotonic()
         self._plans_by_sub: dict[int, PortPlan] = {}
         self._pending_subs: dict[int, asyncio.Future[bool]] = {}
+        # Streams the agent PAUSEd; the event is set on RESUME (or when the stream ends).
+        self._paused: dict[int, asyncio.Event] = {}
         self._sub_ids = itertools.count(1)
 
     def send(self, message: Message) -> None:
@@ -162,6 +166,14 @@ class Session:
         if self.writer.transport.get_write_buffer_size() > LINK_HIGH_WATER:
             with contextlib.suppress(ConnectionError):
                 await self.writer.drain()
+
+    async def drain_stream(self, sid: int) -> None:
+        """Wait before sending more on stream ``sid``: while the link is full, and while
+        the agent has that stream PAUSEd (its remote client is slow)."""
+        await self.drain()
+        paused = self._paused.get(sid)
+        if paused is not None:
+            await paused.wait()
 
     def stop(self) -> None:
         self._stopping.set()
@@ -329,6 +341,13 @@ class Session:
                 state = self._streams.pop(sid, None)
                 if state is not None and state.task is not None:
                     state.task.cancel()
+            case Pause(stream=sid):
+                if sid in self._streams:
+                    self._paused.setdefault(sid, asyncio.Event())
+            case Resume(stream=sid):
+                resumed = self._paused.pop(sid, None)
+                if resumed is not None:
+                    resumed.set()
             case Data(stream=sid) | End(stream=sid) | Trailers(stream=sid):
                 state = self._streams.get(sid)
                 if state is not None:
@@ -373,6 +392,9 @@ class Session:
             await work
         finally:
             self._streams.pop(sid, None)
+            paused = self._paused.pop(sid, None)
+            if paused is not None:
+                paused.set()
 
     def report_error(self, message: str) -> None:
         """A delivery failed (the local app is unreachable, ...)."""

@@ -50,11 +50,13 @@ from core.wire_messages import (
     Hello,
     Message,
     Notice,
+    Pause,
     Ping,
     Pong,
     RequestStart,
     Reset,
     ResponseStart,
+    Resume,
     Subscribe,
     Subscribed,
     Trailers,
@@ -80,11 +82,13 @@ __all__ = [
     "Hello",
     "Message",
     "Notice",
+    "Pause",
     "Ping",
     "Pong",
     "RequestStart",
     "Reset",
     "ResponseStart",
+    "Resume",
     "Subscribe",
     "Subscribed",
     "Trailers",
@@ -234,6 +238,10 @@ def encode(message: Message) -> bytes:
             return _frame(FrameType.DATA, stream, bytes(data))
         case End(stream=stream):
             return _frame(FrameType.END, _stream(stream, "End.stream"), b"")
+        case Pause(stream=stream):
+            return _frame(FrameType.PAUSE, _stream(stream, "Pause.stream"), b"")
+        case Resume(stream=stream):
+            return _frame(FrameType.RESUME, _stream(stream, "Resume.stream"), b"")
         case RequestStart():
             stream = _stream(message.stream, "RequestStart.stream")
             payload = {
@@ -397,6 +405,16 @@ def _decode_end(stream: int, payload: memoryview) -> Message:
     return End(stream=stream)
 
 
+def _decode_pause(stream: int, payload: memoryview) -> Message:
+    _empty(payload)
+    return Pause(stream=stream)
+
+
+def _decode_resume(stream: int, payload: memoryview) -> Message:
+    _empty(payload)
+    return Resume(stream=stream)
+
+
 def _decode_request(stream: int, payload: memoryview) -> Message:
     fields = _json_object(payload)
     return RequestStart(
@@ -540,6 +558,8 @@ _DECODERS: Final[dict[int, Callable[[int, memoryview], Message]]] = {
     FrameType.CONNECTION: _decode_connection,
     FrameType.DATA: _decode_data,
     FrameType.END: _decode_end,
+    FrameType.PAUSE: _decode_pause,
+    FrameType.RESUME: _decode_resume,
     FrameType.RESPONSE: _decode_response,
     FrameType.RESET: _decode_reset,
     FrameType.FLOW: _decode_flow,

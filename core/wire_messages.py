@@ -13,7 +13,8 @@ from typing import Final, TypeAlias
 
 from core.flow import FlowRow
 
-PROTOCOL_VERSION: Final = 1
+# 2: flow records as compact rows; PAUSE / RESUME per stream.
+PROTOCOL_VERSION: Final = 2
 
 HEADER: Final = struct.Struct("!IBI")  # payload length u32, frame type u8, stream id u32
 HEADER_SIZE: Final = HEADER.size  # 9
@@ -63,6 +64,8 @@ class FrameType(IntEnum):
     FLOW = 16  # agent → client: a batch of flow records
     NOTICE = 17  # agent → client: a warning or error for the user
     TRAILERS = 18  # either way: trailer fields of a stream's message; END follows
+    PAUSE = 19  # agent → client: stop sending on this stream (its remote client is slow)
+    RESUME = 20  # agent → client: send on this stream again
 
 
 # --- messages ---------------------------------------------------------------------------
@@ -201,6 +204,22 @@ class End:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class Pause:
+    """Stop sending on ``stream`` until RESUME: its remote client reads slower than the
+    local app answers. Per stream, so one slow client never holds up the link's other
+    streams; empty payload. What was already on its way is still delivered."""
+
+    stream: int
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Resume:
+    """Send on ``stream`` again (after PAUSE); empty payload."""
+
+    stream: int
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class ResponseStart:
     """The response head on ``stream``. JSON ``{status, reason, headers}``."""
 
@@ -266,6 +285,8 @@ Message: TypeAlias = (
     | Reset
     | Flow
     | Notice
+    | Pause
+    | Resume
 )
 
 

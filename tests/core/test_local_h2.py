@@ -35,6 +35,9 @@ class FakeLink:
     async def drain(self) -> None:
         return None
 
+    async def drain_stream(self, sid: int) -> None:
+        return None
+
     def report_error(self, message: str) -> None:
         self.errors.append(message)
 

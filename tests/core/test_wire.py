@@ -27,11 +27,13 @@ from core.wire import (
     Hello,
     Message,
     Notice,
+    Pause,
     Ping,
     Pong,
     RequestStart,
     Reset,
     ResponseStart,
+    Resume,
     Subscribe,
     Subscribed,
     Trailers,
@@ -110,6 +112,8 @@ STRATEGIES: dict[type, st.SearchStrategy[Message]] = {
     ),
     Data: st.builds(Data, stream=streams, data=st.binary(max_size=64)),
     End: st.builds(End, stream=streams),
+    Pause: st.builds(Pause, stream=streams),
+    Resume: st.builds(Resume, stream=streams),
     ResponseStart: st.builds(
         ResponseStart,
         stream=streams,
@@ -271,7 +275,7 @@ def test_trailers_reject_bad_headers() -> None:
 
 def test_hello_defaults_to_this_protocol_version() -> None:
     """Hello and Welcome carry PROTOCOL_VERSION unless told otherwise."""
-    assert Hello(token="t", client="c").version == PROTOCOL_VERSION == 1
+    assert Hello(token="t", client="c").version == PROTOCOL_VERSION == 2
     assert Welcome(agent="a", session="s", listening_ports=()).version == PROTOCOL_VERSION
 
 
@@ -611,8 +615,8 @@ def test_check_hello_compares_non_ascii_tokens() -> None:
 
 def test_check_hello_names_both_versions_on_mismatch() -> None:
     """A Hello of another protocol version is refused with both versions named."""
-    with pytest.raises(WireProtocolError, match=r"client speaks 2, agent speaks 1"):
-        check_hello(Hello(token="s3cret", client="c", version=2), "s3cret")
+    with pytest.raises(WireProtocolError, match=r"client speaks 1, agent speaks 2"):
+        check_hello(Hello(token="s3cret", client="c", version=1), "s3cret")
 
 
 def test_check_hello_rejects_other_messages() -> None:

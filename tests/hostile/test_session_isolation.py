@@ -52,10 +52,6 @@ def _start_pair(hb: HostileBed, start: RunStarter, mode: str, a_filter: str,
     return a, b
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "mirror sessions on one port share one flow record: a session's events carry the "
-    "other session's local status, captured headers and body, and every event names the "
-    "first session's filter (issue 11, item 1)"))
 def test_mirror_sessions_see_only_their_own_local_answers(agent_memory: HostileBed,
                                                           hostile_run: RunStarter) -> None:
     """Both mirror filters match: each session's events carry its own app's answer and
