@@ -12,11 +12,14 @@ from agent.registry import Subscription
 from core.routing import Event, LocalAborted, LocalResponse
 from core.wire import (
     DEFAULT_RESPONSE_TIMEOUT_S,
+    Data,
     Hello,
     Message,
     Notice,
+    Pause,
     Reset,
     ResponseStart,
+    Resume,
     Subscribe,
     Subscribed,
     WireDecoder,
@@ -55,6 +58,9 @@ class Owner:
 
     def on_local(self, event: Event) -> None:
         self.events.append(event)
+
+    def congested(self) -> bool:
+        return False
 
     async def drain_downstream(self) -> None:
         return None
@@ -236,5 +242,66 @@ def test_each_subscription_carries_its_local_address_and_timeout() -> None:
             seconds=DEFAULT_RESPONSE_TIMEOUT_S, local=None)
         reader.feed_eof()
         await asyncio.wait_for(task, WAIT_S)
+
+    asyncio.run(scenario())
+
+
+class SlowOwner(Owner):
+    """A connection whose remote client stops reading, until ``drained`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.full = True
+        self.drained = asyncio.Event()
+
+    def congested(self) -> bool:
+        return self.full
+
+    async def drain_downstream(self) -> None:
+        await self.drained.wait()
+        self.full = False
+
+
+class SpawningLink(FakeLink):
+    """A FakeLink whose agent runs background tasks (the stream's resume)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.agent = self
+        self.tasks: list[asyncio.Task[None]] = []
+
+    def spawn(self, coro: Any, *, name: str) -> None:
+        self.tasks.append(asyncio.get_running_loop().create_task(coro, name=name))
+
+
+def test_a_slow_client_pauses_its_own_stream_then_resumes_it() -> None:
+    """A frame for a stream whose client is congested PAUSEs that stream at the session,
+    once however many frames follow; when the client catches up, RESUME follows."""
+    async def scenario() -> None:
+        link, owner = SpawningLink(), SlowOwner()
+        stream = open_stream(link, owner, None)  # type: ignore[arg-type]
+        for _ in range(3):
+            stream.receive(Data(stream=3, data=b"x" * 10))
+            stream.pace()
+        assert link.of(Pause) == [Pause(stream=3)] and not link.of(Resume)
+        owner.drained.set()
+        await asyncio.wait_for(asyncio.gather(*link.tasks), WAIT_S)
+        assert link.of(Resume) == [Resume(stream=3)]
+        stream.receive(Data(stream=3, data=b"y"))
+        stream.pace()  # not congested any more: nothing new
+        assert len(link.of(Pause)) == 1
+
+    asyncio.run(scenario())
+
+
+def test_a_fast_client_never_pauses_anything() -> None:
+    """Frames for a stream whose client keeps up send no PAUSE."""
+    async def scenario() -> None:
+        link, owner = SpawningLink(), SlowOwner()
+        owner.full = False
+        stream = open_stream(link, owner, None)  # type: ignore[arg-type]
+        stream.receive(Data(stream=3, data=b"x"))
+        stream.pace()
+        assert not link.of(Pause) and not link.tasks
 
     asyncio.run(scenario())
