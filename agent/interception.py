@@ -95,8 +95,8 @@ class InterceptedConnection(asyncio.Protocol):
     """
 
     # Slots: an idle keep-alive connection should cost little (bench/ measures it).
-    __slots__ = ("_agent", "_client_eof", "_connecting", "_destination", "_drained", "_head",
-                 "_mirrors", "_observer", "_paused", "_relay_record", "_router", "_stream",
+    __slots__ = ("_agent", "_client_eof", "_connecting", "_destination", "_drained", "_far_eof",
+                 "_head", "_mirrors", "_observer", "_paused", "_relay_record", "_router", "_stream",
                  "_transport", "_up", "_up_eof_pending", "_up_pending", "_up_sent",
                  "_whole_owner", "_write_paused", "mode", "peer", "port")
 
@@ -123,6 +123,7 @@ class InterceptedConnection(asyncio.Protocol):
         self._observer: Http1Observer | None = None  # per-request records of a whole steal
         self._relay_record: FlowRecord | None = None  # a relayed or whole-stolen connection
         self._client_eof = False
+        self._far_eof = False  # the app (relay) or the local app (whole steal) half-closed
 
     # --- asyncio.Protocol: the remote client ------------------------------------------
 
@@ -180,14 +181,16 @@ class InterceptedConnection(asyncio.Protocol):
             mode = self.mode
         if mode is Mode.RELAY:
             self._end_relay()
-            return True
-        if mode is Mode.WHOLE:
+        elif mode is Mode.WHOLE:
             if self._stream is not None:
                 if self._observer is not None:
                     self._observer.from_client(b"", time.time())
                 self._stream.end()
-            return True
-        return False
+        else:
+            return False
+        if self._far_eof:
+            self._close_transport()  # both ways are closed now: the connection is done
+        return True
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._shutdown()
@@ -438,6 +441,7 @@ class InterceptedConnection(asyncio.Protocol):
             transport = self._transport
             if transport is not None and not transport.is_closing() and transport.can_write_eof():
                 transport.write_eof()
+            self._far_eof = True
             if self._client_eof:
                 self._close_transport()
         elif mode is Mode.DETECT:
@@ -611,6 +615,7 @@ class InterceptedConnection(asyncio.Protocol):
         transport = self._transport
         if transport is not None and not transport.is_closing() and transport.can_write_eof():
             transport.write_eof()
+        self._far_eof = True
         if self._client_eof:
             self._close_transport()
 
