@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import itertools
+from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from core.filters import RequestView
-from core.http1 import Http1Router
+from core.http1 import CommandRecorder, Http1Router
 from core.routing import (
     PASS,
     CloseDownstream,
@@ -20,6 +21,8 @@ from core.routing import (
     LocalData,
     LocalEnd,
     LocalResponse,
+    MirrorEnd,
+    MirrorStart,
     RecordFlow,
     ReleaseUpstream,
     Route,
@@ -45,7 +48,7 @@ def router() -> Http1Router:
                        next_id=itertools.count(1).__next__)
 
 
-def of(commands: list[Command], kind: type) -> list:
+def of(commands: list[Command], kind: type) -> list[Any]:
     return [c for c in commands if isinstance(c, kind)]
 
 
@@ -334,3 +337,316 @@ def test_without_capture_events_have_only_the_stable_keys() -> None:
     assert set(event) == {"type", "id", "ts", "port", "protocol", "method", "authority",
                           "path", "verdict", "status", "duration_ms", "bytes_in",
                           "bytes_out", "matched"}
+
+
+# --- the fast lane (core.http1_simple) and its promotion to the general path -------------
+
+
+class CountingDecide:
+    """``steal_if_header`` plus a mirror rule, counting the calls per target."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def __call__(self, view: RequestView) -> Route:
+        self.calls.append(view.target)
+        if any(n.lower() == "x-mirror" and v == "yes" for n, v in view.headers):
+            return Route(steal_by=None, clause="path_filter: /m", mirror_to=(9,),
+                         mirror_clauses=("path_filter: /m",))
+        return steal_if_header(view)
+
+
+def lane_router(*, capture: bool = False) -> tuple[Http1Router, CountingDecide]:
+    decide = CountingDecide()
+    return Http1Router(port=80, authority="10.0.0.2:80", decide=decide,
+                       next_id=itertools.count(1).__next__,
+                       capture=lambda: capture), decide
+
+
+GET_A = b"GET /a HTTP/1.1\r\nHost: svc\r\nAccept: */*\r\n\r\n"
+GET_B = b"GET /b HTTP/1.1\r\nHost: svc\r\n\r\n"
+OK_A = b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\nX-Seq: a\r\n\r\nremote"
+OK_B = b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nbb"
+CHUNKED_OK = (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+              b"3\r\nabc\r\n4;x=y\r\ndefg\r\n0\r\nT: 1\r\n\r\n")
+
+
+def only_record(commands: list[Command]) -> RecordFlow:
+    (rec,) = of(commands, RecordFlow)
+    return rec  # type: ignore[no-any-return]
+
+
+def test_fast_lane_passes_a_simple_exchange_byte_for_byte() -> None:
+    """A simple GET goes up as it came, its one-read answer comes down as it came, recorded
+    passed with status, body bytes and duration; the next one reuses the upstream."""
+    r, decide = lane_router()
+    out = r.handle(DownstreamData(data=GET_A), 10.0)
+    assert out == [ConnectUpstream(), SendUpstream(data=GET_A)]
+    out = r.handle(UpstreamData(data=OK_A), 10.25)
+    assert out[0] == SendDownstream(data=OK_A)
+    rec = only_record(out).record
+    assert (rec.verdict, rec.status, rec.bytes_in, rec.bytes_out) == ("passed", 200, 0, 6)
+    assert (rec.method, rec.path, rec.authority, rec.port) == ("GET", "/a", "svc", 80)
+    assert rec.duration_ms == 250.0 and rec.ts == 10.0 and only_record(out).owner is None
+    out = r.handle(DownstreamData(data=GET_B), 11.0)
+    assert out == [SendUpstream(data=GET_B)]  # the same upstream: no ConnectUpstream
+    out = r.handle(UpstreamData(data=OK_B), 11.5)
+    assert down_bytes(out) == OK_B and only_record(out).record.status == 201
+    assert decide.calls == ["/a", "/b"] and not r.closed
+
+
+def test_fast_lane_response_in_two_pieces_takes_the_general_path() -> None:
+    """An answer arriving in two reads is promoted: bytes exact, one record, right facts."""
+    r, decide = lane_router()
+    r.handle(DownstreamData(data=GET_A), 1.0)
+    out = r.handle(UpstreamData(data=OK_A[:20]), 1.1)
+    assert not of(out, RecordFlow)
+    out += r.handle(UpstreamData(data=OK_A[20:]), 1.5)
+    assert down_bytes(out) == OK_A
+    rec = only_record(out).record
+    assert (rec.status, rec.bytes_out, rec.duration_ms, rec.verdict) == (200, 6, 500.0, "passed")
+    assert decide.calls == ["/a"] and not r.closed
+    # The connection goes on: the next simple request uses the lane again.
+    out = r.handle(DownstreamData(data=GET_B), 2.0)
+    assert up_bytes(out) == GET_B and not of(out, ConnectUpstream)
+    assert down_bytes(r.handle(UpstreamData(data=OK_B), 2.0)) == OK_B
+
+
+def test_fast_lane_chunked_response_takes_the_general_path() -> None:
+    """A chunked answer is promoted and relayed raw; bytes_out counts the decoded body."""
+    r, _ = lane_router()
+    r.handle(DownstreamData(data=GET_A), 1.0)
+    out = r.handle(UpstreamData(data=CHUNKED_OK), 1.002)
+    assert down_bytes(out) == CHUNKED_OK
+    rec = only_record(out).record
+    assert (rec.status, rec.bytes_out, rec.duration_ms) == (200, 7, 2.0)
+    assert not r.closed
+
+
+def test_fast_lane_response_head_alone_then_body() -> None:
+    """A head without its body yet, then the body byte by byte: promoted, exact."""
+    r, _ = lane_router()
+    r.handle(DownstreamData(data=GET_A), 0.0)
+    head_end = OK_A.index(b"\r\n\r\n") + 4
+    out = r.handle(UpstreamData(data=OK_A[:head_end]), 0.1)
+    for i in range(head_end, len(OK_A)):
+        out += r.handle(UpstreamData(data=OK_A[i:i + 1]), 0.2)
+    assert down_bytes(out) == OK_A
+    assert only_record(out).record.bytes_out == 6
+
+
+def test_pipelined_request_while_the_lane_is_in_flight_waits_its_turn() -> None:
+    """A second request arriving before the first's answer is held, then sent after it;
+    each request is decided once, answers go out in order, each is recorded."""
+    r, decide = lane_router()
+    r.handle(DownstreamData(data=GET_A), 1.0)
+    out = r.handle(DownstreamData(data=GET_B), 1.1)
+    assert not up_bytes(out) and not down_bytes(out)  # held until the answer is complete
+    out = r.handle(UpstreamData(data=OK_A), 1.2)
+    assert down_bytes(out) == OK_A and up_bytes(out) == GET_B
+    first = only_record(out).record
+    assert (first.path, first.status, first.bytes_out, first.duration_ms) == ("/a", 200, 6, 200.0)
+    out = r.handle(UpstreamData(data=OK_B), 1.4)
+    assert down_bytes(out) == OK_B
+    second = only_record(out).record
+    assert (second.path, second.status, second.bytes_out) == ("/b", 201, 2)
+    # Timed from when it was taken up (sent upstream at 1.2), as the general path times
+    # every pipelined request, not from its arrival at 1.1.
+    assert second.id != first.id and (second.ts, second.duration_ms) == (1.2, 200.0)
+    assert decide.calls == ["/a", "/b"]
+
+
+def test_two_pipelined_requests_in_one_read_skip_the_lane() -> None:
+    """Two requests in one read are not simple: the general path answers both in order."""
+    r, decide = lane_router()
+    out = r.handle(DownstreamData(data=GET_A + GET_B), 0.0)
+    assert up_bytes(out) == GET_A
+    out = r.handle(UpstreamData(data=OK_A), 0.1)
+    assert down_bytes(out) == OK_A and up_bytes(out) == GET_B
+    out = r.handle(UpstreamData(data=OK_B), 0.2)
+    assert down_bytes(out) == OK_B and decide.calls == ["/a", "/b"]
+
+
+def test_client_eof_while_the_lane_is_in_flight_still_gets_the_answer() -> None:
+    """A client that half-closes after a simple request gets its answer, then the close."""
+    r, _ = lane_router()
+    r.handle(DownstreamData(data=GET_A), 1.0)
+    assert r.handle(DownstreamClosed(), 1.1) == []
+    out = r.handle(UpstreamData(data=OK_A), 1.2)
+    assert down_bytes(out) == OK_A
+    rec = only_record(out).record
+    assert (rec.status, rec.bytes_out, rec.duration_ms) == (200, 6, 200.0)
+    assert isinstance(out[-1], CloseDownstream) and r.closed
+    # Between requests, the upstream is as good as new.
+    assert of(out, ReleaseUpstream) == [ReleaseUpstream(reusable=True)]
+
+
+def test_upstream_close_while_the_lane_is_in_flight_is_a_502() -> None:
+    """The app closing before answering a simple request: 502, recorded, closed."""
+    r, _ = lane_router()
+    r.handle(DownstreamData(data=GET_A), 1.0)
+    out = r.handle(UpstreamClosed(), 1.3)
+    sent = down_bytes(out)
+    assert sent.startswith(b"HTTP/1.1 502 ") and b"closed the connection" in sent
+    rec = only_record(out).record
+    assert (rec.status, rec.bytes_out, rec.duration_ms, rec.path) == (502, 0, 300.0, "/a")
+    assert of(out, ReleaseUpstream) == [ReleaseUpstream(reusable=False)]
+    assert of(out, CloseDownstream) and r.closed
+
+
+def test_upstream_close_mid_answer_on_the_lane_cuts_the_connection() -> None:
+    """The app closing after half its answer: nothing invented, the connection is cut and
+    the partial exchange recorded."""
+    r, _ = lane_router()
+    r.handle(DownstreamData(data=GET_A), 1.0)
+    out = r.handle(UpstreamData(data=OK_A[:-3]), 1.1)
+    out += r.handle(UpstreamClosed(), 1.2)
+    assert down_bytes(out) == OK_A[:-3]
+    rec = only_record(out).record
+    assert rec.status == 200 and rec.bytes_out == 3
+    assert of(out, CloseDownstream) and r.closed
+
+
+def test_connection_refused_on_the_lane_is_a_502_naming_the_reason() -> None:
+    """Connecting upstream fails for a simple request: 502 carrying the reason."""
+    r, _ = lane_router()
+    r.handle(DownstreamData(data=GET_A), 1.0)
+    out = r.handle(UpstreamClosed(reason="cannot connect to 10.0.0.2:80: refused"), 1.0)
+    assert b"cannot connect to 10.0.0.2:80: refused" in down_bytes(out)
+    assert only_record(out).record.status == 502
+
+
+def test_a_simple_request_the_filter_steals_is_decided_once() -> None:
+    """A simple request that matches a steal is routed to the session (decided once)."""
+    r, decide = lane_router()
+    out = r.handle(DownstreamData(data=GET_STEAL), 1.0)
+    (start,) = of(out, StealStart)
+    assert (start.sub_id, start.target, start.method) == (7, "/b", "GET")
+    assert of(out, StealEnd) and not of(out, ConnectUpstream) and not up_bytes(out)
+    assert decide.calls == ["/b"]
+    out = r.handle(LocalResponse(status=200, reason=b"OK",
+                                 headers=[(b"Content-Length", b"5")]), 1.5)
+    out += r.handle(LocalData(data=b"local"), 1.5) + r.handle(LocalEnd(), 1.75)
+    assert down_bytes(out) == b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nlocal"
+    rec = only_record(out)
+    assert rec.owner == 7 and rec.record.verdict == "stolen"
+    assert (rec.record.status, rec.record.bytes_out, rec.record.duration_ms) == (200, 5, 750.0)
+    assert start.flow_id == rec.record.id and decide.calls == ["/b"]
+
+
+def test_a_simple_request_the_filter_mirrors_is_decided_once() -> None:
+    """A simple request that matches a mirror goes up byte for byte and is copied once."""
+    r, decide = lane_router()
+    request = b"GET /m HTTP/1.1\r\nHost: svc\r\nX-Mirror: yes\r\n\r\n"
+    out = r.handle(DownstreamData(data=request), 1.0)
+    assert up_bytes(out) == request
+    (start,) = of(out, MirrorStart)
+    assert (start.sub_id, start.target, start.clause) == (9, "/m", "path_filter: /m")
+    assert of(out, MirrorEnd)
+    out = r.handle(UpstreamData(data=OK_A), 1.1)
+    assert down_bytes(out) == OK_A
+    rec = only_record(out).record
+    assert rec is start.record  # the mirror's outcome joins this record
+    assert (rec.status, rec.bytes_out, rec.matched) == (200, 6, "path_filter: /m")
+    assert decide.calls == ["/m"]
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.sampled_from(["pass", "steal", "mirror"]), min_size=1, max_size=6))
+def test_every_request_is_decided_exactly_once(kinds: list[str]) -> None:
+    """Whatever mix of passed, stolen and mirrored simple requests, one decision each."""
+    r, decide = lane_router()
+    for i, kind in enumerate(kinds):
+        extra = {"pass": b"", "steal": b"X-Steal: yes\r\n", "mirror": b"X-Mirror: yes\r\n"}[kind]
+        out = r.handle(DownstreamData(data=b"GET /%d HTTP/1.1\r\nHost: h\r\n%s\r\n" % (i, extra)),
+                       float(i))
+        if kind == "steal":
+            out = r.handle(LocalResponse(status=204, reason=b"", headers=[]), float(i))
+            out += r.handle(LocalEnd(), float(i))
+        else:
+            out = r.handle(UpstreamData(data=OK_B), float(i))
+        assert only_record(out).record.path == f"/{i}"
+    assert decide.calls == [f"/{i}" for i in range(len(kinds))]
+
+
+def test_capture_on_takes_the_general_path() -> None:
+    """With capture on, a simple request is recorded with its heads and body (general
+    path), still byte-exact and decided once."""
+    r, decide = lane_router(capture=True)
+    out = r.handle(DownstreamData(data=GET_A), 1.0)
+    assert up_bytes(out) == GET_A
+    out = r.handle(UpstreamData(data=OK_A), 1.5)
+    assert down_bytes(out) == OK_A
+    rec = only_record(out).record
+    assert rec.request_headers == [(b"Host", b"svc"), (b"Accept", b"*/*")]
+    assert rec.response_headers == [(b"Content-Length", b"6"), (b"X-Seq", b"a")]
+    assert rec.response_body == bytearray(b"remote")
+    assert (rec.status, rec.bytes_out, rec.duration_ms) == (200, 6, 500.0)
+    assert decide.calls == ["/a"]
+
+
+def test_lane_answer_with_connection_close_ends_the_connection() -> None:
+    """A one-read answer saying Connection: close is passed, then both sides are closed."""
+    r, _ = lane_router()
+    r.handle(DownstreamData(data=GET_A), 0.0)
+    answer = b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok"
+    out = r.handle(UpstreamData(data=answer), 0.1)
+    assert down_bytes(out) == answer
+    assert of(out, ReleaseUpstream) == [ReleaseUpstream(reusable=False)]
+    assert isinstance(out[-1], CloseDownstream) and r.closed
+
+
+def test_http_1_0_request_on_the_lane_closes_after_its_answer() -> None:
+    """An HTTP/1.0 request without keep-alive is answered, then the connection closes."""
+    r, _ = lane_router()
+    request = b"GET /old HTTP/1.0\r\n\r\n"
+    assert up_bytes(r.handle(DownstreamData(data=request), 0.0)) == request
+    out = r.handle(UpstreamData(data=OK_B), 0.1)
+    assert down_bytes(out) == OK_B and of(out, CloseDownstream) and r.closed
+    assert only_record(out).record.authority is None
+
+
+def test_head_request_on_the_lane_relays_a_bodiless_answer() -> None:
+    """A HEAD answer (Content-Length, no body) is promoted and relayed whole; the next
+    request follows on the same connection."""
+    r, _ = lane_router()
+    r.handle(DownstreamData(data=b"HEAD /a HTTP/1.1\r\nHost: svc\r\n\r\n"), 0.0)
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\n"
+    out = r.handle(UpstreamData(data=answer), 0.1)
+    assert down_bytes(out) == answer
+    rec = only_record(out).record
+    assert (rec.method, rec.status, rec.bytes_out) == ("HEAD", 200, 0)
+    assert up_bytes(r.handle(DownstreamData(data=GET_B), 0.2)) == GET_B
+
+
+def test_interim_responses_on_the_lane_are_relayed_before_the_answer() -> None:
+    """103 Early Hints then the answer, in one read: promoted, relayed exactly."""
+    r, _ = lane_router()
+    r.handle(DownstreamData(data=GET_A), 0.0)
+    answer = b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>\r\n\r\n" + OK_A
+    out = r.handle(UpstreamData(data=answer), 0.1)
+    assert down_bytes(out) == answer and only_record(out).record.status == 200
+
+
+def test_extra_bytes_after_a_lane_answer_end_the_connection() -> None:
+    """An app sending more than one answer's worth: the answer is passed, the connection
+    to the app is not reused and the client's connection ends."""
+    r, _ = lane_router()
+    r.handle(DownstreamData(data=GET_A), 0.0)
+    out = r.handle(UpstreamData(data=OK_A + b"junk"), 0.1)
+    assert down_bytes(out) == OK_A
+    assert ReleaseUpstream(reusable=False) in out and r.closed
+
+
+def test_client_gone_while_the_lane_is_in_flight_records_the_request() -> None:
+    """The driver aborting mid-lane records the request (no status) and closes."""
+    recorder = CommandRecorder()
+    r = Http1Router(port=80, authority="10.0.0.2:80", decide=steal_if_header,
+                    next_id=itertools.count(1).__next__, sink=recorder)
+    r.downstream_data(GET_A, 1.0)
+    assert recorder.take() == [ConnectUpstream(), SendUpstream(data=GET_A)]
+    r.abort(1.5)
+    out = recorder.take()
+    rec = only_record(out).record
+    assert (rec.path, rec.status, rec.duration_ms) == ("/a", None, 500.0)
+    assert ReleaseUpstream(reusable=False) in out and r.closed
