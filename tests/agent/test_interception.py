@@ -677,10 +677,6 @@ class GreetingWholeStream(WholeStream):
         self.ended = True  # the session's End went out already: nothing more comes back
 
 
-@pytest.mark.xfail(strict=True, reason="agent.interception WHOLE: when the local app "
-                   "half-closes first (end_local), the client's later EOF only ends the "
-                   "wire stream (eof_received returns True) and nothing closes the "
-                   "client's connection; it leaks and its record is never sent")
 def test_whole_steal_closed_both_ways_local_first_ends_the_connection(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """Once the local app and then the client have half-closed, the connection ends."""
@@ -761,10 +757,6 @@ def test_raw_tcp_half_close_from_the_app(monkeypatch: pytest.MonkeyPatch) -> Non
              app_handler=lambda reader, writer: pong_and_shut(reader, writer, got))
 
 
-@pytest.mark.xfail(strict=True, reason="agent.interception RELAY: when the app half-closes "
-                   "first, the client's later EOF is passed on (_end_relay) but nothing ever "
-                   "closes the two connections (upstream_eof closes only if the client's EOF "
-                   "came first); both sockets leak, and the record is never sent")
 def test_raw_tcp_closed_both_ways_app_first_ends_the_relay(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """Once both sides have half-closed (the app first), the relay ends and is recorded."""
