@@ -73,6 +73,7 @@ class Agent:
         self._shutting_down = False
         self._link_tasks: set[asyncio.Task[object]] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._handshakes = 0  # control connections not yet authenticated
         self.registry = Registry()
         self.pool = upstream_pool()
         self.links: dict[int, ClientLink] = {}
@@ -105,7 +106,15 @@ class Agent:
         leaves with its last session, or after its TTL when none ever came.
         """
         link = ClientLink(self, self._next_link_id(), reader, writer)
-        if not await link.handshake():
+        # A handshake in progress holds the exit back, for at most HANDSHAKE_TIMEOUT_S:
+        # a second developer's session connecting as the last one leaves must not find
+        # the agent gone, and a connection that never authenticates cannot keep it.
+        self._handshakes += 1
+        try:
+            accepted = await link.handshake()
+        finally:
+            self._handshakes -= 1
+        if not accepted:
             return
         self.links[link.link_id] = link
         self._ever_attached = True
@@ -389,7 +398,8 @@ class Agent:
                         link.warn(f"no word from this session for {LINK_SILENCE_S:g} s")
                         link.close()  # its reader ends; its ports revert to passthrough
                 limit = self.linger if self._ever_attached else self.ttl
-                if not self.links and time.monotonic() - self._idle_since >= limit:
+                if (not self.links and not self._handshakes
+                        and time.monotonic() - self._idle_since >= limit):
                     why = ("the last session left" if self._ever_attached
                            else f"no session came within {self.ttl:g} s")
                     emit({"event": "exit", "reason": why})
