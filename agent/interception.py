@@ -33,6 +33,7 @@ from core.flow import FlowRecord, FlowRow, Verdict
 from core.http1 import Http1Router
 from core.observer import Http1Observer
 from core.pool import tune
+from core.registry import WHOLE_PORT
 from core.routing import (
     Event,
     LocalAborted,
@@ -50,7 +51,6 @@ if TYPE_CHECKING:
     from agent.worker import Agent
 
 SO_ORIGINAL_DST = 80  # linux/netfilter_ipv4.h
-WHOLE_PORT = "whole port"  # the "matched" text of traffic taken by an unfiltered steal
 # Bytes written to a peer before the other side stops being read: the per-connection
 # buffer bound in each direction.
 WRITE_HIGH_WATER = 256 * 1024

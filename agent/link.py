@@ -23,10 +23,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from agent.registry import Subscription, SubscriptionRefused
 from core.errors import ConfigError
 from core.filters import compile_http_filter
 from core.flow import MirrorResult
+from core.registry import Subscription, SubscriptionRefused
 from core.routing import Event, LocalAborted, LocalData, LocalEnd, LocalResponse, LocalTrailers
 from core.wire import (
     DEFAULT_RESPONSE_TIMEOUT_S,

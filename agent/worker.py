@@ -27,10 +27,10 @@ from typing import TYPE_CHECKING, Any
 from agent.interception import serve_connection
 from agent.iptables import Redirector
 from agent.link import ClientLink, MirrorStream, Stream
-from agent.registry import Registry, Subscription
 from agent.upstream import upstream_pool
 from core.flow import FlowRecord, FlowRow, MirrorResult, Verdict
 from core.local_targets import listening_ports, parse_proc_net_tcp
+from core.registry import Registry, Subscription
 from core.wire import ConnectionStart, Notice, RequestStart, headers_to_wire
 
 if TYPE_CHECKING:
@@ -74,7 +74,7 @@ class Agent:
         self._link_tasks: set[asyncio.Task[object]] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._handshakes = 0  # control connections not yet authenticated
-        self.registry = Registry()
+        self.registry = Registry(clock=time.perf_counter, cpu_clock=time.thread_time)
         self.pool = upstream_pool()
         self.links: dict[int, ClientLink] = {}
         self.proxy_port = 0

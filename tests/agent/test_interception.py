@@ -23,11 +23,11 @@ import uvloop
 import agent.h2_connection as h2_connection
 import agent.interception as interception
 from agent.interception import WRITE_HIGH_WATER, InterceptedConnection, Mode
-from agent.registry import Registry, Subscription
 from agent.upstream import UPSTREAM_HIGH_WATER, Upstream, UpstreamPool
 from core.filters import compile_http_filter
 from core.flow import FlowRecord, FlowRow, event_from_row
 from core.pool import Destination
+from core.registry import Registry, Subscription
 from core.routing import LocalData, LocalEnd, LocalResponse, MirrorStart, StealStart
 
 WAIT_S = 10.0  # only keeps a broken test from hanging; nothing is measured against it

@@ -8,7 +8,7 @@ import itertools
 from typing import Any
 
 from agent.link import ClientLink, LocalBound, Stream
-from agent.registry import Subscription
+from core.registry import Subscription
 from core.routing import Event, LocalAborted, LocalResponse
 from core.wire import (
     DEFAULT_RESPONSE_TIMEOUT_S,

@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 
 from agent.link import LocalBound, MirrorStream
-from agent.registry import Subscription
 from agent.worker import Agent
 from core.filters import compile_http_filter
 from core.flow import FlowRecord, FlowRow, Verdict, event_from_row
+from core.registry import Subscription
 from core.routing import MirrorStart
 from core.wire import End, Message, Reset, ResponseStart
 
