@@ -112,8 +112,7 @@ def finish(record: FlowRecord, status: int) -> None:
 
 
 def test_a_passed_request_goes_to_every_session_on_its_port() -> None:
-    """A passed record reaches each session subscribed to its port, as passed without a
-    clause, and no session on another port."""
+    """A passed record reaches every session on its port as passed, none on other ports."""
     bed = Bed()
     record = bed.record(path="/plain")
     finish(record, 200)
@@ -127,8 +126,7 @@ def test_a_passed_request_goes_to_every_session_on_its_port() -> None:
 
 
 def test_a_fast_lane_row_goes_to_every_session_on_its_port() -> None:
-    """record_row sends the wire row to each session of its port (the same row), with a
-    warning per timed-out clause, and nothing to other ports' sessions."""
+    """record_row sends the row and time-budget warnings to every session on its port only."""
     bed = Bed()
     row: FlowRow = [7, 1000.0, PORT, "http/1.1", "GET", "svc", "/a", "passed", 200, 1.5,
                     0, 2, None, None]
@@ -164,9 +162,7 @@ def test_a_stolen_request_of_a_session_that_left_goes_nowhere() -> None:
 
 @pytest.mark.parametrize("remote_first", [True, False])
 def test_a_mirrored_request_shows_each_session_its_own_copy(remote_first: bool) -> None:
-    """Two sessions mirroring one passed request each see their own local answer and
-    clause (MirrorResult) beside the remote answer; the third session sees it passed.
-    Nothing is reported until the remote answer and both copies are done."""
+    """Each mirroring session sees its own copy's answer and clause; others see it passed."""
     bed = Bed()
     record = bed.record()
     m2, m3 = bed.mirror(12, record, "path_filter: ^/m (2)"), bed.mirror(13, record,
@@ -201,8 +197,7 @@ def test_a_mirrored_request_shows_each_session_its_own_copy(remote_first: bool) 
 
 
 def test_a_mirror_copy_that_failed_carries_its_error_to_its_session_only() -> None:
-    """A copy reset by its session shows that session the error; the other mirroring
-    session sees its own answer, without the error."""
+    """A failed copy shows its error to its own session only."""
     bed = Bed()
     record = bed.record()
     m2, m3 = bed.mirror(12, record, "c2"), bed.mirror(13, record, "c3")
@@ -217,9 +212,7 @@ def test_a_mirror_copy_that_failed_carries_its_error_to_its_session_only() -> No
 
 
 def test_a_stolen_and_mirrored_request_hides_the_thiefs_answer_from_the_mirror() -> None:
-    """Stolen by one session, mirrored by another: the thief sees it stolen; the mirroring
-    session sees its own copy with the remote answer hidden (it came from another
-    session's local app); a session that neither stole nor mirrored it sees nothing."""
+    """Stolen and mirrored: the mirror sees its copy with the thief's answer hidden."""
     bed = Bed()
     record = bed.record(verdict=Verdict.STOLEN, matched="header_filter: ^x-steal: yes$")
     record.request_headers = [(b"Host", b"svc"), (b"X-Steal", b"yes")]
@@ -245,8 +238,7 @@ def test_a_stolen_and_mirrored_request_hides_the_thiefs_answer_from_the_mirror()
 
 
 def test_a_mirrored_raw_tcp_connection_shows_as_mirrored_to_whole_mirrors_only() -> None:
-    """A relayed TCP connection copied to an unfiltered mirror: that session sees it
-    mirrored (no clause), the other session on the port sees it passed."""
+    """A mirrored TCP connection shows mirrored to unfiltered mirrors, passed to others."""
     bed = Bed()
     bed.agent.registry.add(Subscription(sub_id=15, link_id=2, port=82, mode="mirror",
                                         http_filter=None))
