@@ -236,8 +236,11 @@ class InterceptedConnection(asyncio.Protocol):
         else:
             self._pause(_BY_ROUTER)
         stream = self._stream
-        if stream is not None and stream.link.congested and not self._paused & _BY_LINK:
-            self._wait_for_link(stream)
+        if stream is not None:
+            if stream.finished.is_set():
+                self._stream = None  # that stolen exchange is over: its link is not ours
+            elif stream.link.congested and not self._paused & _BY_LINK:
+                self._wait_for_link(stream)
 
     def _wait_for_link(self, stream: Stream) -> None:
         self._pause(_BY_LINK)
@@ -602,7 +605,9 @@ class InterceptedConnection(asyncio.Protocol):
             self._wait_for_link(stream)
 
     def write_local(self, data: bytes) -> None:
-        """Bytes from the local app on a whole stolen connection."""
+        """Bytes from the local app on a whole stolen connection (none after its EOF)."""
+        if self._far_eof:
+            return
         if self._relay_record is not None:
             self._relay_record.bytes_out += len(data)
         self.send_downstream(data)

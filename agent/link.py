@@ -305,6 +305,12 @@ class MirrorStream(_WireStream):
             case _:
                 pass  # the local app's body: measured, not kept
 
+    def reset(self, reason: str) -> None:
+        """The copy is abandoned (dropped for congestion, or its client left): say why."""
+        if not self.finished.is_set() and self.result.error is None:
+            self.result.error = reason
+        super().reset(reason)
+
     def link_lost(self) -> None:
         if not self.finished.is_set():
             self.result.error = "the session's link to the agent ended"

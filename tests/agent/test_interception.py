@@ -97,10 +97,11 @@ class RequestStream:
     def end(self) -> None:
         answer = b"local %s %d" % (self.start.target.encode(), len(self.body))
         loop = asyncio.get_running_loop()
-        for event in (LocalResponse(status=200, reason=b"OK",
-                                    headers=[(b"Content-Length", b"%d" % len(answer))]),
-                      LocalData(data=answer), LocalEnd()):
-            loop.call_soon(self.owner.on_local, event)
+        loop.call_soon(self.owner.on_local, LocalResponse(
+            status=200, reason=b"OK", headers=[(b"Content-Length", b"%d" % len(answer))]))
+        loop.call_soon(self.owner.on_local, LocalData(data=answer))
+        loop.call_soon(self.finished.set)  # as agent.link's Stream: finished on the End
+        loop.call_soon(self.owner.on_local, LocalEnd())
 
     def reset(self, reason: str) -> None:
         self.resets.append(reason)
@@ -701,10 +702,6 @@ def test_a_congested_session_pauses_the_client_of_a_stolen_upload(
     with_bed(monkeypatch, HttpApp(), test)
 
 
-@pytest.mark.xfail(strict=True, reason="agent.interception keeps _stream after a stolen "
-                   "exchange ends, and _after_router pauses the client whenever that stream's "
-                   "link is congested: passed requests on a connection that once had a stolen "
-                   "one stall until an unrelated session's link drains")
 def test_passed_requests_after_a_steal_do_not_wait_for_that_sessions_link(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """Passed requests after an answered steal do not wait for that session's congested link."""
@@ -897,10 +894,6 @@ def test_raw_tcp_closed_both_ways_app_first_ends_the_relay(
              app_handler=lambda reader, writer: pong_and_shut(reader, writer, got))
 
 
-@pytest.mark.xfail(strict=True, reason="agent.interception RELAY: an app that closes first "
-                   "(SMTP's 221 after QUIT) and a client that closes after it: upstream_eof "
-                   "does not close (no client EOF yet), the client's EOF only write_eof()s the "
-                   "dead upstream; nothing closes either connection, they leak")
 def test_raw_tcp_app_closing_first_ends_the_relay(monkeypatch: pytest.MonkeyPatch) -> None:
     """An app that says goodbye and closes, then the client closes: the relay ends."""
     async def quit_(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
