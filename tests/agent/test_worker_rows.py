@@ -34,6 +34,7 @@ class FakeLink:
         self.mirrors_in_flight = 0
         self.congested = False
         self.client_subs: dict[int, int] = {}
+        self.bounds: dict[int, Any] = {}
         self.mirror_drops = 0
         self.shadowed = 0
 
@@ -162,7 +163,9 @@ def test_a_stolen_request_of_a_session_that_left_goes_nowhere() -> None:
 
 @pytest.mark.parametrize("remote_first", [True, False])
 def test_a_mirrored_request_shows_each_session_its_own_copy(remote_first: bool) -> None:
-    """Each mirroring session sees its own copy's answer and clause; others see it passed."""
+    """Each mirroring session sees its own copy's answer and clause, as soon as both its
+    copy and the original are done (never waiting for another session's copy); others see
+    it passed, at once."""
     bed = Bed()
     record = bed.record()
     m2, m3 = bed.mirror(12, record, "path_filter: ^/m (2)"), bed.mirror(13, record,
@@ -175,7 +178,13 @@ def test_a_mirrored_request_shows_each_session_its_own_copy(remote_first: bool) 
     else:
         answer(m2, 201)
         finish(record, 200)
-    assert all(bed.rows_of(i) == [] for i in (1, 2, 3, 4))  # a copy is still out
+    # A copy is still out: only its session waits; the others have their rows already
+    # (session 1 saw it passed; session 2's copy is answered), session 4 is on no port.
+    assert bed.rows_of(3) == [] and bed.rows_of(4) == []
+    if remote_first:
+        assert len(bed.rows_of(1)) == 1 and len(bed.rows_of(2)) == 1
+    else:
+        assert all(bed.rows_of(i) == [] for i in (1, 2))  # the original is still out
     if remote_first:
         answer(m3, 503)
     else:
@@ -223,7 +232,8 @@ def test_a_stolen_and_mirrored_request_hides_the_thiefs_answer_from_the_mirror()
     assert record.verdict is Verdict.STOLEN
     finish(record, 200)
     bed.agent.record(record, 11, ())
-    assert all(bed.rows_of(i) == [] for i in (1, 2, 3, 4))
+    # The thief has its row at once; the mirror's waits for its own copy's answer.
+    assert len(bed.rows_of(1)) == 1 and all(bed.rows_of(i) == [] for i in (2, 3, 4))
     answer(m2, 202)
     (thief,) = bed.rows_of(1)
     assert (thief["verdict"], thief["status"]) == ("stolen", 200)
@@ -281,4 +291,4 @@ def test_each_record_is_sent_once_per_session() -> None:
     assert len(bed.rows_of(2)) == 20 and len(bed.rows_of(3)) == 20
     assert {e["verdict"] for e in bed.rows_of(2) if e["path"].startswith("/m")} == {"mirrored"}
     assert {e["verdict"] for e in bed.rows_of(3) if e["path"].startswith("/m")} == {"passed"}
-    assert bed.agent._held == {} and bed.agent._mirror_results == {}
+    assert bed.agent._held == {} and bed.agent._mirror_results == {} and bed.agent._waiting == {}
