@@ -350,7 +350,7 @@ class InterceptedConnection(asyncio.Protocol):
 
     async def _open_upstream(self) -> None:
         try:
-            up = await self._agent.pool.connect(self._destination)
+            up = await self._agent.pool.connect(self._destination, self)
         except (TimeoutError, OSError) as exc:
             self._connecting = False
             self._up_pending = []
@@ -366,7 +366,7 @@ class InterceptedConnection(asyncio.Protocol):
             return
         self._connecting = False
         if self.mode in (Mode.CLOSED, Mode.H2) or not self._up_wanted:
-            self._agent.pool.put(up)
+            up.close()  # it may have spoken to us already: not a clean one to pool
             return
         self._attach_upstream(up)
 
@@ -451,8 +451,8 @@ class InterceptedConnection(asyncio.Protocol):
             self.drop_upstream(reusable=False)  # the next send connects again
 
     def upstream_lost(self, exc: Exception | None) -> None:
-        if self._up is None:
-            return
+        # Only the connection serving us calls this (a released one has no owner), also
+        # before _attach_upstream ran, while the coroutine that opened it was resuming.
         mode = self.mode
         if mode is Mode.HTTP:
             self._upstream_gone(str(exc) if exc is not None else None)

@@ -62,9 +62,10 @@ class LoopbackPool(UpstreamPool):
         super().__init__()
         self.made: list[Upstream] = []
 
-    async def connect(self, destination: Destination) -> Upstream:
+    async def connect(self, destination: Destination, owner: Any = None) -> Upstream:
         loop = asyncio.get_running_loop()
-        _, up = await loop.create_connection(lambda: Upstream(destination), *destination)
+        _, up = await loop.create_connection(lambda: Upstream(destination, owner),
+                                             *destination)
         self.opened += 1
         self.made.append(up)
         return up
