@@ -33,6 +33,7 @@ from core.flow import FlowRecord, FlowRow, Verdict
 from core.http1 import Http1Router
 from core.observer import Http1Observer
 from core.pool import tune
+from core.registry import WHOLE_PORT
 from core.routing import (
     Event,
     LocalAborted,
@@ -50,7 +51,6 @@ if TYPE_CHECKING:
     from agent.worker import Agent
 
 SO_ORIGINAL_DST = 80  # linux/netfilter_ipv4.h
-WHOLE_PORT = "whole port"  # the "matched" text of traffic taken by an unfiltered steal
 # Bytes written to a peer before the other side stops being read: the per-connection
 # buffer bound in each direction.
 WRITE_HIGH_WATER = 256 * 1024
@@ -236,8 +236,11 @@ class InterceptedConnection(asyncio.Protocol):
         else:
             self._pause(_BY_ROUTER)
         stream = self._stream
-        if stream is not None and stream.link.congested and not self._paused & _BY_LINK:
-            self._wait_for_link(stream)
+        if stream is not None:
+            if stream.finished.is_set():
+                self._stream = None  # that stolen exchange is over: its link is not ours
+            elif stream.link.congested and not self._paused & _BY_LINK:
+                self._wait_for_link(stream)
 
     def _wait_for_link(self, stream: Stream) -> None:
         self._pause(_BY_LINK)
@@ -347,7 +350,7 @@ class InterceptedConnection(asyncio.Protocol):
 
     async def _open_upstream(self) -> None:
         try:
-            up = await self._agent.pool.connect(self._destination)
+            up = await self._agent.pool.connect(self._destination, self)
         except (TimeoutError, OSError) as exc:
             self._connecting = False
             self._up_pending = []
@@ -363,7 +366,7 @@ class InterceptedConnection(asyncio.Protocol):
             return
         self._connecting = False
         if self.mode in (Mode.CLOSED, Mode.H2) or not self._up_wanted:
-            self._agent.pool.put(up)
+            up.close()  # it may have spoken to us already: not a clean one to pool
             return
         self._attach_upstream(up)
 
@@ -448,8 +451,8 @@ class InterceptedConnection(asyncio.Protocol):
             self.drop_upstream(reusable=False)  # the next send connects again
 
     def upstream_lost(self, exc: Exception | None) -> None:
-        if self._up is None:
-            return
+        # Only the connection serving us calls this (a released one has no owner), also
+        # before _attach_upstream ran, while the coroutine that opened it was resuming.
         mode = self.mode
         if mode is Mode.HTTP:
             self._upstream_gone(str(exc) if exc is not None else None)
@@ -602,7 +605,9 @@ class InterceptedConnection(asyncio.Protocol):
             self._wait_for_link(stream)
 
     def write_local(self, data: bytes) -> None:
-        """Bytes from the local app on a whole stolen connection."""
+        """Bytes from the local app on a whole stolen connection (none after its EOF)."""
+        if self._far_eof:
+            return
         if self._relay_record is not None:
             self._relay_record.bytes_out += len(data)
         self.send_downstream(data)

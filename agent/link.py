@@ -23,10 +23,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from agent.registry import Subscription, SubscriptionRefused
 from core.errors import ConfigError
 from core.filters import compile_http_filter
 from core.flow import MirrorResult
+from core.registry import Subscription, SubscriptionRefused
 from core.routing import Event, LocalAborted, LocalData, LocalEnd, LocalResponse, LocalTrailers
 from core.wire import (
     DEFAULT_RESPONSE_TIMEOUT_S,
@@ -274,13 +274,21 @@ class MirrorStream(_WireStream):
     """
 
     def __init__(self, link: ClientLink, stream_id: int, record: FlowRecord | None,
-                 clause: str | None, on_done: Callable[[MirrorStream], None]) -> None:
+                 clause: str | None, on_done: Callable[[MirrorStream], None],
+                 *, bound: LocalBound | None = None) -> None:
         super().__init__(link, stream_id)
         self.record = record
         self.result = MirrorResult(clause=clause)
         self.started = time.monotonic()
         self._on_done = on_done
         link.mirrors_in_flight += 1
+        # A request copy's answer has the same bound as a stolen request's: a local app
+        # that never answers must not hold the session's row (nor a copy slot) for good.
+        self._timer: asyncio.TimerHandle | None = None
+        if bound is not None and record is not None:
+            self._timer = asyncio.get_running_loop().call_later(
+                bound.seconds, self.reset,
+                f"the local app did not answer the copy within {bound.seconds:g} s")
 
     def receive(self, message: Message) -> None:
         result = self.result
@@ -305,6 +313,12 @@ class MirrorStream(_WireStream):
             case _:
                 pass  # the local app's body: measured, not kept
 
+    def reset(self, reason: str) -> None:
+        """The copy is abandoned (dropped for congestion, or its client left): say why."""
+        if not self.finished.is_set() and self.result.error is None:
+            self.result.error = reason
+        super().reset(reason)
+
     def link_lost(self) -> None:
         if not self.finished.is_set():
             self.result.error = "the session's link to the agent ended"
@@ -316,6 +330,8 @@ class MirrorStream(_WireStream):
     def _finish(self) -> None:
         if self.finished.is_set():
             return
+        if self._timer is not None:
+            self._timer.cancel()
         super()._finish()
         self.link.mirrors_in_flight -= 1
         self.result.duration_ms = round((time.monotonic() - self.started) * 1000.0, 3)

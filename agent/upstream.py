@@ -52,10 +52,12 @@ class Upstream(asyncio.Protocol):
 
     __slots__ = ("closed", "destination", "idle_since", "owner", "transport")
 
-    def __init__(self, destination: Destination) -> None:
+    def __init__(self, destination: Destination, owner: UpstreamOwner | None = None) -> None:
         self.destination = destination
         self.transport: asyncio.Transport | None = None
-        self.owner: UpstreamOwner | None = None
+        # Set from the start: a server that speaks first may do so before the coroutine
+        # that opened the connection resumes.
+        self.owner: UpstreamOwner | None = owner
         self.idle_since = 0.0
         self.closed = False
 
@@ -139,13 +141,15 @@ def _marked_socket(destination: Destination) -> socket.socket:
     return sock
 
 
-async def connect_upstream(destination: Destination) -> Upstream:
-    """A new marked connection; raises OSError or TimeoutError."""
+async def connect_upstream(destination: Destination,
+                           owner: UpstreamOwner | None = None) -> Upstream:
+    """A new marked connection serving ``owner``; raises OSError or TimeoutError."""
     loop = asyncio.get_running_loop()
     sock = _marked_socket(destination)
     try:
         await asyncio.wait_for(loop.sock_connect(sock, destination), CONNECT_TIMEOUT_S)
-        _, upstream = await loop.create_connection(lambda: Upstream(destination), sock=sock)
+        _, upstream = await loop.create_connection(lambda: Upstream(destination, owner),
+                                                   sock=sock)
     except BaseException:
         sock.close()
         raise
@@ -176,8 +180,9 @@ class UpstreamPool:
             up.close()
         return None
 
-    async def connect(self, destination: Destination) -> Upstream:
-        up = await connect_upstream(destination)
+    async def connect(self, destination: Destination,
+                      owner: UpstreamOwner | None = None) -> Upstream:
+        up = await connect_upstream(destination, owner)
         self.opened += 1
         return up
 

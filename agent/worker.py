@@ -27,10 +27,10 @@ from typing import TYPE_CHECKING, Any
 from agent.interception import serve_connection
 from agent.iptables import Redirector
 from agent.link import ClientLink, MirrorStream, Stream
-from agent.registry import Registry, Subscription
 from agent.upstream import upstream_pool
 from core.flow import FlowRecord, FlowRow, MirrorResult, Verdict
 from core.local_targets import listening_ports, parse_proc_net_tcp
+from core.registry import Registry, Subscription
 from core.wire import ConnectionStart, Notice, RequestStart, headers_to_wire
 
 if TYPE_CHECKING:
@@ -74,7 +74,7 @@ class Agent:
         self._link_tasks: set[asyncio.Task[object]] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._handshakes = 0  # control connections not yet authenticated
-        self.registry = Registry()
+        self.registry = Registry(clock=time.perf_counter, cpu_clock=time.thread_time)
         self.pool = upstream_pool()
         self.links: dict[int, ClientLink] = {}
         self.proxy_port = 0
@@ -88,6 +88,8 @@ class Agent:
         self._held: dict[int, tuple[int | None, tuple[str, ...]]] = {}
         # Each mirroring session's own outcome of a held record, by record id and link id.
         self._mirror_results: dict[int, dict[int, MirrorResult]] = {}
+        # The sessions (link ids) whose copy of a request is still unanswered, by record id.
+        self._waiting: dict[int, set[int]] = {}
 
     def spawn(self, coro: Coroutine[Any, Any, None], *, name: str) -> None:
         """Run ``coro`` as a task the agent keeps a reference to until it ends (a
@@ -251,7 +253,8 @@ class Agent:
             return None
         record = start.record if start is not None else None
         clause = start.clause if start is not None else None
-        stream = MirrorStream(link, self._next_stream_id(), record, clause, self._mirror_done)
+        stream = MirrorStream(link, self._next_stream_id(), record, clause, self._mirror_done,
+                              bound=link.bounds.get(sub.sub_id))
         link.streams[stream.stream_id] = stream
         client_sub = link.client_subs.get(sub.sub_id, 0)
         if start is None:
@@ -260,6 +263,7 @@ class Agent:
         else:
             record = start.record
             record.mirrors_pending += 1
+            self._waiting.setdefault(record.id, set()).add(link.link_id)
             if record.verdict is Verdict.PASSED:
                 record.verdict = Verdict.MIRRORED
             link.send(RequestStart(
@@ -269,15 +273,25 @@ class Agent:
         return stream
 
     def _mirror_done(self, stream: MirrorStream) -> None:
+        """A session's copy is answered (or abandoned): once the original is done too,
+        that session gets its row, without waiting for other sessions' copies."""
         record = stream.record
         if record is None:
             return
-        results = self._mirror_results.setdefault(record.id, {})
-        results.setdefault(stream.link.link_id, stream.result)
+        link_id = stream.link.link_id
+        self._mirror_results.setdefault(record.id, {}).setdefault(link_id, stream.result)
         record.mirrors_pending -= 1
-        if record.mirrors_pending == 0 and record.remote_done:
-            owner, timed_out = self._held.pop(record.id, (None, ()))
-            self._send_record(record, owner, timed_out)
+        waiting = self._waiting.get(record.id)
+        if waiting is not None:
+            waiting.discard(link_id)
+        if record.remote_done:
+            owner, timed_out = self._held.get(record.id, (None, ()))
+            self._send_record(record, owner, timed_out, only=frozenset({link_id}))
+        if record.mirrors_pending == 0:
+            self._waiting.pop(record.id, None)
+            if record.remote_done:
+                self._held.pop(record.id, None)
+                self._mirror_results.pop(record.id, None)
 
     def shadowed(self, sub_ids: tuple[int, ...]) -> None:
         """Tell sessions whose filter matched a request that an earlier session took it."""
@@ -289,12 +303,17 @@ class Agent:
 
     def record(self, record: FlowRecord, owner: int | None,
                timed_out: tuple[str, ...]) -> None:
-        """A request is finished on the remote side; report it once its copies are too."""
+        """A request is finished on the remote side: report it now to every session but
+        those whose copy of it is still being answered (they get theirs when it is)."""
         record.remote_done = True
-        if record.mirrors_pending:
+        waiting = self._waiting.get(record.id)
+        if record.mirrors_pending and waiting:
             self._held[record.id] = (owner, timed_out)
+            self._send_record(record, owner, timed_out, skip=frozenset(waiting))
             return
         self._send_record(record, owner, timed_out)
+        self._waiting.pop(record.id, None)
+        self._mirror_results.pop(record.id, None)
 
     def record_row(self, port: int, row: FlowRow, timed_out: tuple[str, ...]) -> None:
         """A passed request's record, already a wire row: to every session on ``port``."""
@@ -307,11 +326,13 @@ class Agent:
                     link.warn(f"filter {clause} hit its time budget on request {row[0]} "
                               f"({row[4]} {row[6]}); counted as no match")
 
-    def _send_record(self, record: FlowRecord, owner: int | None,
-                     timed_out: tuple[str, ...]) -> None:
+    def _send_record(self, record: FlowRecord, owner: int | None, timed_out: tuple[str, ...],
+                     *, skip: frozenset[int] = frozenset(),
+                     only: frozenset[int] | None = None) -> None:
         """To its thief only, or to every session on the port; each session sees only its
-        own mirror of it (its local app's answer, its clause), never another's."""
-        results = self._mirror_results.pop(record.id, None) or {}
+        own mirror of it (its local app's answer, its clause), never another's. ``skip``
+        and ``only`` narrow the sessions (by link id) this call reports to."""
+        results = self._mirror_results.get(record.id) or {}
         if owner is not None:
             found = self._link_of(owner)
             targets = [found[0]] if found is not None else []
@@ -321,6 +342,9 @@ class Agent:
         else:
             links = self.links
             targets = [links[i] for i in self.registry.link_ids(record.port) if i in links]
+        if skip or only is not None:
+            targets = [link for link in targets if link.link_id not in skip
+                       and (only is None or link.link_id in only)]
         plain: FlowRow | None = None
         whole_mirrors: set[int] | None = None
         for link in targets:

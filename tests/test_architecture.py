@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # core's protocol logic: bytes and events in, bytes and commands out.
 SANS_IO = ["config", "detect", "errors", "filters", "flow", "h2_codec", "h2_frames", "h2_peer",
            "h2_relay", "h2_router", "h2_streams", "http1", "http1_framing", "jsonc",
-           "kube_inventory", "kube_model", "kube_specs", "routing", "target", "wire",
+           "kube_inventory", "kube_model", "kube_specs", "registry", "routing", "target", "wire",
            "wire_messages"]
 FORBIDDEN_IN_SANS_IO = {"socket", "asyncio", "subprocess", "textual", "time", "selectors",
                         "threading", "agent", "tui", "cli"}

@@ -33,8 +33,9 @@ from typing import Any
 from core.attach import AttachedSession
 from core.config import AgentConfig, IncomingConfig
 from core.errors import ConfigError
-from core.filters import HttpFilter, RequestView, compile_http_filter
+from core.filters import RequestView, compile_http_filter
 from core.flow import row_from_event
+from core.registry import WHOLE_PORT, Registry, Subscription, SubscriptionRefused
 from core.session import EventSink, Session
 from core.target import Target
 from core.wire import (
@@ -79,14 +80,6 @@ class SyntheticRequest:
     ts: float | None = None
 
 
-@dataclass
-class _Sub:
-    port: int
-    mode: str
-    http_filter: HttpFilter | None
-    capture: bool = False
-
-
 class _Exited:
     """``asyncio.subprocess.Process`` as far as AttachedSession uses it: already exited."""
 
@@ -125,7 +118,8 @@ class FakeAgent:
         self.fail_attach = fail_attach
         self.stopped = 0
         self.attaches = 0
-        self._subs: dict[int, _Sub] = {}
+        # The agent's own routing rule (core.registry), so the fake routes as it does.
+        self._registry = Registry(budget_s=FAKE_MATCH_BUDGET_S)
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -190,7 +184,16 @@ class FakeAgent:
         """port -> (mode, filter text) of the live subscriptions."""
         with self._lock:
             return {s.port: (s.mode, s.http_filter.text if s.http_filter else None)
-                    for s in self._subs.values()}
+                    for port in self._registry.ports()
+                    for s in self._registry.subscriptions(port)}
+
+    def add_subscription(self, port: int, mode: str, http_filter: HttpFilter | None, *,
+                         capture: bool = False) -> None:
+        """Subscribe as a session would, without a session (tests of the routing)."""
+        with self._lock:
+            self._registry.add(Subscription(sub_id=next(self._ids) + 1_000_000, link_id=0,
+                                            port=port, mode=mode, http_filter=http_filter,
+                                            capture=capture))
 
     def send(self, requests: Iterable[SyntheticRequest]) -> None:
         """Route ``requests`` by the live subscriptions and report them as flow records."""
@@ -235,28 +238,28 @@ class FakeAgent:
             self._stream(rate, duration_s, make), self._loop)
 
     def route(self, request: SyntheticRequest) -> dict[str, Any]:
-        """The flow record the agent would report for ``request``."""
+        """The flow record the agent would report for ``request``, routed by the agent's
+        own rule (``core.registry``)."""
         with self._lock:
-            subs = [s for s in self._subs.values() if s.port == request.port]
-        verdict, matched, served = "passed", None, "remote"
-        for sub in subs:
-            taken = sub.http_filter is None
-            if not taken and request.protocol != "tcp":
-                h2 = request.protocol == "h2"
-                host = (("host", request.authority),) if request.authority and not h2 else ()
-                view = RequestView(method=request.method, target=request.path,
-                                   headers=(*host, *request.headers),
-                                   authority=request.authority if h2 else None)
-                # The agent's 20 ms regex budget is wall time; this thread shares the GIL
-                # with the app under test (the agent has a process of its own), so it gets
-                # room enough that only a truly catastrophic pattern runs out.
-                result = sub.http_filter.evaluate(  # type: ignore[union-attr]
-                    view, budget_s=FAKE_MATCH_BUDGET_S)
-                taken, matched = result.matched, result.clause
-            if taken:
-                verdict = "mirrored" if sub.mode == "mirror" else "stolen"
-                served = "remote" if sub.mode == "mirror" else "local"
-                break
+            registry = self._registry
+        verdict, matched = "passed", None
+        if request.protocol == "tcp":
+            if registry.whole_connection_owner(request.port) is not None:
+                verdict, matched = "stolen", WHOLE_PORT
+            elif registry.whole_mirrors(request.port):
+                verdict = "mirrored"
+        else:
+            h2 = request.protocol == "h2"
+            host = (("host", request.authority),) if request.authority and not h2 else ()
+            view = RequestView(method=request.method, target=request.path,
+                               headers=(*host, *request.headers),
+                               authority=request.authority if h2 else None)
+            route = registry.decide(request.port, view)
+            if route.steal_by is not None:
+                verdict, matched = "stolen", route.clause
+            elif route.mirror_to:
+                verdict, matched = "mirrored", (route.mirror_clauses or (None,))[0]
+        served = "local" if verdict == "stolen" else "remote"
         body = request.response_body if request.response_body is not None else f"{served}\n"
         tcp = request.protocol == "tcp"
         record: dict[str, Any] = {
@@ -277,7 +280,7 @@ class FakeAgent:
                           remote_duration_ms=record["duration_ms"],
                           status=200 if not tcp else None,
                           duration_ms=round(request.duration_ms * 0.8, 3))
-        if self.capture and any(s.capture for s in subs) and not tcp:
+        if self.capture and registry.capturing(request.port) and not tcp:
             h2 = request.protocol == "h2"
             host = (("host", request.authority),) if request.authority and not h2 else ()
             record["request_headers"] = [list(h) for h in (*host, *request.headers)]
@@ -314,7 +317,7 @@ class FakeAgent:
         finally:
             with self._lock:
                 for sub_id in client_subs.values():
-                    self._subs.pop(sub_id, None)
+                    self._registry.remove(sub_id)
             if self._writer is writer:
                 self._writer = None
             writer.close()
@@ -331,7 +334,7 @@ class FakeAgent:
                                 capture=bool(getattr(message, "capture", False)))
             case Unsubscribe(sub_id=sub_id):
                 with self._lock:
-                    self._subs.pop(client_subs.pop(sub_id, -1), None)
+                    self._registry.remove(client_subs.pop(sub_id, -1))
             case _:
                 pass
 
@@ -348,11 +351,26 @@ class FakeAgent:
             self.subscribe_log.append((port, mode, obj, False))
             self._send(Error(stream=sub_id, code="refused", message=str(exc)))
             return
-        self.subscribe_log.append((port, mode, obj, True))
         with self._lock:
+            known = sub_id in client_subs
             mine = client_subs.setdefault(sub_id, next(self._ids) + 1_000_000)
-            self._subs[mine] = _Sub(port=port, mode=mode, http_filter=http_filter,
-                                    capture=capture)
+            sub = Subscription(sub_id=mine, link_id=1, port=port, mode=mode,
+                               http_filter=http_filter, capture=capture)
+            try:
+                if known:
+                    self._registry.replace(sub)
+                else:
+                    self._registry.add(sub)
+            except SubscriptionRefused as exc:
+                if not known:
+                    del client_subs[sub_id]
+                refused = str(exc)
+            else:
+                refused = ""
+        self.subscribe_log.append((port, mode, obj, not refused))
+        if refused:
+            self._send(Error(stream=sub_id, code="refused", message=refused))
+            return
         self._send(Subscribed(sub_id=sub_id, port=port, mode=mode,
                               filter=http_filter.text if http_filter else None))
 

@@ -7,8 +7,9 @@ import asyncio
 import itertools
 from typing import Any
 
-from agent.link import ClientLink, LocalBound, Stream
-from agent.registry import Subscription
+from agent.link import ClientLink, LocalBound, MirrorStream, Stream
+from core.flow import FlowRecord, Verdict
+from core.registry import Subscription
 from core.routing import Event, LocalAborted, LocalResponse
 from core.wire import (
     DEFAULT_RESPONSE_TIMEOUT_S,
@@ -303,5 +304,22 @@ def test_a_fast_client_never_pauses_anything() -> None:
         stream.receive(Data(stream=3, data=b"x"))
         stream.pace()
         assert not link.of(Pause) and not link.tasks
+
+    asyncio.run(scenario())
+
+
+def test_a_mirror_copy_never_answered_ends_with_the_reason() -> None:
+    """A copy whose local app never answers is reset after the session's bound, and its
+    result says why (its row is not held for good)."""
+    async def scenario() -> None:
+        link, done = FakeLink(), asyncio.Event()
+        link.mirrors_in_flight = 0  # type: ignore[attr-defined]
+        record = FlowRecord(id=1, ts=0.0, port=80, protocol="http/1.1",
+                            verdict=Verdict.MIRRORED)
+        stream = MirrorStream(link, 5, record, "path_filter: ^/",  # type: ignore[arg-type]
+                              lambda s: done.set(), bound=LocalBound(seconds=0.05))
+        await asyncio.wait_for(done.wait(), WAIT_S)
+        assert stream.result.error == "the local app did not answer the copy within 0.05 s"
+        assert link.of(Reset) == [Reset(stream=5, reason=stream.result.error)]
 
     asyncio.run(scenario())

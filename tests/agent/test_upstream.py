@@ -186,8 +186,7 @@ def test_the_oldest_idle_connection_goes_when_the_pool_is_full(
 
 
 def test_an_idle_connection_that_receives_bytes_is_closed() -> None:
-    """Bytes from the app on a pooled connection nobody asked: it is closed, never handed
-    out (they would be taken for the next request's answer)."""
+    """A pooled connection receiving unasked bytes is closed and never handed out."""
     async def test(app: App, dest: tuple[str, int], pool: UpstreamPool) -> None:
         up = await open_up(dest)
         await until(lambda: len(app.writers) == 1, "the app accepted")
@@ -215,8 +214,7 @@ def test_an_idle_connection_that_gets_eof_is_closed() -> None:
 
 
 def test_a_connection_paused_by_its_owner_is_resumed_when_pooled() -> None:
-    """An owner may leave its connection paused; pooled, it reads again so that it sees
-    the app's EOF (and is closed) rather than look usable."""
+    """A connection left paused by its owner reads again once pooled, so it sees the app's EOF."""
     async def test(app: App, dest: tuple[str, int], pool: UpstreamPool) -> None:
         up = await open_up(dest)
         await until(lambda: len(app.writers) == 1, "the app accepted")
@@ -231,8 +229,7 @@ def test_a_connection_paused_by_its_owner_is_resumed_when_pooled() -> None:
 
 
 def test_an_owned_connection_passes_bytes_and_eof_to_its_owner() -> None:
-    """While owned, the app's bytes and EOF go to the owner, and the connection is not
-    closed for them (the owner decides)."""
+    """An owned connection passes the app's bytes and EOF to its owner and stays open."""
     async def test(app: App, dest: tuple[str, int], pool: UpstreamPool) -> None:
         up = await open_up(dest)
         owner = Owner()

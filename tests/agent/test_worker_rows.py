@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 
 from agent.link import LocalBound, MirrorStream
-from agent.registry import Subscription
 from agent.worker import Agent
 from core.filters import compile_http_filter
 from core.flow import FlowRecord, FlowRow, Verdict, event_from_row
+from core.registry import Subscription
 from core.routing import MirrorStart
 from core.wire import End, Message, Reset, ResponseStart
 
@@ -34,6 +34,7 @@ class FakeLink:
         self.mirrors_in_flight = 0
         self.congested = False
         self.client_subs: dict[int, int] = {}
+        self.bounds: dict[int, Any] = {}
         self.mirror_drops = 0
         self.shadowed = 0
 
@@ -112,8 +113,7 @@ def finish(record: FlowRecord, status: int) -> None:
 
 
 def test_a_passed_request_goes_to_every_session_on_its_port() -> None:
-    """A passed record reaches each session subscribed to its port, as passed without a
-    clause, and no session on another port."""
+    """A passed record reaches every session on its port as passed, none on other ports."""
     bed = Bed()
     record = bed.record(path="/plain")
     finish(record, 200)
@@ -127,8 +127,7 @@ def test_a_passed_request_goes_to_every_session_on_its_port() -> None:
 
 
 def test_a_fast_lane_row_goes_to_every_session_on_its_port() -> None:
-    """record_row sends the wire row to each session of its port (the same row), with a
-    warning per timed-out clause, and nothing to other ports' sessions."""
+    """record_row sends the row and time-budget warnings to every session on its port only."""
     bed = Bed()
     row: FlowRow = [7, 1000.0, PORT, "http/1.1", "GET", "svc", "/a", "passed", 200, 1.5,
                     0, 2, None, None]
@@ -164,9 +163,9 @@ def test_a_stolen_request_of_a_session_that_left_goes_nowhere() -> None:
 
 @pytest.mark.parametrize("remote_first", [True, False])
 def test_a_mirrored_request_shows_each_session_its_own_copy(remote_first: bool) -> None:
-    """Two sessions mirroring one passed request each see their own local answer and
-    clause (MirrorResult) beside the remote answer; the third session sees it passed.
-    Nothing is reported until the remote answer and both copies are done."""
+    """Each mirroring session sees its own copy's answer and clause, as soon as both its
+    copy and the original are done (never waiting for another session's copy); others see
+    it passed, at once."""
     bed = Bed()
     record = bed.record()
     m2, m3 = bed.mirror(12, record, "path_filter: ^/m (2)"), bed.mirror(13, record,
@@ -179,7 +178,13 @@ def test_a_mirrored_request_shows_each_session_its_own_copy(remote_first: bool) 
     else:
         answer(m2, 201)
         finish(record, 200)
-    assert all(bed.rows_of(i) == [] for i in (1, 2, 3, 4))  # a copy is still out
+    # A copy is still out: only its session waits; the others have their rows already
+    # (session 1 saw it passed; session 2's copy is answered), session 4 is on no port.
+    assert bed.rows_of(3) == [] and bed.rows_of(4) == []
+    if remote_first:
+        assert len(bed.rows_of(1)) == 1 and len(bed.rows_of(2)) == 1
+    else:
+        assert all(bed.rows_of(i) == [] for i in (1, 2))  # the original is still out
     if remote_first:
         answer(m3, 503)
     else:
@@ -201,8 +206,7 @@ def test_a_mirrored_request_shows_each_session_its_own_copy(remote_first: bool) 
 
 
 def test_a_mirror_copy_that_failed_carries_its_error_to_its_session_only() -> None:
-    """A copy reset by its session shows that session the error; the other mirroring
-    session sees its own answer, without the error."""
+    """A failed copy shows its error to its own session only."""
     bed = Bed()
     record = bed.record()
     m2, m3 = bed.mirror(12, record, "c2"), bed.mirror(13, record, "c3")
@@ -217,9 +221,7 @@ def test_a_mirror_copy_that_failed_carries_its_error_to_its_session_only() -> No
 
 
 def test_a_stolen_and_mirrored_request_hides_the_thiefs_answer_from_the_mirror() -> None:
-    """Stolen by one session, mirrored by another: the thief sees it stolen; the mirroring
-    session sees its own copy with the remote answer hidden (it came from another
-    session's local app); a session that neither stole nor mirrored it sees nothing."""
+    """Stolen and mirrored: the mirror sees its copy with the thief's answer hidden."""
     bed = Bed()
     record = bed.record(verdict=Verdict.STOLEN, matched="header_filter: ^x-steal: yes$")
     record.request_headers = [(b"Host", b"svc"), (b"X-Steal", b"yes")]
@@ -230,7 +232,8 @@ def test_a_stolen_and_mirrored_request_hides_the_thiefs_answer_from_the_mirror()
     assert record.verdict is Verdict.STOLEN
     finish(record, 200)
     bed.agent.record(record, 11, ())
-    assert all(bed.rows_of(i) == [] for i in (1, 2, 3, 4))
+    # The thief has its row at once; the mirror's waits for its own copy's answer.
+    assert len(bed.rows_of(1)) == 1 and all(bed.rows_of(i) == [] for i in (2, 3, 4))
     answer(m2, 202)
     (thief,) = bed.rows_of(1)
     assert (thief["verdict"], thief["status"]) == ("stolen", 200)
@@ -245,8 +248,7 @@ def test_a_stolen_and_mirrored_request_hides_the_thiefs_answer_from_the_mirror()
 
 
 def test_a_mirrored_raw_tcp_connection_shows_as_mirrored_to_whole_mirrors_only() -> None:
-    """A relayed TCP connection copied to an unfiltered mirror: that session sees it
-    mirrored (no clause), the other session on the port sees it passed."""
+    """A mirrored TCP connection shows mirrored to unfiltered mirrors, passed to others."""
     bed = Bed()
     bed.agent.registry.add(Subscription(sub_id=15, link_id=2, port=82, mode="mirror",
                                         http_filter=None))
@@ -289,4 +291,4 @@ def test_each_record_is_sent_once_per_session() -> None:
     assert len(bed.rows_of(2)) == 20 and len(bed.rows_of(3)) == 20
     assert {e["verdict"] for e in bed.rows_of(2) if e["path"].startswith("/m")} == {"mirrored"}
     assert {e["verdict"] for e in bed.rows_of(3) if e["path"].startswith("/m")} == {"passed"}
-    assert bed.agent._held == {} and bed.agent._mirror_results == {}
+    assert bed.agent._held == {} and bed.agent._mirror_results == {} and bed.agent._waiting == {}

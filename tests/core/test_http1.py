@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -377,8 +378,7 @@ def only_record(commands: list[Command]) -> RecordFlow:
 
 
 def test_fast_lane_passes_a_simple_exchange_byte_for_byte() -> None:
-    """A simple GET goes up as it came, its one-read answer comes down as it came, recorded
-    passed with status, body bytes and duration; the next one reuses the upstream."""
+    """A simple GET and its one-read answer pass as they came and are recorded."""
     r, decide = lane_router()
     out = r.handle(DownstreamData(data=GET_A), 10.0)
     assert out == [ConnectUpstream(), SendUpstream(data=GET_A)]
@@ -436,8 +436,7 @@ def test_fast_lane_response_head_alone_then_body() -> None:
 
 
 def test_pipelined_request_while_the_lane_is_in_flight_waits_its_turn() -> None:
-    """A second request arriving before the first's answer is held, then sent after it;
-    each request is decided once, answers go out in order, each is recorded."""
+    """A request arriving while the lane's is in flight waits, then follows; each decided once."""
     r, decide = lane_router()
     r.handle(DownstreamData(data=GET_A), 1.0)
     out = r.handle(DownstreamData(data=GET_B), 1.1)
@@ -495,8 +494,7 @@ def test_upstream_close_while_the_lane_is_in_flight_is_a_502() -> None:
 
 
 def test_upstream_close_mid_answer_on_the_lane_cuts_the_connection() -> None:
-    """The app closing after half its answer: nothing invented, the connection is cut and
-    the partial exchange recorded."""
+    """The app closing mid-answer on the lane cuts the connection and records the exchange."""
     r, _ = lane_router()
     r.handle(DownstreamData(data=GET_A), 1.0)
     out = r.handle(UpstreamData(data=OK_A[:-3]), 1.1)
@@ -570,8 +568,7 @@ def test_every_request_is_decided_exactly_once(kinds: list[str]) -> None:
 
 
 def test_capture_on_takes_the_general_path() -> None:
-    """With capture on, a simple request is recorded with its heads and body (general
-    path), still byte-exact and decided once."""
+    """With capture on a simple request takes the general path: heads and body recorded."""
     r, decide = lane_router(capture=True)
     out = r.handle(DownstreamData(data=GET_A), 1.0)
     assert up_bytes(out) == GET_A
@@ -607,8 +604,7 @@ def test_http_1_0_request_on_the_lane_closes_after_its_answer() -> None:
 
 
 def test_head_request_on_the_lane_relays_a_bodiless_answer() -> None:
-    """A HEAD answer (Content-Length, no body) is promoted and relayed whole; the next
-    request follows on the same connection."""
+    """A HEAD answer on the lane is promoted and relayed whole; the next request follows."""
     r, _ = lane_router()
     r.handle(DownstreamData(data=b"HEAD /a HTTP/1.1\r\nHost: svc\r\n\r\n"), 0.0)
     answer = b"HTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\n"
@@ -629,8 +625,7 @@ def test_interim_responses_on_the_lane_are_relayed_before_the_answer() -> None:
 
 
 def test_extra_bytes_after_a_lane_answer_end_the_connection() -> None:
-    """An app sending more than one answer's worth: the answer is passed, the connection
-    to the app is not reused and the client's connection ends."""
+    """Bytes after a lane answer: the answer passes, the connection is not reused and ends."""
     r, _ = lane_router()
     r.handle(DownstreamData(data=GET_A), 0.0)
     out = r.handle(UpstreamData(data=OK_A + b"junk"), 0.1)
@@ -650,3 +645,83 @@ def test_client_gone_while_the_lane_is_in_flight_records_the_request() -> None:
     rec = only_record(out).record
     assert (rec.path, rec.status, rec.duration_ms) == ("/a", None, 500.0)
     assert ReleaseUpstream(reusable=False) in out and r.closed
+
+
+# --- the fast lane changes nothing but speed ----------------------------------------------
+
+
+@st.composite
+def conversations(draw: st.DrawFn) -> tuple[list[bytes], list[bytes]]:
+    """Requests and their answers, of the kinds the lane takes and the kinds it leaves."""
+    requests, answers = [], []
+    for i in range(draw(st.integers(1, 4))):
+        kind = draw(st.sampled_from(["get", "get", "get", "head", "post", "old", "mirror"]))
+        if kind == "post":
+            requests.append(b"POST /%d HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\nabc" % i)
+        elif kind == "head":
+            requests.append(b"HEAD /%d HTTP/1.1\r\nHost: h\r\n\r\n" % i)
+        elif kind == "old":
+            requests.append(b"GET /%d HTTP/1.0\r\nConnection: keep-alive\r\n\r\n" % i)
+        elif kind == "mirror":
+            requests.append(b"GET /%d HTTP/1.1\r\nHost: h\r\nX-Mirror: yes\r\n\r\n" % i)
+        else:
+            requests.append(b"GET /%d HTTP/1.1\r\nHost: h\r\n\r\n" % i)
+        body = draw(st.binary(max_size=12))
+        answer = draw(st.sampled_from(["length", "length", "chunked", "204", "close", "1xx"]))
+        if kind == "head":
+            answers.append(b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\n")
+        elif answer == "chunked":
+            answers.append(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                           + (b"%x\r\n%s\r\n" % (len(body), body) if body else b"") + b"0\r\n\r\n")
+        elif answer == "204":
+            answers.append(b"HTTP/1.1 204 No Content\r\n\r\n")
+        elif answer == "close":
+            answers.append(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s"
+                           % (len(body), body))
+        elif answer == "1xx":
+            answers.append(b"HTTP/1.1 103 Early Hints\r\n\r\nHTTP/1.1 200 OK\r\n"
+                           b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        else:
+            answers.append(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+    return requests, answers
+
+
+def play(router: Http1Router, schedule: list[tuple[str, bytes]]) -> list[Any]:
+    """Feed the schedule; the commands out, with records as the rows sessions get."""
+    out: list[Any] = []
+    for t, (side, data) in enumerate(schedule):
+        event: Any = {"down": DownstreamData(data=data), "up": UpstreamData(data=data),
+                      "eof": DownstreamClosed(), "upclose": UpstreamClosed()}[side]
+        for command in router.handle(event, 100.0 + t / 1000):
+            out.append(command.record.to_row() if isinstance(command, RecordFlow) else command)
+    return out
+
+
+@settings(max_examples=400, deadline=None)
+@given(conversations(), st.data())
+def test_the_fast_lane_is_invisible(conversation: tuple[list[bytes], list[bytes]],
+                                    data: st.DataObject) -> None:
+    """Any conversation, split anyhow, gives the same commands with or without the lane."""
+    requests, answers = conversation
+    schedule: list[tuple[str, bytes]] = []
+    for request, answer in zip(requests, answers, strict=True):
+        for side, message in (("down", request), ("up", answer)):
+            whole = data.draw(st.booleans())
+            cuts = [] if whole else sorted(data.draw(st.sets(
+                st.integers(1, max(1, len(message) - 1)), max_size=3)))
+            bounds = [0, *cuts, len(message)]
+            schedule += [(side, message[a:b]) for a, b in itertools.pairwise(bounds)
+                         if message[a:b]]
+    # Sometimes a request arrives early (pipelined), or the client or app leaves at the end.
+    if len(schedule) > 2 and data.draw(st.booleans()):
+        i = data.draw(st.integers(1, len(schedule) - 1))
+        downs = [j for j in range(i, len(schedule)) if schedule[j][0] == "down"]
+        if downs:
+            schedule.insert(i, schedule.pop(downs[0]))
+    schedule += data.draw(st.sampled_from([[], [], [("eof", b"")], [("upclose", b"")]]))
+    fast, _ = lane_router()
+    general, _ = lane_router()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("core.http1.simple_request", lambda data: None)
+        expected = play(general, schedule)
+    assert play(fast, schedule) == expected

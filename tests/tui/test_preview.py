@@ -9,7 +9,7 @@ import pytest
 
 from core.config import IncomingConfig, Mode, parse_config
 from core.filters import HttpFilter
-from tui.fake_agent import FakeAgent, _Sub, synthetic
+from tui.fake_agent import FakeAgent, synthetic
 from tui.preview import Plan, decide, explain, preview
 
 
@@ -54,7 +54,8 @@ def test_routing_rules() -> None:
     '{"mode": "steal", "ports": [8080]}',
 ])
 def test_preview_agrees_with_the_routing(body: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The preview takes exactly what an agent routing by the same filter steals."""
+    """The preview takes exactly what the agent's routing rule (core.registry, which the
+    fake agent routes by) steals with the same filter."""
     # The regex budget is wall time (20 ms); on a loaded machine a GC pause can spend it
     # for one side only. This test is about the matching rules, so give both sides room.
     evaluate = HttpFilter.evaluate
@@ -64,8 +65,7 @@ def test_preview_agrees_with_the_routing(body: str, monkeypatch: pytest.MonkeyPa
     fake = FakeAgent()
     plan = Plan.of(cfg, {80: None, 8080: None}, [80, 8080])
     for p in plan.by_port.values():
-        fake._subs[p.remote] = _Sub(port=p.remote, mode="steal", http_filter=p.http_filter,
-                                    capture=True)
+        fake.add_subscription(p.remote, "steal", p.http_filter, capture=True)
     records = [fake.route(synthetic(i)) for i in range(400)]
     rows = [Row(i, r) for i, r in enumerate(records)]
     result = preview(rows, plan)

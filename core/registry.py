@@ -1,4 +1,7 @@
-"""Who takes what: the agent's table of subscriptions, and the routing decision per request.
+"""Who takes what: a table of subscriptions, and the routing decision per request (sans-I/O).
+
+This is the one routing rule (docs/architecture.md §2): the agent routes by it, the
+dashboard's fake agent and its filter preview use it too, so none of them can disagree.
 
 Precedence is deterministic: subscriptions on a port are consulted in the order they were
 made (earliest first); the first steal whose filter matches takes the request, and every
@@ -10,12 +13,16 @@ always sees one consistent state (the agent is single-threaded; this keeps it ob
 
 from __future__ import annotations
 
-import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from core.errors import WaylayError
-from core.filters import HttpFilter, RequestView
+from core.filters import MATCH_BUDGET_S, HttpFilter, RequestView
 from core.routing import PASS, Route
+
+# The "matched" text of traffic an unfiltered steal takes (whole connections, and the
+# requests of connections already routed one by one when it arrived).
+WHOLE_PORT = "whole port"
 
 
 class SubscriptionRefused(WaylayError):
@@ -39,7 +46,15 @@ class Subscription:
 class Registry:
     """Subscriptions by port, in arrival order."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, clock: Callable[[], float] | None = None,
+                 cpu_clock: Callable[[], float] | None = None,
+                 budget_s: float = MATCH_BUDGET_S) -> None:
+        """``clock`` and ``cpu_clock`` reach the filters (``HttpFilter.evaluate``): the
+        agent passes ``time.perf_counter`` and ``time.thread_time``; ``budget_s`` is the
+        regex time per request."""
+        self._clock = clock
+        self._cpu_clock = cpu_clock
+        self._budget_s = budget_s
         self._by_port: dict[int, tuple[Subscription, ...]] = {}
         # Read per request, so kept ready rather than computed each time.
         self._capturing: frozenset[int] = frozenset()
@@ -138,8 +153,8 @@ class Registry:
         only_filter = subs[0].http_filter if len(subs) == 1 else None
         if only_filter is not None and subs[0].mode == "steal":
             only = subs[0]  # the common case, kept cheap
-            result = only_filter.evaluate(request, clock=time.perf_counter,
-                                          cpu_clock=time.thread_time)
+            result = only_filter.evaluate(request, budget_s=self._budget_s, clock=self._clock,
+                                          cpu_clock=self._cpu_clock)
             if result.matched:
                 return Route(steal_by=only.sub_id, clause=result.clause,
                              timed_out=result.timed_out)
@@ -158,10 +173,10 @@ class Registry:
                 elif steal_by is None:
                     # New connections go to it whole; this takes the requests of
                     # connections that were already being routed one by one.
-                    steal_by, clause = sub.sub_id, "whole port"
+                    steal_by, clause = sub.sub_id, WHOLE_PORT
                 continue
-            result = sub.http_filter.evaluate(request, clock=time.perf_counter,
-                                              cpu_clock=time.thread_time)
+            result = sub.http_filter.evaluate(request, budget_s=self._budget_s,
+                                              clock=self._clock, cpu_clock=self._cpu_clock)
             timed_out.extend(result.timed_out)
             if not result.matched:
                 continue
