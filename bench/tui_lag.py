@@ -225,13 +225,17 @@ async def measure(rate: float, duration: float, size: tuple[int, int],
             gc.callbacks.remove(on_gc)
             await asyncio.gather(*tasks)
             received, overflow = app.store.received, app.client.overflow
+            # What the user is told about drops: the table's border and the stats line.
+            app._refresh_stats()
+            shown = {"table": str(app.table.border_subtitle),
+                     "stats": str(app.stats.query_one("#counters").render())}
             result = {
                 "rate_per_s": rate, "duration_s": duration, "editor_open": editor,
                 "keys": keys_mode,
                 "sent": sent, "sent_rate_per_s": sent / max(1e-9, feeder.ended - feeder.started),
                 "received": received, "rows": len(app.store),
                 "dropped": app.store.dropped, "overflow": overflow,
-                "lost": sent - received - overflow,
+                "lost": sent - received - overflow, "shown": shown,
                 "caught_up_s": caught_up,
                 "ui_thread_cpu_share": cpu / wall,
                 "other_threads_cpu_share": max(0.0, proc - cpu) / wall,
@@ -290,6 +294,8 @@ def report(result: dict[str, Any], size: str) -> str:
         f"received {result['received']:,}  dropped by the client {result['overflow']:,} "
         f"(counted)  evicted {result['dropped']:,} (counted)  lost {result['lost']:,};  "
         f"all in {result['caught_up_s'] * 1000:.0f} ms after the last send",
+        f"  shown      table \"{result['shown']['table']}\"; stats "
+        f"\"{result['shown']['stats']}\"",
         f"  loop lag   p50 {lag['p50_ms']:.1f} ms  p95 {lag['p95_ms']:.1f} ms  "
         f"p99 {lag['p99_ms']:.1f} ms  max {lag['max_ms']:.1f} ms  ({lag['n']} probes)",
     ]

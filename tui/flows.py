@@ -32,6 +32,7 @@ BODY_ROWS = 2_000
 _COMPACT_AT = 4_096
 
 _BODY_KEYS = ("request_body", "response_body", "local_response_body")
+_BODY_KEY_SET = frozenset(_BODY_KEYS)
 _HEADER_KEYS = ("request_headers", "response_headers", "local_response_headers")
 REQUEST_TYPES = frozenset({"request", "request_started", "started"})
 
@@ -177,7 +178,7 @@ class FlowStore:
                 if ident is not None:
                     self._by_id[(session, ident)] = row
                 added.append(row)
-            if any(name in event for name in _BODY_KEYS):
+            if not _BODY_KEY_SET.isdisjoint(event):
                 self._with_bodies.append(row)
         evicted = self._evict()
         self._trim_bodies()
@@ -230,7 +231,7 @@ def _compact(event: dict[str, Any]) -> dict[str, Any]:
     for name in _HEADER_KEYS:
         value = out.get(name)
         if isinstance(value, list):
-            out[name] = tuple(tuple(pair) for pair in value)
+            out[name] = tuple(map(tuple, value))
     return out
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 
 # Seconds of history the sparklines show; older buckets are dropped (bounded memory).
 WINDOW_S = 60
@@ -20,12 +21,23 @@ class RateBuckets:
         second = int(ts)
         if second <= self._newest - self.window:
             return  # older than the window: nothing shows it
-        self._buckets.setdefault(second, Counter())[verdict or "pending"] += n
+        bucket = self._buckets.get(second)
+        if bucket is None:
+            bucket = self._buckets[second] = Counter()
+        bucket[verdict or "pending"] += n
         if second > self._newest:
             self._newest = second
             floor = second - self.window
             for old in [s for s in self._buckets if s <= floor]:
                 del self._buckets[old]
+
+    def add_all(self, samples: Iterable[tuple[float, str | None]]) -> None:
+        """``add`` for each (timestamp, verdict) of a batch, counted per second first."""
+        counts: Counter[tuple[int, str | None]] = Counter()
+        for ts, verdict in samples:
+            counts[int(ts), verdict] += 1
+        for (second, verdict), n in counts.items():
+            self.add(second, verdict, n)
 
     def series(self, verdict: str, now: float) -> list[float]:
         """Per-second counts for the window ending at ``now`` (oldest first)."""

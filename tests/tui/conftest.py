@@ -85,8 +85,9 @@ def config(text: str | None) -> Config | None:
 def make_app(fake: FakeAgent, *, config_text: str | None = STEAL_ALICE,
              target: str | None = "netns/shop", **kw: Any) -> WaylayApp:
     kw.setdefault("batch_interval", 0.05)
+    kw.setdefault("clock", lambda: FIXED_NOW)
     return WaylayApp(target=target, config=config(config_text), attach_fn=fake.attach,
-                     targets_source=lambda: list(TARGETS), clock=lambda: FIXED_NOW, **kw)
+                     targets_source=lambda: list(TARGETS), **kw)
 
 
 def requests(n: int, start: int = 0, **kw: Any) -> list[SyntheticRequest]:

@@ -45,3 +45,15 @@ def test_a_request_in_flight_shows_an_ellipsis_for_its_status() -> None:
     assert cell_text("status", started) == "…"
     assert cell_text("status", {**started, "type": "request"}) == ""
     assert cell_text("status", {**started, "type": "request", "status": 504}) == "504"
+
+
+def test_a_batch_of_rates_counts_as_its_requests_one_by_one() -> None:
+    """add_all (a batch, counted per second first) ends as add called for each."""
+    samples = [(100.0 + i / 7, "stolen" if i % 3 else "passed") for i in range(40)]
+    samples += [(99.5, None), (50.0, "stolen")]  # in flight; older than the window
+    one, batch = RateBuckets(window=5), RateBuckets(window=5)
+    for ts, verdict in samples:
+        one.add(ts, verdict)
+    batch.add_all(samples)
+    for verdict in ("stolen", "passed", "pending"):
+        assert batch.series(verdict, 105.0) == one.series(verdict, 105.0)
