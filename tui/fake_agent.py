@@ -33,7 +33,7 @@ from typing import Any
 from core.attach import AttachedSession
 from core.config import AgentConfig, IncomingConfig
 from core.errors import ConfigError
-from core.filters import RequestView, compile_http_filter
+from core.filters import HttpFilter, RequestView, compile_http_filter
 from core.flow import row_from_event
 from core.registry import WHOLE_PORT, Registry, Subscription, SubscriptionRefused
 from core.session import EventSink, Session
