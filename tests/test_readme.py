@@ -17,7 +17,7 @@ def test_module_map_names_every_module() -> None:
     for folder in ("core", "agent", "tui", "cli", "cli/demo"):
         for path in sorted((ROOT / folder).glob("*.py")):
             name = path.stem
-            if name in ("__init__", "__main__") or name.startswith("kube_") and "kube_*" in named:
+            if name in ("__init__", "__main__") or (name.startswith("kube_") and "kube_*" in named):
                 continue
             if name not in named:
                 missing.append(f"{folder}/{path.name}")
