@@ -13,7 +13,8 @@ from typing import Final, TypeAlias
 
 from core.flow import FlowRow
 
-PROTOCOL_VERSION: Final = 1
+# 2: REQUEST, RESPONSE and TRAILERS payloads are compact (core.wire_heads), not JSON.
+PROTOCOL_VERSION: Final = 2
 
 HEADER: Final = struct.Struct("!IBI")  # payload length u32, frame type u8, stream id u32
 HEADER_SIZE: Final = HEADER.size  # 9
@@ -158,10 +159,11 @@ class Unsubscribe:
 class RequestStart:
     """A request head opening ``stream``.
 
-    JSON ``{sub_id, port, method, target, http_version, headers, peer, flow_id}``, headers as
-    a list of ``[name, value]`` pairs. ``flow_id`` is the id of the flow record that will
-    report this request (stolen requests only; absent for mirror copies and from older
-    agents), so a session can show the request while it is in flight.
+    Compact payload (``core.wire_heads``): ``!IHBI`` sub_id, port, flags (bit 0: flow_id
+    present), flow_id; then the strings method, target, http_version, peer and each
+    header's name and value. ``flow_id`` is the id of the flow record that will report
+    this request (stolen requests only; None for mirror copies), so a session can show
+    the request while it is in flight.
     """
 
     stream: int
@@ -202,7 +204,8 @@ class End:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class ResponseStart:
-    """The response head on ``stream``. JSON ``{status, reason, headers}``."""
+    """The response head on ``stream``. Compact payload (``core.wire_heads``): ``!H``
+    status, then the strings reason and each header's name and value."""
 
     stream: int
     status: int
@@ -213,7 +216,8 @@ class ResponseStart:
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Trailers:
     """Trailer fields ending the message on ``stream`` (gRPC's ``grpc-status``), sent after
-    its last DATA and before its END. JSON ``{headers}``."""
+    its last DATA and before its END. Compact payload (``core.wire_heads``): each field's
+    name and value."""
 
     stream: int
     headers: tuple[tuple[str, str], ...]
