@@ -117,12 +117,18 @@ class InterceptedConnection(asyncio.Protocol):
         self._observer: Http1Observer | None = None  # per-request records of a whole steal
         self._relay_record: FlowRecord | None = None  # a relayed or whole-stolen connection
         self._client_eof = False
+        # A stolen answer's pieces (head, body, end) arrive as separate frames, mostly in
+        # one read of the link: they are written to the client together, once the read is
+        # handed over (None: not corked).
+        self._corked: list[bytes] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # --- asyncio.Protocol: the remote client ------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
         self._transport = transport
+        self._loop = asyncio.get_running_loop()
         sock: socket.socket | None = transport.get_extra_info("socket")
         destination = original_destination(sock) if sock is not None else None
         agent = self._agent
@@ -464,9 +470,24 @@ class InterceptedConnection(asyncio.Protocol):
     # --- the engine's other commands (Http1Sink) --------------------------------------
 
     def send_downstream(self, data: bytes) -> None:
+        corked = self._corked
+        if corked is not None:
+            corked.append(data)
+            return
         transport = self._transport
         if transport is not None and not transport.is_closing():
             transport.write(data)
+
+    def _cork(self) -> None:
+        """Gather what is sent to the client until the loop's next turn (one write)."""
+        if self._corked is None and self._loop is not None:
+            self._corked = []
+            self._loop.call_soon(self._uncork)
+
+    def _uncork(self) -> None:
+        corked, self._corked = self._corked, None
+        if corked:
+            self.send_downstream(corked[0] if len(corked) == 1 else b"".join(corked))
 
     def close_downstream(self) -> None:
         self._close_transport()
@@ -534,6 +555,7 @@ class InterceptedConnection(asyncio.Protocol):
         router = self._router
         if router is None or router.closed:
             return
+        self._cork()
         now = time.time()
         match event:
             case LocalResponse(status=status, reason=reason, headers=headers):
@@ -589,6 +611,7 @@ class InterceptedConnection(asyncio.Protocol):
 
     def write_local(self, data: bytes) -> None:
         """Bytes from the local app on a whole stolen connection."""
+        self._cork()
         if self._relay_record is not None:
             self._relay_record.bytes_out += len(data)
         self.send_downstream(data)
@@ -598,6 +621,7 @@ class InterceptedConnection(asyncio.Protocol):
 
     def end_local(self) -> None:
         """The local app half-closed a whole stolen connection."""
+        self._uncork()
         transport = self._transport
         if transport is not None and not transport.is_closing() and transport.can_write_eof():
             transport.write_eof()
@@ -611,6 +635,7 @@ class InterceptedConnection(asyncio.Protocol):
     # --- the end ----------------------------------------------------------------------
 
     def _close_transport(self) -> None:
+        self._uncork()
         transport = self._transport
         if transport is not None and not transport.is_closing():
             transport.close()

@@ -73,6 +73,10 @@ FLOW_BATCH_MAX = 200
 NOTES_DELAY_S = 1.0
 
 
+# The frames that belong to a stream the agent opened (the rest are the link's own).
+_STREAM_FRAMES = frozenset({ResponseStart, Data, End, Reset, Trailers})
+
+
 class _WireStream:
     """One wire stream from the agent to a session: the sending half and its end."""
 
@@ -299,7 +303,13 @@ class MirrorStream(_WireStream):
 
 
 class ClientLink:
-    """The control connection of one session."""
+    """The control connection of one session.
+
+    Frames towards the session are gathered and written once per turn of the event loop:
+    on a busy port one write carries the heads of many stolen requests, and a request's
+    head and end leave together. Frames from the session are handled as they are decoded
+    (no ``await`` per frame); the remote clients they answer are drained once per read.
+    """
 
     def __init__(self, agent: Agent, link_id: int, reader: asyncio.StreamReader,
                  writer: asyncio.StreamWriter) -> None:
@@ -307,6 +317,9 @@ class ClientLink:
         self.link_id = link_id
         self._reader = reader
         self._writer = writer
+        self._loop = asyncio.get_running_loop()
+        self._out: list[bytes] = []  # frames not written yet (see send_raw)
+        self._out_bytes = 0
         self.streams: dict[int, Stream | MirrorStream] = {}
         self.mirrors_in_flight = 0
         self.last_seen = time.monotonic()  # the session pings; silence means it is gone
@@ -325,16 +338,31 @@ class ClientLink:
         self.send_raw(encode(message))
 
     def send_raw(self, frame: bytes) -> None:
-        if not self._writer.is_closing():
-            self._writer.write(frame)
+        """Queue ``frame``; what is queued in one turn of the loop leaves as one write."""
+        if self._writer.is_closing():
+            return
+        if not self._out:
+            self._loop.call_soon(self.flush)
+        self._out.append(frame)
+        self._out_bytes += len(frame)
+
+    def flush(self) -> None:
+        out, self._out = self._out, []
+        self._out_bytes = 0
+        if out and not self._writer.is_closing():
+            self._writer.write(out[0] if len(out) == 1 else b"".join(out))
+
+    def _queued(self) -> int:
+        return self._writer.transport.get_write_buffer_size() + self._out_bytes
 
     @property
     def congested(self) -> bool:
         """Too much is queued towards this session: mirror copies are dropped, not queued."""
-        return self._writer.transport.get_write_buffer_size() > LINK_HIGH_WATER
+        return self._queued() > LINK_HIGH_WATER
 
     async def drain(self) -> None:
-        if self._writer.transport.get_write_buffer_size() > LINK_HIGH_WATER:
+        if self._queued() > LINK_HIGH_WATER:
+            self.flush()
             with contextlib.suppress(ConnectionError):
                 await self._writer.drain()
 
@@ -351,6 +379,7 @@ class ClientLink:
         except (WireProtocolError, TimeoutError, ConnectionError, OSError) as exc:
             reason = "handshake timed out" if isinstance(exc, TimeoutError) else str(exc)
             self.send(Error(stream=0, message=reason, code="handshake"))
+            self.flush()
             self._writer.close()
             return False
         self.name = hello.client
@@ -362,15 +391,13 @@ class ClientLink:
                           listening_ports=tuple(self.agent.listening_ports())))
         try:
             early, self._early = self._early, []
-            for message in early:
-                await self._dispatch(message)
+            await self._dispatch_all(early)
             while True:
                 data = await self._reader.read(256 * 1024)
                 if not data:
                     break
                 self.last_seen = time.monotonic()
-                for message in self._decoder.receive_data(data):
-                    await self._dispatch(message)
+                await self._dispatch_all(self._decoder.receive_data(data))
         except WireProtocolError as exc:
             self.send(Error(stream=0, message=f"protocol error: {exc}", code="protocol"))
         except (ConnectionError, OSError):
@@ -390,6 +417,24 @@ class ClientLink:
                 self._early = messages[1:]
                 return hello
 
+    async def _dispatch_all(self, messages: list[Message]) -> None:
+        """Hand the frames of one read over; then wait while a remote client they answer
+        is too slow (bounds the bytes queued towards it). That holds up this session's
+        other streams meanwhile (head-of-line), as one link must."""
+        streams = self.streams
+        touched: list[Stream | MirrorStream] = []
+        for message in messages:
+            if type(message) in _STREAM_FRAMES:
+                stream = streams.get(message.stream)  # type: ignore[union-attr]
+                if stream is not None:
+                    stream.receive(message)
+                    if not touched or touched[-1] is not stream:
+                        touched.append(stream)
+            else:
+                await self._dispatch(message)
+        for stream in touched if len(touched) < 2 else dict.fromkeys(touched):
+            await stream.drain_receiver()
+
     async def _dispatch(self, message: Message) -> None:
         match message:
             case Ping(nonce=nonce):
@@ -404,16 +449,6 @@ class ClientLink:
                         del self.client_subs[sub_id]
                         self.bounds.pop(sub_id, None)
                         await self.agent.unsubscribe(sub_id)
-            case ResponseStart(stream=sid) | Data(stream=sid) | End(stream=sid) | Reset(
-                stream=sid
-            ) | Trailers(stream=sid):
-                stream = self.streams.get(sid)
-                if stream is not None:
-                    stream.receive(message)
-                    # Bounds the bytes queued towards a slow remote client. It holds up
-                    # this session's other streams meanwhile (head-of-line): per-stream
-                    # windows arrive with HTTP/2 support.
-                    await stream.drain_receiver()
             case _:
                 self.send(Error(stream=0, message=f"unexpected {type(message).__name__}",
                                 code="protocol"))
@@ -450,6 +485,7 @@ class ClientLink:
 
     def close(self) -> None:
         self.flush_flows()
+        self.flush()
         self._writer.close()
 
     def send_flow(self, record: FlowRow) -> None:
@@ -501,4 +537,5 @@ class ClientLink:
         self.client_subs.clear()
         self.bounds.clear()
         await self.agent.link_closed(self)
+        self.flush()
         self._writer.close()

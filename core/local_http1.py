@@ -1,0 +1,639 @@
+"""Stolen HTTP/1.x requests delivered to the local app on pooled keep-alive connections.
+
+The session's hot path (asyncio, no task per request). A stolen or mirrored request
+arrives as ``RequestStart``, ``Data``*, ``Trailers``?, ``End``; ``Http1Delivery`` writes it
+to a connection to the local app taken from ``LocalHttp1Pool`` (most recently used first)
+and turns the app's answer into ``ResponseStart``, ``Data``*, ``End`` for the agent. The
+connections are ``asyncio.Protocol`` objects: the app's bytes are parsed in
+``data_received`` by the same strict framing code the agent forwards responses with
+(``core.http1_framing``), and the request goes out as one write per batch of frames (the
+session calls ``flush`` once the frames of one read are handed over). Only opening a new
+connection takes a task.
+
+What HTTP/1.1 asks of a client (RFC 9112), as h11 did here before:
+
+* the request is sent as HTTP/1.1, its body framed as its head says (Content-Length, or
+  chunked with the trailers the agent passed on);
+* interim answers are skipped (the agent answered 100-continue itself), except 101 to a
+  request that asked for an upgrade: the stream becomes a byte tunnel both ways, with
+  half-close (a stolen WebSocket);
+* the answer's framing follows the request's method and its status (HEAD, 204, 304), and a
+  connection is reused only when both sides keep it alive and nothing is left over.
+
+When the local app cannot be reached the caller gets a 502 naming the address, and an error
+event says so; when it fails mid-answer (closes early, sends a malformed response) the
+stream is reset and an error event says why. A Reset from the agent (its caller left, or
+the local app was too slow) closes the connection: the app sees the request abandoned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from typing import Final, Protocol, cast
+
+from core.http1_framing import (
+    LAST_CHUNK,
+    BodyReader,
+    HttpParseError,
+    ResponseHead,
+    chunk,
+    parse_response_head,
+)
+from core.pool import (
+    CONNECT_TIMEOUT_S,
+    IDLE_TIMEOUT_S,
+    MAX_IDLE_PER_DESTINATION,
+    Destination,
+    tune,
+)
+from core.wire import (
+    Data,
+    End,
+    Message,
+    RequestStart,
+    Reset,
+    ResponseStart,
+    Trailers,
+    WireProtocolError,
+    encode_data,
+    headers_from_wire,
+    headers_to_wire,
+)
+
+# Request bytes held for a connection still being opened, or queued in a connection's
+# transport, before the link stops handing over frames: bounds the session's memory when
+# the local app reads a big upload slowly.
+WRITE_HIGH_WATER: Final = 256 * 1024
+
+# Byte classes (RFC 9110 §5.6.2 tchar, §5.5 field-vchar, request-target: no CTL, no space),
+# used with bytes.translate(None, allowed): empty exactly when every byte is allowed. A
+# head that fails them is not sent: it could split into two requests at the local app.
+_TCHAR: Final = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+_FIELD_CHARS: Final = b"\t" + bytes(range(0x20, 0x7F)) + bytes(range(0x80, 0x100))
+_TARGET_CHARS: Final = bytes(range(0x21, 0x7F)) + bytes(range(0x80, 0x100))
+_OWS: Final = b" \t"
+
+
+class DeliveryLink(Protocol):
+    """What a delivery needs from the session's end of the link."""
+
+    def send(self, message: Message) -> None: ...
+    def send_raw(self, frame: bytes) -> None: ...
+    def report_error(self, message: str) -> None: ...
+    @property
+    def write_paused(self) -> bool: ...
+    def when_writable(self, callback: Callable[[], None]) -> None: ...
+    def hold(self) -> None: ...
+    def release(self) -> None: ...
+    def flush_later(self, delivery: Http1Delivery) -> None: ...
+
+
+class LocalRequestError(Exception):
+    """The request cannot be sent as HTTP/1.1 (the agent sent something no app should get)."""
+
+
+def request_head_bytes(method: str, target: str, headers: list[tuple[bytes, bytes]]) -> bytes:
+    """An HTTP/1.1 request head, through its empty line; refuses what could split it."""
+    raw_method = method.encode("latin-1")
+    raw_target = target.encode("latin-1")
+    if not raw_method or raw_method.translate(None, _TCHAR):
+        raise LocalRequestError(f"invalid method {method[:32]!r}")
+    if not raw_target or raw_target.translate(None, _TARGET_CHARS):
+        raise LocalRequestError(f"invalid request target {target[:64]!r}")
+    # One C-level scan for all the names and one for all the values.
+    if (b"".join([n for n, _ in headers]).translate(None, _TCHAR)
+            or not all([n for n, _ in headers])
+            or b"".join([v for _, v in headers]).translate(None, _FIELD_CHARS)):
+        raise LocalRequestError("invalid header field (RFC 9110 §5)")
+    parts = [b"%s %s HTTP/1.1\r\n" % (raw_method, raw_target)]
+    parts += [b"%s: %s\r\n" % (name, value) for name, value in headers]
+    parts.append(b"\r\n")
+    return b"".join(parts)
+
+
+def _tokens(value: bytes) -> list[bytes]:
+    return [t.strip(_OWS).lower() for t in value.split(b",")]
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    if isinstance(exc, TimeoutError):
+        return "connection timed out"
+    return str(exc) or type(exc).__name__
+
+
+class LocalConnection(asyncio.Protocol):
+    """One TCP connection to the local app: idle in its pool, or serving one delivery."""
+
+    def __init__(self, destination: Destination) -> None:
+        self.destination = destination
+        self.transport: asyncio.Transport | None = None
+        self.delivery: Http1Delivery | None = None
+        self.closed = False
+        self.write_paused = False
+        self.idle_since = 0.0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            tune(sock)
+        self.transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+
+    def data_received(self, data: bytes) -> None:
+        delivery = self.delivery
+        if delivery is not None:
+            delivery.local_data(data)
+        else:
+            self.close()  # bytes nobody asked for: this connection cannot be trusted
+
+    def eof_received(self) -> bool:
+        delivery = self.delivery
+        if delivery is not None:
+            return delivery.local_eof()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.write_paused = False
+        delivery, self.delivery = self.delivery, None
+        if delivery is not None:
+            delivery.local_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self.delivery is not None:
+            self.delivery.local_writable()
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.write(data)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            if self.transport is not None:
+                self.transport.close()
+
+
+class LocalHttp1Pool:
+    """Idle keep-alive connections to the local app, by address."""
+
+    def __init__(self) -> None:
+        self._idle: dict[Destination, list[LocalConnection]] = {}
+        self._busy: set[LocalConnection] = set()
+        self.opened = 0
+        self.reused = 0
+
+    def take(self, destination: Destination) -> LocalConnection | None:
+        """The most recently used idle connection to ``destination`` (the least likely to
+        have been closed by the app), or None."""
+        idle = self._idle.get(destination)
+        if not idle:
+            return None
+        now = time.monotonic()
+        while idle:
+            conn = idle.pop()
+            if not conn.closed and now - conn.idle_since < IDLE_TIMEOUT_S:
+                self.reused += 1
+                self._busy.add(conn)
+                return conn
+            conn.close()
+        return None
+
+    async def open(self, destination: Destination) -> LocalConnection:
+        """A new connection (TCP_NODELAY); raises OSError or TimeoutError."""
+        loop = asyncio.get_running_loop()
+        _, conn = await asyncio.wait_for(
+            loop.create_connection(lambda: LocalConnection(destination), *destination),
+            CONNECT_TIMEOUT_S)
+        self.opened += 1
+        self._busy.add(conn)
+        return conn
+
+    def put(self, conn: LocalConnection) -> None:
+        self._busy.discard(conn)
+        conn.delivery = None
+        if conn.closed:
+            return
+        idle = self._idle.setdefault(conn.destination, [])
+        if len(idle) >= MAX_IDLE_PER_DESTINATION:
+            idle.pop(0).close()
+        conn.idle_since = time.monotonic()
+        idle.append(conn)
+
+    def discard(self, conn: LocalConnection) -> None:
+        self._busy.discard(conn)
+        conn.delivery = None
+        conn.close()
+
+    def close(self) -> None:
+        for idle in self._idle.values():
+            for conn in idle:
+                conn.close()
+        self._idle.clear()
+        for conn in list(self._busy):
+            conn.close()
+        self._busy.clear()
+
+
+class Http1Delivery:
+    """One stolen (or mirrored) HTTP/1.x request on its way to the local app and back."""
+
+    def __init__(self, link: DeliveryLink, pool: LocalHttp1Pool, start: RequestStart,
+                 local: Destination, on_done: Callable[[int], None]) -> None:
+        self.sid = start.stream
+        self._link = link
+        self._pool = pool
+        self._start = start
+        self._where = f"{local[0]}:{local[1]}"
+        self._local = local
+        self._on_done = on_done
+        self._conn: LocalConnection | None = None
+        self._connecting: asyncio.Task[None] | None = None
+        self._out: list[bytes] = []  # request bytes not yet written (flushed per batch)
+        self._out_bytes = 0
+        self._flush_queued = False
+        self._holding = False  # this delivery holds the link (its local side is full)
+        self._method = start.method.encode("latin-1")
+        self._body_kind = "none"  # of the request: "none", "length" or "chunked"
+        self._body_left = 0
+        self._keep_alive = True
+        self._upgrade = False
+        self._request_done = False
+        self._trailers: list[tuple[bytes, bytes]] = []
+        self._buf = bytearray()  # the app's bytes not parsed yet
+        self._response: ResponseHead | None = None
+        self._body: BodyReader | None = None
+        self._response_complete = False
+        self._tunnel = False
+        self._tunnel_request_open = False  # the upgraded request's own End is still due
+        self._tunnel_sent_end = False  # the app half-closed: End went to the agent
+        self._tunnel_got_end = False  # the agent's End: half-closed towards the app
+        self.done = False
+
+    # --- the request ------------------------------------------------------------------
+
+    def begin(self) -> None:
+        """Send the head (on an idle connection, or once a new one is open)."""
+        start = self._start
+        try:
+            headers = headers_from_wire(start.headers)
+            self._frame_request(headers)
+            head = request_head_bytes(start.method, start.target, headers)
+        except (LocalRequestError, WireProtocolError) as exc:
+            self._fail(str(exc))
+            return
+        self._write(head)
+        conn = self._pool.take(self._local)
+        if conn is not None:
+            self._attach(conn)
+        else:
+            self._connecting = asyncio.get_running_loop().create_task(
+                self._open(), name=f"local-connect-{self.sid}")
+
+    def _frame_request(self, headers: list[tuple[bytes, bytes]]) -> None:
+        """The request body's framing and the connection's fate, from the head (RFC 9112
+        §6.3, §9.6): as h11 frames what it sends."""
+        codings = length = None
+        for name, value in headers:
+            lowered = name.lower()
+            if lowered == b"transfer-encoding":
+                codings = _tokens(value) if codings is None else codings + _tokens(value)
+            elif lowered == b"content-length":
+                length = value.strip(_OWS)
+            elif lowered == b"connection":
+                tokens = _tokens(value)
+                if b"close" in tokens:
+                    self._keep_alive = False
+                if b"upgrade" in tokens:
+                    self._upgrade = True
+        if codings is not None:
+            if codings[-1:] != [b"chunked"]:
+                raise LocalRequestError("only Transfer-Encoding: chunked can be sent")
+            self._body_kind = "chunked"
+        elif length is not None:
+            if not length.isdigit():
+                raise LocalRequestError(f"invalid Content-Length {length[:32]!r}")
+            self._body_kind = "length"
+            self._body_left = int(length)
+        self._upgrade = self._upgrade and any(n.lower() == b"upgrade" for n, _ in headers)
+
+    async def _open(self) -> None:
+        try:
+            conn = await self._pool.open(self._local)
+        except (OSError, TimeoutError) as exc:
+            self._connecting = None
+            if not self.done:
+                self._unreachable(exc)
+            return
+        self._connecting = None
+        if self.done:
+            self._pool.discard(conn)
+            return
+        self._attach(conn)
+        self.flush()  # outside any batch of frames: nothing else would
+
+    def _attach(self, conn: LocalConnection) -> None:
+        self._conn = conn
+        conn.delivery = self
+        self._flush_soon()
+
+    def frame(self, message: Message) -> None:
+        """A frame from the agent for this stream (Data, Trailers, End)."""
+        if self.done:
+            return
+        if self._tunnel:
+            self._tunnel_frame(message)
+            return
+        if self._request_done:
+            return
+        if isinstance(message, Data):
+            data = message.data
+            if not data:
+                return
+            kind = self._body_kind
+            if kind == "length":
+                if len(data) > self._body_left:
+                    self._fail("Too much data for declared Content-Length")
+                    return
+                self._body_left -= len(data)
+                self._write(data)
+            elif kind == "chunked":
+                self._write(chunk(data))
+            else:
+                self._fail("Too much data for declared Content-Length")
+        elif isinstance(message, Trailers):
+            if self._body_kind == "chunked":  # only a chunked body can carry them (§7.1.2)
+                self._trailers = headers_from_wire(message.headers)
+        elif isinstance(message, End):
+            if self._body_kind == "length" and self._body_left:
+                self._fail("Too little data for declared Content-Length")
+                return
+            if self._body_kind == "chunked":
+                if self._trailers:
+                    self._write(b"0\r\n" + b"".join(b"%s: %s\r\n" % pair
+                                                    for pair in self._trailers) + b"\r\n")
+                else:
+                    self._write(LAST_CHUNK)
+            self._request_done = True
+            if self._response_complete:
+                self._finish()
+
+    def _write(self, data: bytes) -> None:
+        self._out.append(data)
+        self._out_bytes += len(data)
+        if self._conn is None and self._out_bytes > WRITE_HIGH_WATER:
+            self._hold()  # still connecting: stop taking frames
+        self._flush_soon()
+
+    def _flush_soon(self) -> None:
+        if not self._flush_queued and self._conn is not None:
+            self._flush_queued = True
+            self._link.flush_later(self)
+
+    def flush(self) -> None:
+        """Write the request bytes gathered since the last flush, as one write."""
+        self._flush_queued = False
+        conn = self._conn
+        out = self._out
+        if conn is None or not out or self.done:
+            return
+        conn.write(out[0] if len(out) == 1 else b"".join(out))
+        out.clear()
+        self._out_bytes = 0
+        if conn.write_paused:
+            self._hold()  # the app reads slower than the agent sends: wait for it
+        else:
+            self._unhold()
+
+    def local_writable(self) -> None:
+        self._unhold()
+
+    def _hold(self) -> None:
+        if not self._holding:
+            self._holding = True
+            self._link.hold()
+
+    def _unhold(self) -> None:
+        if self._holding:
+            self._holding = False
+            self._link.release()
+
+    # --- the answer -------------------------------------------------------------------
+
+    def local_data(self, data: bytes) -> None:
+        if self.done:
+            return
+        if self._tunnel:
+            self._to_agent(data)
+        else:
+            self._buf += data
+            try:
+                self._pump()
+            except HttpParseError as exc:
+                self._fail(f"bad response: {exc.message.removeprefix('upstream response: ')}")
+        conn = self._conn
+        if not self.done and self._link.write_paused and conn is not None:
+            # The link is full: read no more of the app until it drains.
+            transport = conn.transport
+            if transport is not None and not conn.closed:
+                transport.pause_reading()
+                self._link.when_writable(
+                    lambda: None if conn.closed else transport.resume_reading())
+
+    def _pump(self) -> None:
+        buf = self._buf
+        link = self._link
+        while True:
+            if self._response is None:
+                head = parse_response_head(buf, request_method=self._method)
+                if head is None:
+                    return
+                if head.status < 200:
+                    if head.status == 101:
+                        self._switch(head)
+                        return
+                    continue  # interim (100, 103): the agent answered 100-continue itself
+                self._response = head
+                self._body = BodyReader(head.framing)
+                link.send(ResponseStart(stream=self.sid, status=head.status,
+                                        reason=head.reason.decode("latin-1"),
+                                        headers=headers_to_wire(head.headers)))
+            body = self._body
+            assert body is not None
+            if not body.done:
+                if not buf:
+                    return
+                _, data = body.read(buf)
+                if data:
+                    self._to_agent(data)
+                if not body.done:
+                    return
+            self._response_done()
+            return
+
+    def _to_agent(self, data: bytes) -> None:
+        self._link.send_raw(encode_data(self.sid, data))
+
+    def _response_done(self) -> None:
+        self._link.send(End(stream=self.sid))
+        self._response_complete = True
+        if self._request_done:
+            self._finish()
+        elif not (self._body_kind == "none"
+                  or (self._body_kind == "length" and not self._body_left)):
+            # The answer came before the request's body was all sent (an early 413, 401):
+            # the app wants no more of it, and the agent closes its caller's connection
+            # and sends nothing more on this stream. The connection is let go now.
+            self._end(reuse=False)
+        # else: the request is all written and its End frame is on its way: the
+        # connection is reusable once it comes.
+
+    def _finish(self) -> None:
+        """Both messages are complete: the connection goes back to the pool if both sides
+        keep it alive and the app sent nothing past its answer."""
+        head = self._response
+        reuse = head is not None and head.keep_alive and self._keep_alive and not self._buf
+        if reuse:
+            self.flush()  # what the last frames wrote goes out before the next request
+        self._end(reuse=reuse)
+
+    def _switch(self, head: ResponseHead) -> None:
+        """101 Switching Protocols: the stream becomes a byte tunnel (RFC 9110 §7.8)."""
+        if not self._upgrade:
+            raise HttpParseError("101 Switching Protocols to a request that asked for no "
+                                 "upgrade", 502)
+        self._link.send(ResponseStart(stream=self.sid, status=101,
+                                      reason=head.reason.decode("latin-1"),
+                                      headers=headers_to_wire(head.headers)))
+        self._tunnel = True
+        # The 101 may come before the request's End: that End is not the tunnel's.
+        self._tunnel_request_open = not self._request_done
+        leftover = bytes(self._buf)
+        self._buf.clear()
+        if leftover:
+            self._to_agent(leftover)
+
+    def _tunnel_frame(self, message: Message) -> None:
+        if self._tunnel_request_open:
+            # The rest of the request that was upgraded: not tunnel bytes.
+            self._tunnel_request_open = not isinstance(message, End)
+            return
+        if isinstance(message, Data):
+            if message.data:
+                self._write(message.data)
+        elif isinstance(message, End):
+            self._tunnel_got_end = True
+            self.flush()
+            conn = self._conn
+            transport = conn.transport if conn is not None and not conn.closed else None
+            if transport is not None and transport.can_write_eof():
+                transport.write_eof()
+            if self._tunnel_sent_end:
+                self._end(reuse=False)
+
+    def local_eof(self) -> bool:
+        """The app half-closed; True keeps our sending side open (a tunnel's)."""
+        if self.done:
+            return False
+        if self._tunnel:
+            self._tunnel_sent_end = True
+            self._link.send(End(stream=self.sid))
+            if self._tunnel_got_end:
+                self._end(reuse=False)
+                return False
+            return True
+        self._closed_by_app(None)
+        return False
+
+    def local_lost(self, exc: Exception | None) -> None:
+        if self.done:
+            return
+        if self._tunnel:
+            if exc is not None:
+                self._reset(f"local app failed: {_describe(exc)}")
+            elif not self._tunnel_sent_end:
+                self._link.send(End(stream=self.sid))
+            self._end(reuse=False)
+            return
+        self._closed_by_app(exc)
+
+    def _closed_by_app(self, exc: Exception | None) -> None:
+        body = self._body
+        if exc is None and body is not None and not body.done:
+            try:
+                body.eof()  # a close-delimited answer ends here
+            except HttpParseError:
+                pass
+            else:
+                self._response_done()
+                return
+        why = (_describe(exc) if exc is not None
+               else f"local app at {self._where} closed the connection mid-response")
+        self._fail(why)
+
+    # --- endings ----------------------------------------------------------------------
+
+    def reset(self) -> None:
+        """The agent dropped the stream, or the session is going: let the connection go."""
+        if not self.done:
+            self._end(reuse=False)
+
+    def _unreachable(self, exc: BaseException) -> None:
+        start = self._start
+        message = f"local app at {self._where} is unreachable: {_describe(exc)}"
+        self._link.report_error(f"{start.method} {start.target} on port {start.port}: "
+                                f"{message}")
+        body = f"waylay: {message}\n".encode()
+        self._link.send(ResponseStart(stream=self.sid, status=502, reason="Bad Gateway",
+                                      headers=(
+                                          ("Content-Type", "text/plain; charset=utf-8"),
+                                          ("Content-Length", str(len(body))),
+                                          ("X-Waylay-Error", "local-unreachable"),
+                                      )))
+        self._link.send_raw(encode_data(self.sid, body))
+        self._link.send(End(stream=self.sid))
+        self._end(reuse=False)
+
+    def _fail(self, why: str) -> None:
+        start = self._start
+        self._link.report_error(f"{start.method} {start.target}: local app at {self._where} "
+                                f"failed: {why}")
+        self._reset(f"local app failed: {why}")
+        self._end(reuse=False)
+
+    def _reset(self, reason: str) -> None:
+        self._link.send(Reset(stream=self.sid, reason=reason))
+
+    def _end(self, *, reuse: bool) -> None:
+        if self.done:
+            return
+        self.done = True
+        self._unhold()
+        if self._connecting is not None:
+            self._connecting.cancel()
+            self._connecting = None
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            if reuse:
+                self._pool.put(conn)
+            else:
+                self._pool.discard(conn)
+        self._out.clear()
+        self._on_done(self.sid)
+
+    def close_now(self) -> None:
+        """The session ends: drop everything without a word to the agent."""
+        with contextlib.suppress(Exception):
+            self.reset()
+
+
+__all__ = ["Http1Delivery", "LocalConnection", "LocalHttp1Pool", "request_head_bytes"]
