@@ -39,6 +39,7 @@ from core.wire import (
     Notice,
     Ping,
     Pong,
+    RequestStart,
     Reset,
     ResponseStart,
     Subscribe,
@@ -78,28 +79,67 @@ _STREAM_FRAMES = frozenset({ResponseStart, Data, End, Reset, Trailers})
 
 
 class _WireStream:
-    """One wire stream from the agent to a session: the sending half and its end."""
+    """One wire stream from the agent to a session: the sending half and its end.
+
+    A request's head is held until the first of its body, its end or the end of the loop
+    turn: a bodiless request (the usual one) leaves as one frame, its RequestStart marked
+    ``end``.
+    """
 
     def __init__(self, link: ClientLink, stream_id: int) -> None:
         self.link = link
         self.stream_id = stream_id
-        self.finished = asyncio.Event()
+        self.done = False
+        self._finished: asyncio.Event | None = None  # made when someone waits for the end
         self._sent_end = False
         self._got_end = False
+        self._head: _Head | None = None
+
+    @property
+    def finished(self) -> asyncio.Event:
+        """Set once the stream is over (both ends, or a reset)."""
+        if self._finished is None:
+            self._finished = asyncio.Event()
+            if self.done:
+                self._finished.set()
+        return self._finished
+
+    def open_request(self, head: _Head) -> None:
+        """Announce the request ``head`` (fields of a RequestStart without its stream)."""
+        self._head = head
+        self.link.hold_head(self)
+
+    def release_head(self, *, end: bool = False) -> None:
+        """Send the held head, if any (``end``: the request is complete with it)."""
+        head, self._head = self._head, None
+        if head is not None:
+            sub_id, port, method, target, version, headers, peer, flow_id = head
+            self.link.send(RequestStart(
+                stream=self.stream_id, sub_id=sub_id, port=port, method=method,
+                target=target, http_version=version, headers=headers, peer=peer,
+                flow_id=flow_id, end=end))
 
     def send_data(self, data: bytes) -> None:
-        if not self.finished.is_set():
+        if not self.done:
+            if self._head is not None:
+                self.release_head()
             self.link.send_raw(encode_data(self.stream_id, data))
 
     def end(self) -> None:
-        if not self.finished.is_set() and not self._sent_end:
+        if not self.done and not self._sent_end:
             self._sent_end = True
-            self.link.send(End(stream=self.stream_id))
+            if self._head is not None:
+                self.release_head(end=True)
+            else:
+                self.link.send(End(stream=self.stream_id))
             self._maybe_finish()
 
     def reset(self, reason: str) -> None:
-        if not self.finished.is_set():
-            self.link.send(Reset(stream=self.stream_id, reason=reason))
+        if not self.done:
+            if self._head is not None:
+                self._head = None  # never announced: the session has nothing to drop
+            else:
+                self.link.send(Reset(stream=self.stream_id, reason=reason))
             self._finish()
 
     def receive(self, message: Message) -> None:
@@ -113,8 +153,15 @@ class _WireStream:
             self._finish()
 
     def _finish(self) -> None:
-        self.finished.set()
+        self.done = True
+        if self._finished is not None:
+            self._finished.set()
         self.link.streams.pop(self.stream_id, None)
+
+
+# A RequestStart's fields but its stream: sub_id, port, method, target, http_version,
+# headers, peer, flow_id.
+_Head = tuple[int, int, str, str, str, tuple[tuple[str, str], ...], str, int | None]
 
 
 class StreamOwner(Protocol):
@@ -157,14 +204,14 @@ class Stream(_WireStream):
         self.what = what
         self._timer: asyncio.TimerHandle | None = None
         if bound is not None and not whole:
-            self._timer = asyncio.get_running_loop().call_later(bound.seconds, self._too_slow)
+            self._timer = link.loop.call_later(bound.seconds, self._too_slow)
 
     def _too_slow(self) -> None:
         """The local app did not start answering in time: reset the wire stream (the
         session stops delivering it), tell the session, and answer the caller 504."""
         self._timer = None
         bound = self.bound
-        if self.finished.is_set() or bound is None:
+        if self.done or bound is None:
             return
         within = f"within {bound.seconds:g} s"
         if bound.local is not None:
@@ -186,7 +233,7 @@ class Stream(_WireStream):
         await self.link.drain()
 
     def send_trailers(self, headers: list[tuple[bytes, bytes]]) -> None:
-        if not self.finished.is_set():
+        if not self.done:
             self.link.send(Trailers(stream=self.stream_id, headers=headers_to_wire(headers)))
 
     def receive(self, message: Message) -> None:
@@ -204,22 +251,14 @@ class Stream(_WireStream):
                     self._sent_end = self._got_end = False
                 conn.on_local(LocalResponse(status=status, reason=reason.encode("latin-1"),
                                             headers=headers_from_wire(headers)))
+                if message.body:
+                    self._data(message.body)
+                if message.end:
+                    self._end()
             case Data(data=data):
-                if self.whole:
-                    conn.write_local(data)
-                else:
-                    conn.on_local(LocalData(data=data))
+                self._data(data)
             case End():
-                self._got_end = True
-                if self.whole:
-                    conn.end_local()
-                    self._maybe_finish()
-                elif self.tunnel:
-                    self._maybe_finish()
-                    conn.on_local(LocalEnd())
-                else:
-                    self._finish()
-                    conn.on_local(LocalEnd())
+                self._end()
             case Trailers(headers=headers):
                 if not self.whole:
                     conn.on_local(LocalTrailers(headers=headers_from_wire(headers)))
@@ -232,11 +271,30 @@ class Stream(_WireStream):
             case _:
                 log.debug("ignoring %r on stream %d", message, self.stream_id)
 
+    def _data(self, data: bytes) -> None:
+        if self.whole:
+            self.conn.write_local(data)
+        else:
+            self.conn.on_local(LocalData(data=data))
+
+    def _end(self) -> None:
+        self._got_end = True
+        conn = self.conn
+        if self.whole:
+            conn.end_local()
+            self._maybe_finish()
+        elif self.tunnel:
+            self._maybe_finish()
+            conn.on_local(LocalEnd())
+        else:
+            self._finish()
+            conn.on_local(LocalEnd())
+
     async def drain_receiver(self) -> None:
         await self.conn.drain_downstream()
 
     def link_lost(self) -> None:
-        if self.finished.is_set():
+        if self.done:
             return
         self._finish()
         if self.whole:
@@ -271,22 +329,29 @@ class MirrorStream(_WireStream):
                     # the session asked to capture
                     result.headers = headers_from_wire(headers)
                     result.body = bytearray()
+                if message.body and result.body is not None:
+                    result.capture_body(message.body)
+                if message.end:
+                    self._end()
             case Data(data=data) if result.body is not None:
                 result.capture_body(data)
             case End():
-                self._got_end = True
-                if self.record is not None:
-                    self._finish()  # a request copy is done once its answer is
-                else:
-                    self._maybe_finish()
+                self._end()
             case Reset(reason=reason):
                 result.error = reason
                 self._finish()
             case _:
                 pass  # the local app's body: measured, not kept
 
+    def _end(self) -> None:
+        self._got_end = True
+        if self.record is not None:
+            self._finish()  # a request copy is done once its answer is
+        else:
+            self._maybe_finish()
+
     def link_lost(self) -> None:
-        if not self.finished.is_set():
+        if not self.done:
             self.result.error = "the session's link to the agent ended"
             self._finish()
 
@@ -294,7 +359,7 @@ class MirrorStream(_WireStream):
         return None
 
     def _finish(self) -> None:
-        if self.finished.is_set():
+        if self.done:
             return
         super()._finish()
         self.link.mirrors_in_flight -= 1
@@ -317,9 +382,11 @@ class ClientLink:
         self.link_id = link_id
         self._reader = reader
         self._writer = writer
-        self._loop = asyncio.get_running_loop()
+        self.loop = asyncio.get_running_loop()
         self._out: list[bytes] = []  # frames not written yet (see send_raw)
         self._out_bytes = 0
+        self._flush_scheduled = False
+        self._heads: list[_WireStream] = []  # streams holding their request head
         self.streams: dict[int, Stream | MirrorStream] = {}
         self.mirrors_in_flight = 0
         self.last_seen = time.monotonic()  # the session pings; silence means it is gone
@@ -341,12 +408,25 @@ class ClientLink:
         """Queue ``frame``; what is queued in one turn of the loop leaves as one write."""
         if self._writer.is_closing():
             return
-        if not self._out:
-            self._loop.call_soon(self.flush)
         self._out.append(frame)
         self._out_bytes += len(frame)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self.flush)
+
+    def hold_head(self, stream: _WireStream) -> None:
+        """``stream`` holds its request head: it is sent at the latest with this turn's
+        frames."""
+        self._heads.append(stream)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self.flush)
 
     def flush(self) -> None:
+        heads, self._heads = self._heads, []
+        for stream in heads:
+            stream.release_head()
+        self._flush_scheduled = False
         out, self._out = self._out, []
         self._out_bytes = 0
         if out and not self._writer.is_closing():

@@ -31,7 +31,7 @@ from agent.registry import Registry, Subscription
 from agent.upstream import upstream_pool
 from core.flow import FlowRecord, FlowRow, MirrorResult, Verdict
 from core.local_targets import listening_ports, parse_proc_net_tcp
-from core.wire import ConnectionStart, Notice, RequestStart, headers_to_wire
+from core.wire import ConnectionStart, Notice, headers_to_wire
 
 if TYPE_CHECKING:
     from agent.interception import InterceptedConnection
@@ -204,12 +204,9 @@ class Agent:
                         bound=link.bound_for(sub.sub_id),
                         what=f"{start.method} {start.target} on port {sub.port}")
         link.streams[stream.stream_id] = stream
-        link.send(RequestStart(
-            stream=stream.stream_id, sub_id=link.client_subs.get(sub.sub_id, 0),
-            port=sub.port, method=start.method, target=start.target,
-            http_version=start.http_version, headers=headers_to_wire(start.headers),
-            peer=conn.peer, flow_id=start.flow_id or None,
-        ))
+        stream.open_request((link.client_subs.get(sub.sub_id, 0), sub.port, start.method,
+                             start.target, start.http_version, headers_to_wire(start.headers),
+                             conn.peer, start.flow_id or None))
         return stream
 
     def open_connection_stream(self, conn: InterceptedConnection, sub_id: int) -> Stream | None:
@@ -253,10 +250,8 @@ class Agent:
             record.mirrors_pending += 1
             if record.verdict is Verdict.PASSED:
                 record.verdict = Verdict.MIRRORED
-            link.send(RequestStart(
-                stream=stream.stream_id, sub_id=client_sub, port=port, method=start.method,
-                target=start.target, http_version=start.http_version,
-                headers=headers_to_wire(start.headers), peer=peer))
+            stream.open_request((client_sub, port, start.method, start.target,
+                                 start.http_version, headers_to_wire(start.headers), peer, None))
         return stream
 
     def _mirror_done(self, stream: MirrorStream) -> None:

@@ -16,6 +16,9 @@ from core.config import Config, Mode, default_config, load_config
 from core.errors import AgentError, UsageError, WaylayError
 from core.target import parse_target
 
+# One encoder for every line (json.dumps with options builds a new one per call).
+_JSON = json.JSONEncoder(separators=(",", ":"))
+
 
 class EventWriter:
     """Where events go: JSON lines (``--events``) and/or a short human line on stderr."""
@@ -27,7 +30,7 @@ class EventWriter:
 
     def __call__(self, event: dict[str, Any]) -> None:
         if self._sink is not None:
-            self._sink.write(json.dumps(event, separators=(",", ":")) + "\n")
+            self._sink.write(_JSON.encode(event) + "\n")
             self._flush_soon()
         kind = event.get("type")
         # "started" lines are for --events and the dashboard; the human line comes at

@@ -693,12 +693,17 @@ class Http1Router:
         if status == 101 and request.upgrade:
             self._local_switch(exchange, reason, headers)
             return
-        kept = [(n, v) for n, v in headers if n.lower() not in _HOP_BY_HOP]
-        sized = any(n.lower() == b"content-length" for n, _ in kept)
+        kept = []
+        value: bytes | None = None  # the first Content-Length
+        for name, field in headers:  # one pass: this runs for every stolen answer
+            lower = name.lower()
+            if lower not in _HOP_BY_HOP:
+                if value is None and lower == b"content-length":
+                    value = field
+                kept.append((name, field))
         if request.method == b"HEAD" or status in (204, 304) or 100 <= status < 200:
             framing = NO_BODY
-        elif sized:
-            value = next(v for n, v in kept if n.lower() == b"content-length")
+        elif value is not None:
             framing = length(int(value)) if value.strip().isdigit() else UNTIL_CLOSE
         elif request.version == b"1.1":
             framing = CHUNKED

@@ -30,12 +30,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import time
 from collections.abc import Callable
 from typing import Final, Protocol, cast
 
 from core.http1_framing import (
+    FAST_RESPONSE,
     LAST_CHUNK,
+    TOKEN_PATTERN,
     BodyReader,
     HttpParseError,
     ResponseHead,
@@ -63,6 +66,9 @@ from core.wire import (
     headers_to_wire,
 )
 
+# A response body up to this size, complete when its head is parsed, rides in the
+# ResponseStart frame (one frame instead of three); larger ones stream as DATA frames.
+INLINE_BODY_MAX: Final = 64 * 1024
 # Request bytes held for a connection still being opened, or queued in a connection's
 # transport, before the link stops handing over frames: bounds the session's memory when
 # the local app reads a big upload slowly.
@@ -75,6 +81,9 @@ _TCHAR: Final = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijk
 _FIELD_CHARS: Final = b"\t" + bytes(range(0x20, 0x7F)) + bytes(range(0x80, 0x100))
 _TARGET_CHARS: Final = bytes(range(0x21, 0x7F)) + bytes(range(0x80, 0x100))
 _OWS: Final = b" \t"
+# One field line of a head FAST_RESPONSE accepted, as text: name, and value without its
+# leading OWS (trailing OWS, rare, is taken off where it is found).
+_FIELD_TEXT: Final = re.compile("\n(" + TOKEN_PATTERN.decode() + "):[ \t]*([^\r]*)")
 
 
 class DeliveryLink(Protocol):
@@ -112,6 +121,19 @@ def request_head_bytes(method: str, target: str, headers: list[tuple[bytes, byte
     parts += [b"%s: %s\r\n" % (name, value) for name, value in headers]
     parts.append(b"\r\n")
     return b"".join(parts)
+
+
+def wire_headers(head: ResponseHead) -> tuple[tuple[str, str], ...]:
+    """The head's fields as the wire carries them (latin-1 text): for the usual head one
+    decode and one C-level scan, the same fields ``head.headers`` gives."""
+    raw = head.raw
+    if FAST_RESPONSE.fullmatch(raw) is None:
+        return headers_to_wire(head.headers)
+    text = raw.decode("latin-1")
+    fields: list[tuple[str, str]] = _FIELD_TEXT.findall(text)
+    if " \r" in text or "\t\r" in text:
+        fields = [(name, value.rstrip(" \t")) for name, value in fields]
+    return tuple(fields)
 
 
 def _tokens(value: bytes) -> list[bytes]:
@@ -374,18 +396,24 @@ class Http1Delivery:
             if self._body_kind == "chunked":  # only a chunked body can carry them (§7.1.2)
                 self._trailers = headers_from_wire(message.headers)
         elif isinstance(message, End):
-            if self._body_kind == "length" and self._body_left:
-                self._fail("Too little data for declared Content-Length")
-                return
-            if self._body_kind == "chunked":
-                if self._trailers:
-                    self._write(b"0\r\n" + b"".join(b"%s: %s\r\n" % pair
-                                                    for pair in self._trailers) + b"\r\n")
-                else:
-                    self._write(LAST_CHUNK)
-            self._request_done = True
-            if self._response_complete:
-                self._finish()
+            self.request_end()
+
+    def request_end(self) -> None:
+        """The request is complete (an End frame, or a RequestStart marked ``end``)."""
+        if self.done or self._request_done:
+            return
+        if self._body_kind == "length" and self._body_left:
+            self._fail("Too little data for declared Content-Length")
+            return
+        if self._body_kind == "chunked":
+            if self._trailers:
+                self._write(b"0\r\n" + b"".join(b"%s: %s\r\n" % pair
+                                                for pair in self._trailers) + b"\r\n")
+            else:
+                self._write(LAST_CHUNK)
+        self._request_done = True
+        if self._response_complete:
+            self._finish()
 
     def _write(self, data: bytes) -> None:
         self._out.append(data)
@@ -463,10 +491,19 @@ class Http1Delivery:
                         return
                     continue  # interim (100, 103): the agent answered 100-continue itself
                 self._response = head
-                self._body = BodyReader(head.framing)
+                reader = self._body = BodyReader(head.framing)
+                data = reader.read(buf)[1] if buf else b""
+                # The whole answer in hand (the usual small one): one frame for the agent.
+                whole = reader.done and len(data) <= INLINE_BODY_MAX
                 link.send(ResponseStart(stream=self.sid, status=head.status,
                                         reason=head.reason.decode("latin-1"),
-                                        headers=headers_to_wire(head.headers)))
+                                        headers=wire_headers(head),
+                                        body=data if whole else b"", end=whole))
+                if whole:
+                    self._response_done(end_sent=True)
+                    return
+                if data:
+                    self._to_agent(data)
             body = self._body
             assert body is not None
             if not body.done:
@@ -483,8 +520,9 @@ class Http1Delivery:
     def _to_agent(self, data: bytes) -> None:
         self._link.send_raw(encode_data(self.sid, data))
 
-    def _response_done(self) -> None:
-        self._link.send(End(stream=self.sid))
+    def _response_done(self, *, end_sent: bool = False) -> None:
+        if not end_sent:
+            self._link.send(End(stream=self.sid))
         self._response_complete = True
         if self._request_done:
             self._finish()
@@ -513,7 +551,7 @@ class Http1Delivery:
                                  "upgrade", 502)
         self._link.send(ResponseStart(stream=self.sid, status=101,
                                       reason=head.reason.decode("latin-1"),
-                                      headers=headers_to_wire(head.headers)))
+                                      headers=wire_headers(head)))
         self._tunnel = True
         # The 101 may come before the request's End: that End is not the tunnel's.
         self._tunnel_request_open = not self._request_done

@@ -470,10 +470,14 @@ class Session:
             delivery = Http1Delivery(self, self._http1, start, local, self._stream_done)
             self._streams[sid] = delivery
             delivery.begin()
+            if start.end:
+                delivery.request_end()
             return
         queued = _QueuedStream(self, sid)
         self._streams[sid] = queued
         if isinstance(start, RequestStart):
+            if start.end:
+                queued.queue.put_nowait(End(stream=sid))
             work = deliver_request(self, self._pool, start, queued.queue, local)
         else:
             work = deliver_connection(self, start, queued.queue, local)

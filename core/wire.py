@@ -193,7 +193,10 @@ def _nonce(value: object, where: str) -> bytes:
 # flow_id; RESPONSE's status. TRAILERS has none.
 _REQUEST_FIXED: Final = struct.Struct("!IHBI")
 _HAS_FLOW_ID: Final = 1  # REQUEST flags bit: flow_id is set (else it is None)
-_STATUS: Final = struct.Struct("!H")
+_ENDS: Final = 2  # REQUEST flags bit: the request is complete (no body frames follow)
+_REQUEST_FLAGS: Final = _HAS_FLOW_ID | _ENDS
+_RESPONSE_FIXED: Final = struct.Struct("!HBI")  # status, flags, body length
+_RESPONSE_ENDS: Final = 1  # RESPONSE flags bit: the response is complete
 
 # ensure_ascii: any Python str (lone surrogates included) survives the round trip, and the
 # payload is plain ASCII, which is valid UTF-8.
@@ -231,7 +234,8 @@ def encode(message: Message) -> bytes:
             fixed = _REQUEST_FIXED.pack(
                 _stream(message.sub_id, "RequestStart.sub_id"),
                 _port(message.port, "RequestStart.port"),
-                0 if flow_id is None else _HAS_FLOW_ID,
+                (0 if flow_id is None else _HAS_FLOW_ID)
+                | (_ENDS if _bool(message.end, "RequestStart.end") else 0),
                 0 if flow_id is None else _stream(flow_id, "RequestStart.flow_id"))
             flat = flat_headers(message.headers, "RequestStart.headers")
             packed = pack_strings(fixed, [message.method, message.target,
@@ -242,12 +246,17 @@ def encode(message: Message) -> bytes:
             return _frame(FrameType.REQUEST, stream, packed)
         case ResponseStart():
             stream = _stream(message.stream, "ResponseStart.stream")
-            fixed = _STATUS.pack(_int(message.status, "ResponseStart.status", 100, 999))
+            body = message.body
+            if type(body) is not bytes:
+                raise WireProtocolError(f"ResponseStart.body must be bytes, got {_shown(body)}")
+            fixed = _RESPONSE_FIXED.pack(
+                _int(message.status, "ResponseStart.status", 100, 999),
+                _RESPONSE_ENDS if _bool(message.end, "ResponseStart.end") else 0, len(body))
             flat = flat_headers(message.headers, "ResponseStart.headers")
             packed = pack_strings(fixed, [message.reason, *flat], "ResponseStart fields")
             if flat:
                 check_latin1("".join(flat), "ResponseStart.headers")
-            return _frame(FrameType.RESPONSE, stream, packed)
+            return _frame(FrameType.RESPONSE, stream, packed + body if body else packed)
         case Trailers(stream=stream, headers=headers):
             flat = flat_headers(headers, "Trailers.headers")
             packed = pack_strings(b"", flat, "Trailers.headers")
@@ -419,13 +428,13 @@ def _decode_request(stream: int, payload: memoryview) -> Message:
     sub_id, port, flags, flow_id = _REQUEST_FIXED.unpack_from(payload)
     if not port:
         _port(port, "port")
-    if flags & ~_HAS_FLOW_ID:
+    if flags & ~_REQUEST_FLAGS:
         raise WireProtocolError(f"unknown flags {flags:#x}")
     strings, text = unpack_strings(payload, _REQUEST_FIXED.size)
     if len(strings) < 4:
         raise WireProtocolError("lacks method, target, http_version or peer")
     message = _new(RequestStart)
-    s = _REQUEST_SET  # stream, sub_id, port, method, target, http_version, headers, peer, flow_id
+    s = _REQUEST_SET  # stream, sub_id, port, method, target, version, headers, peer, flow_id, end
     s[0](message, stream)
     s[1](message, sub_id)
     s[2](message, port)
@@ -434,24 +443,36 @@ def _decode_request(stream: int, payload: memoryview) -> Message:
     s[5](message, strings[2])
     s[6](message, header_pairs(strings, 4, text, "headers"))
     s[7](message, strings[3])
-    s[8](message, flow_id if flags else None)
+    s[8](message, flow_id if flags & _HAS_FLOW_ID else None)
+    s[9](message, bool(flags & _ENDS))
     return message
 
 
 def _decode_response(stream: int, payload: memoryview) -> Message:
-    if len(payload) < _STATUS.size:
-        raise WireProtocolError("payload too short for a status")
-    (status,) = _STATUS.unpack_from(payload)
+    if len(payload) < _RESPONSE_FIXED.size:
+        raise WireProtocolError("payload too short for status, flags and body length")
+    status, flags, body_length = _RESPONSE_FIXED.unpack_from(payload)
     _int(status, "status", 100, 999)
-    strings, text = unpack_strings(payload, _STATUS.size)
+    if flags & ~_RESPONSE_ENDS:
+        raise WireProtocolError(f"unknown flags {flags:#x}")
+    if body_length > len(payload) - _RESPONSE_FIXED.size:
+        raise WireProtocolError(f"body length {body_length} exceeds the payload")
+    if body_length:
+        body = payload[len(payload) - body_length:].tobytes()
+        payload = payload[:len(payload) - body_length]
+    else:
+        body = b""
+    strings, text = unpack_strings(payload, _RESPONSE_FIXED.size)
     if not strings:
         raise WireProtocolError("lacks the reason")
     message = _new(ResponseStart)
-    s = _RESPONSE_SET  # stream, status, reason, headers
+    s = _RESPONSE_SET  # stream, status, reason, headers, body, end
     s[0](message, stream)
     s[1](message, status)
     s[2](message, strings[0])
     s[3](message, header_pairs(strings, 1, text, "headers"))
+    s[4](message, body)
+    s[5](message, bool(flags))
     return message
 
 

@@ -160,10 +160,11 @@ class RequestStart:
     """A request head opening ``stream``.
 
     Compact payload (``core.wire_heads``): ``!IHBI`` sub_id, port, flags (bit 0: flow_id
-    present), flow_id; then the strings method, target, http_version, peer and each
-    header's name and value. ``flow_id`` is the id of the flow record that will report
+    present, bit 1: end), flow_id; then the strings method, target, http_version, peer and
+    each header's name and value. ``flow_id`` is the id of the flow record that will report
     this request (stolen requests only; None for mirror copies), so a session can show
-    the request while it is in flight.
+    the request while it is in flight. ``end``: the request is complete (it has no body):
+    no DATA and no END follow for it, as if an END came right after this frame.
     """
 
     stream: int
@@ -175,6 +176,7 @@ class RequestStart:
     headers: tuple[tuple[str, str], ...]
     peer: str
     flow_id: int | None = None
+    end: bool = False
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -204,13 +206,21 @@ class End:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class ResponseStart:
-    """The response head on ``stream``. Compact payload (``core.wire_heads``): ``!H``
-    status, then the strings reason and each header's name and value."""
+    """The response head on ``stream``, possibly with its body and its end.
+
+    Compact payload (``core.wire_heads``): ``!HBI`` status, flags (bit 0: end), body
+    length; then the strings reason and each header's name and value; then the body.
+    ``body`` is the start of the response body, as if a DATA frame carrying it followed;
+    ``end``: the response is complete, as if an END followed. A small answer that the
+    local app sent whole is one frame.
+    """
 
     stream: int
     status: int
     reason: str
     headers: tuple[tuple[str, str], ...]
+    body: bytes = b""
+    end: bool = False
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

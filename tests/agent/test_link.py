@@ -27,12 +27,14 @@ WAIT_S = 10.0  # only keeps a broken test from hanging; nothing is measured agai
 
 
 class FakeLink:
-    """What a Stream uses of its ClientLink: send frames, the streams table, a name."""
+    """What a Stream uses of its ClientLink: send frames, the streams table, a name, the
+    event loop."""
 
     def __init__(self) -> None:
         self.name = "waylay-cli/7"
         self.sent: list[Message] = []
         self.streams: dict[int, Any] = {}
+        self.loop = asyncio.get_running_loop()
 
     def send(self, message: Message) -> None:
         self.sent.append(message)

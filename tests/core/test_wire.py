@@ -105,6 +105,7 @@ STRATEGIES: dict[type, st.SearchStrategy[Message]] = {
         headers=wire_headers,
         peer=texts,
         flow_id=st.none() | streams,
+        end=st.booleans(),
     ),
     ConnectionStart: st.builds(
         ConnectionStart, stream=streams, sub_id=streams, port=ports, peer=texts
@@ -117,6 +118,8 @@ STRATEGIES: dict[type, st.SearchStrategy[Message]] = {
         status=st.integers(100, 999),
         reason=texts,
         headers=wire_headers,
+        body=st.binary(max_size=32),
+        end=st.booleans(),
     ),
     Reset: st.builds(Reset, stream=streams, reason=texts),
     Trailers: st.builds(Trailers, stream=streams, headers=wire_headers),
@@ -255,17 +258,26 @@ def test_wire_format_of_request_is_pinned() -> None:
     wire = encode(with_id)
     assert wire[HEADER_SIZE:] == compact(struct.pack("!IHBI", 1, 8080, 1, 42), strings)
     assert WireDecoder().receive_data(wire) == [with_id]
+    whole = dataclasses.replace(with_id, end=True)  # a bodiless request: no END follows
+    wire = encode(whole)
+    assert wire[HEADER_SIZE:] == compact(struct.pack("!IHBI", 1, 8080, 3, 42), strings)
+    assert WireDecoder().receive_data(wire) == [whole]
 
 
 def test_wire_format_of_response_is_pinned() -> None:
-    """ResponseStart: the status, then the reason and each header's name and value."""
+    """ResponseStart: status, flags and body length, then the reason and each header's
+    name and value, then the body."""
+    strings = ["Not Found", "Content-Length", "0", "x-caf\xe9", "\xff"]
     message = ResponseStart(stream=4, status=404, reason="Not Found",
                             headers=(("Content-Length", "0"), ("x-caf\xe9", "\xff")))
     wire = encode(message)
     assert HEADER.unpack_from(wire)[1:] == (FrameType.RESPONSE, 4)
-    assert wire[HEADER_SIZE:] == compact(
-        struct.pack("!H", 404), ["Not Found", "Content-Length", "0", "x-caf\xe9", "\xff"])
+    assert wire[HEADER_SIZE:] == compact(struct.pack("!HBI", 404, 0, 0), strings)
     assert WireDecoder().receive_data(wire) == [message]
+    whole = dataclasses.replace(message, body=b"gone\n", end=True)  # the whole answer
+    wire = encode(whole)
+    assert wire[HEADER_SIZE:] == compact(struct.pack("!HBI", 404, 1, 5), strings) + b"gone\n"
+    assert WireDecoder().receive_data(wire) == [whole]
 
 
 def test_wire_format_of_trailers_is_pinned() -> None:
@@ -470,7 +482,7 @@ def test_bad_status_is_rejected_on_decode(status: int) -> None:
     """A response status outside 100..999 is refused."""
     with pytest.raises(WireProtocolError, match="status"):
         WireDecoder().receive_data(
-            frame(FrameType.RESPONSE, 1, compact(struct.pack("!H", status), ["OK"])))
+            frame(FrameType.RESPONSE, 1, compact(struct.pack("!HBI", status, 0, 0), ["OK"])))
 
 
 @pytest.mark.parametrize("strings", [["OK", "a"], ["OK", "a", "b", "c"], ["OK", "a", "\u20ac"],
@@ -479,7 +491,7 @@ def test_bad_headers_are_rejected_on_decode(strings: list[str]) -> None:
     """Headers must be name/value pairs of latin-1 strings."""
     with pytest.raises(WireProtocolError, match="headers"):
         WireDecoder().receive_data(
-            frame(FrameType.RESPONSE, 1, compact(struct.pack("!H", 200), strings)))
+            frame(FrameType.RESPONSE, 1, compact(struct.pack("!HBI", 200, 0, 0), strings)))
 
 
 @pytest.mark.parametrize(
@@ -490,7 +502,7 @@ def test_bad_headers_are_rejected_on_decode(strings: list[str]) -> None:
         (struct.pack("!IHBIH", 1, 80, 0, 0, 2) + b"\0\0\0\1", "too short for 2 string"),
         (compact(struct.pack("!IHBI", 1, 80, 0, 0), ["GET", "/", "1.1"]), "lacks"),
         (compact(struct.pack("!IHBI", 1, 0, 0, 0), ["GET", "/", "1.1", "p"]), "port"),
-        (compact(struct.pack("!IHBI", 1, 80, 2, 0), ["GET", "/", "1.1", "p"]), "flags"),
+        (compact(struct.pack("!IHBI", 1, 80, 4, 0), ["GET", "/", "1.1", "p"]), "flags"),
         (struct.pack("!IHBIH", 1, 80, 0, 0, 1) + struct.pack("!I", 3) + b"ab", "add up"),
         (struct.pack("!IHBIH", 1, 80, 0, 0, 1) + struct.pack("!I", 1) + b"\xff", "UTF-8"),
     ],
@@ -662,3 +674,19 @@ def test_decoded_hello_of_another_version_reaches_check_hello() -> None:
     (message,) = WireDecoder().receive_data(encode(Hello(token="t", client="c", version=7)))
     with pytest.raises(WireProtocolError, match="client speaks 7"):
         check_hello(message, "t")
+
+
+@pytest.mark.parametrize(
+    ("payload", "complaint"),
+    [
+        (struct.pack("!HB", 200, 0), "too short"),
+        (compact(struct.pack("!HBI", 200, 2, 0), ["OK"]), "flags"),
+        (compact(struct.pack("!HBI", 200, 1, 99), ["OK"]), "body length"),
+        (compact(struct.pack("!HBI", 200, 1, 3), ["OK"]), "too short for 1 string"),
+        (compact(struct.pack("!HBI", 200, 1, 1), ["OK"]), "add up"),
+    ],
+)
+def test_bad_response_payloads_are_rejected(payload: bytes, complaint: str) -> None:
+    """A RESPONSE payload with unknown flags or a body length past its end is refused."""
+    with pytest.raises(WireProtocolError, match=f"RESPONSE frame on stream 1.*{complaint}"):
+        WireDecoder().receive_data(frame(FrameType.RESPONSE, 1, payload))
