@@ -93,6 +93,13 @@ class _StolenStream:
     def on_local(self, event: Event) -> None:
         self._conn.on_local(self._stream, event)
 
+    def on_local_whole(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]],
+                       body: bytes) -> None:
+        self.on_local(LocalResponse(status=status, reason=reason, headers=headers))
+        if body:
+            self.on_local(LocalData(data=body))
+        self.on_local(LocalEnd())
+
     async def drain_downstream(self) -> None:
         await self._conn.drain_stream(self._stream)
 

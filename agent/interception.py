@@ -572,6 +572,20 @@ class InterceptedConnection(asyncio.Protocol):
                 raise AssertionError(f"unexpected local event {event!r}")
         self._after_router()
 
+    def on_local_whole(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]],
+                       body: bytes) -> None:
+        """The local app's whole answer at once (``on_local`` of its three events)."""
+        router = self._router
+        if router is None or router.closed:
+            return
+        self._cork()
+        now = time.time()
+        router.local_response(status, reason, headers, now)
+        if body:
+            router.local_data(body, now)
+        router.local_end(now)
+        self._after_router()
+
     async def drain_downstream(self) -> None:
         """Wait while too much is queued towards the remote client (bounds the buffer)."""
         while self._write_paused and self.mode is not Mode.CLOSED:

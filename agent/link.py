@@ -171,6 +171,9 @@ class StreamOwner(Protocol):
     peer: str
 
     def on_local(self, event: Event) -> None: ...
+    def on_local_whole(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]],
+                       body: bytes) -> None:
+        """The local app's whole answer at once: LocalResponse, LocalData, LocalEnd."""
     async def drain_downstream(self) -> None: ...
     def write_local(self, data: bytes) -> None: ...
     def end_local(self) -> None: ...
@@ -249,6 +252,13 @@ class Stream(_WireStream):
                     # each direction gets a fresh End (the request's already went).
                     self.tunnel = True
                     self._sent_end = self._got_end = False
+                elif message.end and not self.whole:
+                    # The whole answer in one frame (the usual small one): one call.
+                    self._got_end = True
+                    self._finish()
+                    conn.on_local_whole(status, reason.encode("latin-1"),
+                                        headers_from_wire(headers), message.body)
+                    return
                 conn.on_local(LocalResponse(status=status, reason=reason.encode("latin-1"),
                                             headers=headers_from_wire(headers)))
                 if message.body:

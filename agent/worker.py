@@ -298,6 +298,15 @@ class Agent:
         """To its thief only, or to every session on the port; each session sees only its
         own mirror of it (its local app's answer, its clause), never another's."""
         results = self._mirror_results.pop(record.id, None) or {}
+        if owner is not None and not results:  # a stolen request nobody mirrored: the usual
+            found = self._link_of(owner)
+            if found is not None:
+                found[0].send_flow(record.to_row())
+                for clause in timed_out:
+                    found[0].warn(f"filter {clause} hit its time budget on request "
+                                  f"{record.id} ({record.method} {record.path}); counted as "
+                                  "no match")
+            return
         if owner is not None:
             found = self._link_of(owner)
             targets = [found[0]] if found is not None else []
