@@ -29,7 +29,6 @@ the local app was too slow) closes the connection: the app sees the request aban
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
 import time
 from collections.abc import Callable
@@ -38,6 +37,7 @@ from typing import Final, Protocol, cast
 from core.http1_framing import (
     FAST_RESPONSE,
     LAST_CHUNK,
+    NO_BODY,
     TOKEN_PATTERN,
     BodyReader,
     HttpParseError,
@@ -45,6 +45,7 @@ from core.http1_framing import (
     chunk,
     parse_response_head,
 )
+from core.http1_simple import simple_response
 from core.pool import (
     CONNECT_TIMEOUT_S,
     IDLE_TIMEOUT_S,
@@ -60,7 +61,6 @@ from core.wire import (
     Reset,
     ResponseStart,
     Trailers,
-    WireProtocolError,
     encode_data,
     headers_from_wire,
     headers_to_wire,
@@ -74,13 +74,16 @@ INLINE_BODY_MAX: Final = 64 * 1024
 # the local app reads a big upload slowly.
 WRITE_HIGH_WATER: Final = 256 * 1024
 
-# Byte classes (RFC 9110 §5.6.2 tchar, §5.5 field-vchar, request-target: no CTL, no space),
-# used with bytes.translate(None, allowed): empty exactly when every byte is allowed. A
-# head that fails them is not sent: it could split into two requests at the local app.
-_TCHAR: Final = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-_FIELD_CHARS: Final = b"\t" + bytes(range(0x20, 0x7F)) + bytes(range(0x80, 0x100))
-_TARGET_CHARS: Final = bytes(range(0x21, 0x7F)) + bytes(range(0x80, 0x100))
-_OWS: Final = b" \t"
+# The request head's parts, as the wire's latin-1 text (RFC 9110 §5.6.2 token, §5.5
+# field-vchar; a request-target without CTL or space). A head that fails them is not sent:
+# it could split into two requests at the local app. Names and values are each checked
+# joined, in one C-level match: CR and LF are in neither class.
+_TOKEN_CHARS: Final = "[!#$%&'*+\\-.^_`|~0-9A-Za-z]"
+_TOKEN_TEXT: Final = re.compile(_TOKEN_CHARS + "+")
+_TOKENS_TEXT: Final = re.compile(_TOKEN_CHARS + "*")
+_TARGET_TEXT: Final = re.compile("[!-~\x80-\xff]+")
+_VALUES_TEXT: Final = re.compile("[\t\x20-\x7e\x80-\xff]*")
+_OWS: Final = " \t"
 # One field line of a head FAST_RESPONSE accepted, as text: name, and value without its
 # leading OWS (trailing OWS, rare, is taken off where it is found).
 _FIELD_TEXT: Final = re.compile("\n(" + TOKEN_PATTERN.decode() + "):[ \t]*([^\r]*)")
@@ -100,27 +103,37 @@ class DeliveryLink(Protocol):
     def flush_later(self, delivery: Http1Delivery) -> None: ...
 
 
+# What ``Http1Delivery._response`` holds after a whole answer went out in one frame.
+_WHOLE: Final = ResponseHead(status=200, reason=b"", version=b"1.1", raw=b"", framing=NO_BODY,
+                             keep_alive=True)
+
+
 class LocalRequestError(Exception):
     """The request cannot be sent as HTTP/1.1 (the agent sent something no app should get)."""
 
 
-def request_head_bytes(method: str, target: str, headers: list[tuple[bytes, bytes]]) -> bytes:
-    """An HTTP/1.1 request head, through its empty line; refuses what could split it."""
-    raw_method = method.encode("latin-1")
-    raw_target = target.encode("latin-1")
-    if not raw_method or raw_method.translate(None, _TCHAR):
-        raise LocalRequestError(f"invalid method {method[:32]!r}")
-    if not raw_target or raw_target.translate(None, _TARGET_CHARS):
-        raise LocalRequestError(f"invalid request target {target[:64]!r}")
-    # One C-level scan for all the names and one for all the values.
-    if (b"".join([n for n, _ in headers]).translate(None, _TCHAR)
-            or not all([n for n, _ in headers])
-            or b"".join([v for _, v in headers]).translate(None, _FIELD_CHARS)):
-        raise LocalRequestError("invalid header field (RFC 9110 §5)")
-    parts = [b"%s %s HTTP/1.1\r\n" % (raw_method, raw_target)]
-    parts += [b"%s: %s\r\n" % (name, value) for name, value in headers]
-    parts.append(b"\r\n")
-    return b"".join(parts)
+def request_head_bytes(method: str, target: str, headers: tuple[tuple[str, str], ...]) -> bytes:
+    """An HTTP/1.1 request head, through its empty line, from the wire's text; refuses what
+    could split it into two requests at the local app (RFC 9112 §3, RFC 9110 §5)."""
+    names = [name for name, _ in headers]
+    if (_TOKEN_TEXT.fullmatch(method) is None or _TARGET_TEXT.fullmatch(target) is None
+            or not all(names) or _TOKENS_TEXT.fullmatch("".join(names)) is None
+            or _VALUES_TEXT.fullmatch("".join([value for _, value in headers])) is None):
+        raise LocalRequestError(_head_problem(method, target, headers))
+    lines = [f"{method} {target} HTTP/1.1\r\n"]
+    lines += [f"{name}: {value}\r\n" for name, value in headers]
+    lines.append("\r\n")
+    return "".join(lines).encode("latin-1")
+
+
+def _head_problem(method: str, target: str, headers: tuple[tuple[str, str], ...]) -> str:
+    if _TOKEN_TEXT.fullmatch(method) is None:
+        return f"invalid method {method[:32]!r}"
+    if _TARGET_TEXT.fullmatch(target) is None:
+        return f"invalid request target {target[:64]!r}"
+    name = next((n for n, v in headers if _TOKEN_TEXT.fullmatch(n) is None
+                 or _VALUES_TEXT.fullmatch(v) is None), "?")
+    return f"invalid header field {name[:64]!r} (RFC 9110 §5)"
 
 
 def wire_headers(head: ResponseHead) -> tuple[tuple[str, str], ...]:
@@ -136,8 +149,8 @@ def wire_headers(head: ResponseHead) -> tuple[tuple[str, str], ...]:
     return tuple(fields)
 
 
-def _tokens(value: bytes) -> list[bytes]:
-    return [t.strip(_OWS).lower() for t in value.split(b",")]
+def _tokens(value: str) -> list[str]:
+    return [t.strip(_OWS).lower() for t in value.split(",")]
 
 
 def _describe(exc: BaseException) -> str:
@@ -292,7 +305,8 @@ class Http1Delivery:
         self._request_done = False
         self._trailers: list[tuple[bytes, bytes]] = []
         self._buf = bytearray()  # the app's bytes not parsed yet
-        self._response: ResponseHead | None = None
+        self._response: ResponseHead | None = None  # the final head (_WHOLE: not kept)
+        self._response_keep_alive = False
         self._body: BodyReader | None = None
         self._response_complete = False
         self._tunnel = False
@@ -307,10 +321,9 @@ class Http1Delivery:
         """Send the head (on an idle connection, or once a new one is open)."""
         start = self._start
         try:
-            headers = headers_from_wire(start.headers)
-            self._frame_request(headers)
-            head = request_head_bytes(start.method, start.target, headers)
-        except (LocalRequestError, WireProtocolError) as exc:
+            self._frame_request(start.headers)
+            head = request_head_bytes(start.method, start.target, start.headers)
+        except (LocalRequestError, UnicodeEncodeError) as exc:
             self._fail(str(exc))
             return
         self._write(head)
@@ -321,32 +334,36 @@ class Http1Delivery:
             self._connecting = asyncio.get_running_loop().create_task(
                 self._open(), name=f"local-connect-{self.sid}")
 
-    def _frame_request(self, headers: list[tuple[bytes, bytes]]) -> None:
+    def _frame_request(self, headers: tuple[tuple[str, str], ...]) -> None:
         """The request body's framing and the connection's fate, from the head (RFC 9112
         §6.3, §9.6): as h11 frames what it sends."""
-        codings = length = None
+        codings: list[str] | None = None
+        length: str | None = None
+        upgrade_field = False
         for name, value in headers:
             lowered = name.lower()
-            if lowered == b"transfer-encoding":
+            if lowered == "transfer-encoding":
                 codings = _tokens(value) if codings is None else codings + _tokens(value)
-            elif lowered == b"content-length":
+            elif lowered == "content-length":
                 length = value.strip(_OWS)
-            elif lowered == b"connection":
+            elif lowered == "connection":
                 tokens = _tokens(value)
-                if b"close" in tokens:
+                if "close" in tokens:
                     self._keep_alive = False
-                if b"upgrade" in tokens:
+                if "upgrade" in tokens:
                     self._upgrade = True
+            elif lowered == "upgrade":
+                upgrade_field = True
         if codings is not None:
-            if codings[-1:] != [b"chunked"]:
+            if codings[-1:] != ["chunked"]:
                 raise LocalRequestError("only Transfer-Encoding: chunked can be sent")
             self._body_kind = "chunked"
         elif length is not None:
-            if not length.isdigit():
+            if not (length.isascii() and length.isdigit()):
                 raise LocalRequestError(f"invalid Content-Length {length[:32]!r}")
             self._body_kind = "length"
             self._body_left = int(length)
-        self._upgrade = self._upgrade and any(n.lower() == b"upgrade" for n, _ in headers)
+        self._upgrade = self._upgrade and upgrade_field
 
     async def _open(self) -> None:
         try:
@@ -462,7 +479,7 @@ class Http1Delivery:
             return
         if self._tunnel:
             self._to_agent(data)
-        else:
+        elif self._response is not None or self._buf or not self._whole_answer(data):
             self._buf += data
             try:
                 self._pump()
@@ -476,6 +493,27 @@ class Http1Delivery:
                 transport.pause_reading()
                 self._link.when_writable(
                     lambda: None if conn.closed else transport.resume_reading())
+
+    def _whole_answer(self, data: bytes) -> bool:
+        """The usual answer: a final response framed by Content-Length (or bodiless), all
+        of it in ``data``: one frame for the agent, without the parser's objects
+        (``core.http1_simple`` says yes only where the general parser agrees)."""
+        simple = simple_response(data, self._start.method)
+        if simple is None or len(data) > INLINE_BODY_MAX:
+            return False
+        head_end = data.find(b"\r\n\r\n") + 4
+        text = data[:head_end].decode("latin-1")
+        fields: list[tuple[str, str]] = _FIELD_TEXT.findall(text)
+        if " \r" in text or "\t\r" in text:
+            fields = [(name, value.rstrip(" \t")) for name, value in fields]
+        line_end = text.find("\r\n")  # "HTTP/1.1 200[ reason]"
+        self._response = _WHOLE
+        self._response_keep_alive = simple.keep_alive
+        self._link.send(ResponseStart(stream=self.sid, status=simple.status,
+                                      reason=text[13:line_end] if line_end > 12 else "",
+                                      headers=tuple(fields), body=data[head_end:], end=True))
+        self._response_done(end_sent=True)
+        return True
 
     def _pump(self) -> None:
         buf = self._buf
@@ -491,6 +529,7 @@ class Http1Delivery:
                         return
                     continue  # interim (100, 103): the agent answered 100-continue itself
                 self._response = head
+                self._response_keep_alive = head.keep_alive
                 reader = self._body = BodyReader(head.framing)
                 data = reader.read(buf)[1] if buf else b""
                 # The whole answer in hand (the usual small one): one frame for the agent.
@@ -538,8 +577,7 @@ class Http1Delivery:
     def _finish(self) -> None:
         """Both messages are complete: the connection goes back to the pool if both sides
         keep it alive and the app sent nothing past its answer."""
-        head = self._response
-        reuse = head is not None and head.keep_alive and self._keep_alive and not self._buf
+        reuse = self._response_keep_alive and self._keep_alive and not self._buf
         if reuse:
             self.flush()  # what the last frames wrote goes out before the next request
         self._end(reuse=reuse)
@@ -605,6 +643,11 @@ class Http1Delivery:
         self._closed_by_app(exc)
 
     def _closed_by_app(self, exc: Exception | None) -> None:
+        if self._response_complete:
+            # Answered, and only the request's End frame is still due: nothing is lost,
+            # the connection just cannot be reused.
+            self._keep_alive = False
+            return
         body = self._body
         if exc is None and body is not None and not body.done:
             try:
@@ -667,11 +710,6 @@ class Http1Delivery:
                 self._pool.discard(conn)
         self._out.clear()
         self._on_done(self.sid)
-
-    def close_now(self) -> None:
-        """The session ends: drop everything without a word to the agent."""
-        with contextlib.suppress(Exception):
-            self.reset()
 
 
 __all__ = ["Http1Delivery", "LocalConnection", "LocalHttp1Pool", "request_head_bytes"]
