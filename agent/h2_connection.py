@@ -97,6 +97,13 @@ class _StolenStream:
     def congested(self) -> bool:
         return self._conn.stream_congested(self._stream)
 
+    def on_local_whole(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]],
+                       body: bytes) -> None:
+        self.on_local(LocalResponse(status=status, reason=reason, headers=headers))
+        if body:
+            self.on_local(LocalData(data=body))
+        self.on_local(LocalEnd())
+
     async def drain_downstream(self) -> None:
         await self._conn.drain_stream(self._stream)
 

@@ -95,10 +95,10 @@ class InterceptedConnection(asyncio.Protocol):
     """
 
     # Slots: an idle keep-alive connection should cost little (bench/ measures it).
-    __slots__ = ("_agent", "_client_eof", "_connecting", "_destination", "_drained", "_far_eof",
-                 "_head", "_mirrors", "_observer", "_paused", "_relay_record", "_router", "_stream",
-                 "_transport", "_up", "_up_eof_pending", "_up_pending", "_up_sent",
-                 "_whole_owner", "_write_paused", "mode", "peer", "port")
+    __slots__ = ("_agent", "_client_eof", "_connecting", "_corked", "_destination", "_drained",
+                 "_far_eof", "_head", "_loop", "_mirrors", "_observer", "_paused",
+                 "_relay_record", "_router", "_stream", "_transport", "_up", "_up_eof_pending",
+                 "_up_pending", "_up_sent", "_whole_owner", "_write_paused", "mode", "peer", "port")
 
     def __init__(self, agent: Agent) -> None:
         self._agent = agent
@@ -124,12 +124,18 @@ class InterceptedConnection(asyncio.Protocol):
         self._relay_record: FlowRecord | None = None  # a relayed or whole-stolen connection
         self._client_eof = False
         self._far_eof = False  # the app (relay) or the local app (whole steal) half-closed
+        # A stolen answer's pieces (head, body, end) arrive as separate frames, mostly in
+        # one read of the link: they are written to the client together, once the read is
+        # handed over (None: not corked).
+        self._corked: list[bytes] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # --- asyncio.Protocol: the remote client ------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
         self._transport = transport
+        self._loop = asyncio.get_running_loop()
         sock: socket.socket | None = transport.get_extra_info("socket")
         destination = original_destination(sock) if sock is not None else None
         agent = self._agent
@@ -477,9 +483,24 @@ class InterceptedConnection(asyncio.Protocol):
     # --- the engine's other commands (Http1Sink) --------------------------------------
 
     def send_downstream(self, data: bytes) -> None:
+        corked = self._corked
+        if corked is not None:
+            corked.append(data)
+            return
         transport = self._transport
         if transport is not None and not transport.is_closing():
             transport.write(data)
+
+    def _cork(self) -> None:
+        """Gather what is sent to the client until the loop's next turn (one write)."""
+        if self._corked is None and self._loop is not None:
+            self._corked = []
+            self._loop.call_soon(self._uncork)
+
+    def _uncork(self) -> None:
+        corked, self._corked = self._corked, None
+        if corked:
+            self.send_downstream(corked[0] if len(corked) == 1 else b"".join(corked))
 
     def close_downstream(self) -> None:
         self._close_transport()
@@ -547,6 +568,7 @@ class InterceptedConnection(asyncio.Protocol):
         router = self._router
         if router is None or router.closed:
             return
+        self._cork()
         now = time.time()
         match event:
             case LocalResponse(status=status, reason=reason, headers=headers):
@@ -566,6 +588,20 @@ class InterceptedConnection(asyncio.Protocol):
     def congested(self) -> bool:
         """The client reads slower than we write to it (the transport said so)."""
         return self._write_paused
+
+    def on_local_whole(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]],
+                       body: bytes) -> None:
+        """The local app's whole answer at once (``on_local`` of its three events)."""
+        router = self._router
+        if router is None or router.closed:
+            return
+        self._cork()
+        now = time.time()
+        router.local_response(status, reason, headers, now)
+        if body:
+            router.local_data(body, now)
+        router.local_end(now)
+        self._after_router()
 
     async def drain_downstream(self) -> None:
         """Wait while too much is queued towards the remote client (bounds the buffer)."""
@@ -608,6 +644,7 @@ class InterceptedConnection(asyncio.Protocol):
         """Bytes from the local app on a whole stolen connection (none after its EOF)."""
         if self._far_eof:
             return
+        self._cork()
         if self._relay_record is not None:
             self._relay_record.bytes_out += len(data)
         self.send_downstream(data)
@@ -617,6 +654,7 @@ class InterceptedConnection(asyncio.Protocol):
 
     def end_local(self) -> None:
         """The local app half-closed a whole stolen connection."""
+        self._uncork()
         transport = self._transport
         if transport is not None and not transport.is_closing() and transport.can_write_eof():
             transport.write_eof()
@@ -631,6 +669,7 @@ class InterceptedConnection(asyncio.Protocol):
     # --- the end ----------------------------------------------------------------------
 
     def _close_transport(self) -> None:
+        self._uncork()
         transport = self._transport
         if transport is not None and not transport.is_closing():
             transport.close()

@@ -40,6 +40,7 @@ from core.wire import (
     Pause,
     Ping,
     Pong,
+    RequestStart,
     Reset,
     ResponseStart,
     Resume,
@@ -75,29 +76,72 @@ FLOW_BATCH_MAX = 200
 NOTES_DELAY_S = 1.0
 
 
+# The frames that belong to a stream the agent opened (the rest are the link's own).
+_STREAM_FRAMES = frozenset({ResponseStart, Data, End, Reset, Trailers})
+
+
 class _WireStream:
-    """One wire stream from the agent to a session: the sending half and its end."""
+    """One wire stream from the agent to a session: the sending half and its end.
+
+    A request's head is held until the first of its body, its end or the end of the loop
+    turn: a bodiless request (the usual one) leaves as one frame, its RequestStart marked
+    ``end``.
+    """
 
     def __init__(self, link: ClientLink, stream_id: int) -> None:
         self.link = link
         self.stream_id = stream_id
-        self.finished = asyncio.Event()
+        self.done = False
+        self._finished: asyncio.Event | None = None  # made when someone waits for the end
         self._sent_end = False
         self._got_end = False
+        self._head: _Head | None = None
+
+    @property
+    def finished(self) -> asyncio.Event:
+        """Set once the stream is over (both ends, or a reset)."""
+        if self._finished is None:
+            self._finished = asyncio.Event()
+            if self.done:
+                self._finished.set()
+        return self._finished
+
+    def open_request(self, head: _Head) -> None:
+        """Announce the request ``head`` (fields of a RequestStart without its stream)."""
+        self._head = head
+        self.link.hold_head(self)
+
+    def release_head(self, *, end: bool = False) -> None:
+        """Send the held head, if any (``end``: the request is complete with it)."""
+        head, self._head = self._head, None
+        if head is not None:
+            sub_id, port, method, target, version, headers, peer, flow_id = head
+            self.link.send(RequestStart(
+                stream=self.stream_id, sub_id=sub_id, port=port, method=method,
+                target=target, http_version=version, headers=headers, peer=peer,
+                flow_id=flow_id, end=end))
 
     def send_data(self, data: bytes) -> None:
-        if not self.finished.is_set():
+        if not self.done:
+            if self._head is not None:
+                self.release_head()
             self.link.send_raw(encode_data(self.stream_id, data))
 
     def end(self) -> None:
-        if not self.finished.is_set() and not self._sent_end:
+        if not self.done and not self._sent_end:
             self._sent_end = True
-            self.link.send(End(stream=self.stream_id))
+            if self._head is not None:
+                self.release_head(end=True)
+            else:
+                self.link.send(End(stream=self.stream_id))
             self._maybe_finish()
 
     def reset(self, reason: str) -> None:
-        if not self.finished.is_set():
-            self.link.send(Reset(stream=self.stream_id, reason=reason))
+        if not self.done:
+            if self._head is not None:
+                self._head = None  # never announced: the session has nothing to drop
+            else:
+                self.link.send(Reset(stream=self.stream_id, reason=reason))
             self._finish()
 
     def receive(self, message: Message) -> None:
@@ -114,8 +158,15 @@ class _WireStream:
             self._finish()
 
     def _finish(self) -> None:
-        self.finished.set()
+        self.done = True
+        if self._finished is not None:
+            self._finished.set()
         self.link.streams.pop(self.stream_id, None)
+
+
+# A RequestStart's fields but its stream: sub_id, port, method, target, http_version,
+# headers, peer, flow_id.
+_Head = tuple[int, int, str, str, str, tuple[tuple[str, str], ...], str, int | None]
 
 
 class StreamOwner(Protocol):
@@ -127,6 +178,9 @@ class StreamOwner(Protocol):
     def on_local(self, event: Event) -> None: ...
     def congested(self) -> bool:
         """Too much of the local app's answer is queued towards the remote client."""
+    def on_local_whole(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]],
+                       body: bytes) -> None:
+        """The local app's whole answer at once: LocalResponse, LocalData, LocalEnd."""
     async def drain_downstream(self) -> None:
         """Return once the remote client has taken enough of it (or is gone)."""
     def write_local(self, data: bytes) -> None: ...
@@ -162,14 +216,14 @@ class Stream(_WireStream):
         self.what = what
         self._timer: asyncio.TimerHandle | None = None
         if bound is not None and not whole:
-            self._timer = asyncio.get_running_loop().call_later(bound.seconds, self._too_slow)
+            self._timer = link.loop.call_later(bound.seconds, self._too_slow)
 
     def _too_slow(self) -> None:
         """The local app did not start answering in time: reset the wire stream (the
         session stops delivering it), tell the session, and answer the caller 504."""
         self._timer = None
         bound = self.bound
-        if self.finished.is_set() or bound is None:
+        if self.done or bound is None:
             return
         within = f"within {bound.seconds:g} s"
         if bound.local is not None:
@@ -191,7 +245,7 @@ class Stream(_WireStream):
         await self.link.drain()
 
     def send_trailers(self, headers: list[tuple[bytes, bytes]]) -> None:
-        if not self.finished.is_set():
+        if not self.done:
             self.link.send(Trailers(stream=self.stream_id, headers=headers_to_wire(headers)))
 
     def receive(self, message: Message) -> None:
@@ -207,24 +261,23 @@ class Stream(_WireStream):
                     # each direction gets a fresh End (the request's already went).
                     self.tunnel = True
                     self._sent_end = self._got_end = False
+                elif message.end and not self.whole:
+                    # The whole answer in one frame (the usual small one): one call.
+                    self._got_end = True
+                    self._finish()
+                    conn.on_local_whole(status, reason.encode("latin-1"),
+                                        headers_from_wire(headers), message.body)
+                    return
                 conn.on_local(LocalResponse(status=status, reason=reason.encode("latin-1"),
                                             headers=headers_from_wire(headers)))
+                if message.body:
+                    self._data(message.body)
+                if message.end:
+                    self._end()
             case Data(data=data):
-                if self.whole:
-                    conn.write_local(data)
-                else:
-                    conn.on_local(LocalData(data=data))
+                self._data(data)
             case End():
-                self._got_end = True
-                if self.whole:
-                    conn.end_local()
-                    self._maybe_finish()
-                elif self.tunnel:
-                    self._maybe_finish()
-                    conn.on_local(LocalEnd())
-                else:
-                    self._finish()
-                    conn.on_local(LocalEnd())
+                self._end()
             case Trailers(headers=headers):
                 if not self.whole:
                     conn.on_local(LocalTrailers(headers=headers_from_wire(headers)))
@@ -236,6 +289,26 @@ class Stream(_WireStream):
                     conn.on_local(LocalAborted(reason=reason))
             case _:
                 log.debug("ignoring %r on stream %d", message, self.stream_id)
+
+    def _data(self, data: bytes) -> None:
+        if self.whole:
+            self.conn.write_local(data)
+        else:
+            self.conn.on_local(LocalData(data=data))
+
+    def _end(self) -> None:
+        self._got_end = True
+        conn = self.conn
+        if self.whole:
+            conn.end_local()
+            self._maybe_finish()
+        elif self.tunnel:
+            self._maybe_finish()
+            conn.on_local(LocalEnd())
+        else:
+            self._finish()
+            conn.on_local(LocalEnd())
+
 
     def pace(self) -> None:
         """After a frame for this stream: if its remote client is too slow, PAUSE the
@@ -256,7 +329,7 @@ class Stream(_WireStream):
                 self.link.send(Resume(stream=self.stream_id))
 
     def link_lost(self) -> None:
-        if self.finished.is_set():
+        if self.done:
             return
         self._finish()
         if self.whole:
@@ -299,14 +372,14 @@ class MirrorStream(_WireStream):
                     # the session asked to capture
                     result.headers = headers_from_wire(headers)
                     result.body = bytearray()
+                if message.body and result.body is not None:
+                    result.capture_body(message.body)
+                if message.end:
+                    self._end()
             case Data(data=data) if result.body is not None:
                 result.capture_body(data)
             case End():
-                self._got_end = True
-                if self.record is not None:
-                    self._finish()  # a request copy is done once its answer is
-                else:
-                    self._maybe_finish()
+                self._end()
             case Reset(reason=reason):
                 result.error = reason
                 self._finish()
@@ -319,8 +392,15 @@ class MirrorStream(_WireStream):
             self.result.error = reason
         super().reset(reason)
 
+    def _end(self) -> None:
+        self._got_end = True
+        if self.record is not None:
+            self._finish()  # a request copy is done once its answer is
+        else:
+            self._maybe_finish()
+
     def link_lost(self) -> None:
-        if not self.finished.is_set():
+        if not self.done:
             self.result.error = "the session's link to the agent ended"
             self._finish()
 
@@ -328,7 +408,7 @@ class MirrorStream(_WireStream):
         """Copies are never paced: their answers are measured and dropped."""
 
     def _finish(self) -> None:
-        if self.finished.is_set():
+        if self.done:
             return
         if self._timer is not None:
             self._timer.cancel()
@@ -339,7 +419,13 @@ class MirrorStream(_WireStream):
 
 
 class ClientLink:
-    """The control connection of one session."""
+    """The control connection of one session.
+
+    Frames towards the session are gathered and written once per turn of the event loop:
+    on a busy port one write carries the heads of many stolen requests, and a request's
+    head and end leave together. Frames from the session are handled as they are decoded
+    (no ``await`` per frame); the remote clients they answer are drained once per read.
+    """
 
     def __init__(self, agent: Agent, link_id: int, reader: asyncio.StreamReader,
                  writer: asyncio.StreamWriter) -> None:
@@ -347,6 +433,11 @@ class ClientLink:
         self.link_id = link_id
         self._reader = reader
         self._writer = writer
+        self.loop = asyncio.get_running_loop()
+        self._out: list[bytes] = []  # frames not written yet (see send_raw)
+        self._out_bytes = 0
+        self._flush_scheduled = False
+        self._heads: list[_WireStream] = []  # streams holding their request head
         self.streams: dict[int, Stream | MirrorStream] = {}
         self.mirrors_in_flight = 0
         self.last_seen = time.monotonic()  # the session pings; silence means it is gone
@@ -365,16 +456,44 @@ class ClientLink:
         self.send_raw(encode(message))
 
     def send_raw(self, frame: bytes) -> None:
-        if not self._writer.is_closing():
-            self._writer.write(frame)
+        """Queue ``frame``; what is queued in one turn of the loop leaves as one write."""
+        if self._writer.is_closing():
+            return
+        self._out.append(frame)
+        self._out_bytes += len(frame)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self.flush)
+
+    def hold_head(self, stream: _WireStream) -> None:
+        """``stream`` holds its request head: it is sent at the latest with this turn's
+        frames."""
+        self._heads.append(stream)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        heads, self._heads = self._heads, []
+        for stream in heads:
+            stream.release_head()
+        self._flush_scheduled = False
+        out, self._out = self._out, []
+        self._out_bytes = 0
+        if out and not self._writer.is_closing():
+            self._writer.write(out[0] if len(out) == 1 else b"".join(out))
+
+    def _queued(self) -> int:
+        return self._writer.transport.get_write_buffer_size() + self._out_bytes
 
     @property
     def congested(self) -> bool:
         """Too much is queued towards this session: mirror copies are dropped, not queued."""
-        return self._writer.transport.get_write_buffer_size() > LINK_HIGH_WATER
+        return self._queued() > LINK_HIGH_WATER
 
     async def drain(self) -> None:
-        if self._writer.transport.get_write_buffer_size() > LINK_HIGH_WATER:
+        if self._queued() > LINK_HIGH_WATER:
+            self.flush()
             with contextlib.suppress(ConnectionError):
                 await self._writer.drain()
 
@@ -391,6 +510,7 @@ class ClientLink:
         except (WireProtocolError, TimeoutError, ConnectionError, OSError) as exc:
             reason = "handshake timed out" if isinstance(exc, TimeoutError) else str(exc)
             self.send(Error(stream=0, message=reason, code="handshake"))
+            self.flush()
             self._writer.close()
             return False
         self.name = hello.client
@@ -402,15 +522,13 @@ class ClientLink:
                           listening_ports=tuple(self.agent.listening_ports())))
         try:
             early, self._early = self._early, []
-            for message in early:
-                await self._dispatch(message)
+            await self._dispatch_all(early)
             while True:
                 data = await self._reader.read(256 * 1024)
                 if not data:
                     break
                 self.last_seen = time.monotonic()
-                for message in self._decoder.receive_data(data):
-                    await self._dispatch(message)
+                await self._dispatch_all(self._decoder.receive_data(data))
         except WireProtocolError as exc:
             self.send(Error(stream=0, message=f"protocol error: {exc}", code="protocol"))
         except (ConnectionError, OSError):
@@ -430,6 +548,24 @@ class ClientLink:
                 self._early = messages[1:]
                 return hello
 
+    async def _dispatch_all(self, messages: list[Message]) -> None:
+        """Hand the frames of one read over; then pace each stream they touched: a stream
+        whose remote client is too slow is PAUSEd at the session (``Stream.pace``), the
+        link itself never waits for one client."""
+        streams = self.streams
+        touched: list[Stream | MirrorStream] = []
+        for message in messages:
+            if type(message) in _STREAM_FRAMES:
+                stream = streams.get(message.stream)  # type: ignore[union-attr]
+                if stream is not None:
+                    stream.receive(message)
+                    if not touched or touched[-1] is not stream:
+                        touched.append(stream)
+            else:
+                await self._dispatch(message)
+        for stream in touched if len(touched) < 2 else dict.fromkeys(touched):
+            stream.pace()
+
     async def _dispatch(self, message: Message) -> None:
         match message:
             case Ping(nonce=nonce):
@@ -444,13 +580,6 @@ class ClientLink:
                         del self.client_subs[sub_id]
                         self.bounds.pop(sub_id, None)
                         await self.agent.unsubscribe(sub_id)
-            case ResponseStart(stream=sid) | Data(stream=sid) | End(stream=sid) | Reset(
-                stream=sid
-            ) | Trailers(stream=sid):
-                stream = self.streams.get(sid)
-                if stream is not None:
-                    stream.receive(message)
-                    stream.pace()  # bounds what is queued towards a slow remote client
             case _:
                 self.send(Error(stream=0, message=f"unexpected {type(message).__name__}",
                                 code="protocol"))
@@ -487,6 +616,7 @@ class ClientLink:
 
     def close(self) -> None:
         self.flush_flows()
+        self.flush()
         self._writer.close()
 
     def send_flow(self, record: FlowRow) -> None:
@@ -538,4 +668,5 @@ class ClientLink:
         self.client_subs.clear()
         self.bounds.clear()
         await self.agent.link_closed(self)
+        self.flush()
         self._writer.close()

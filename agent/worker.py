@@ -31,7 +31,7 @@ from agent.upstream import upstream_pool
 from core.flow import FlowRecord, FlowRow, MirrorResult, Verdict
 from core.local_targets import listening_ports, parse_proc_net_tcp
 from core.registry import Registry, Subscription
-from core.wire import ConnectionStart, Notice, RequestStart, headers_to_wire
+from core.wire import ConnectionStart, Notice, headers_to_wire
 
 if TYPE_CHECKING:
     from agent.interception import InterceptedConnection
@@ -215,12 +215,9 @@ class Agent:
                         bound=link.bound_for(sub.sub_id),
                         what=f"{start.method} {start.target} on port {sub.port}")
         link.streams[stream.stream_id] = stream
-        link.send(RequestStart(
-            stream=stream.stream_id, sub_id=link.client_subs.get(sub.sub_id, 0),
-            port=sub.port, method=start.method, target=start.target,
-            http_version=start.http_version, headers=headers_to_wire(start.headers),
-            peer=conn.peer, flow_id=start.flow_id or None,
-        ))
+        stream.open_request((link.client_subs.get(sub.sub_id, 0), sub.port, start.method,
+                             start.target, start.http_version, headers_to_wire(start.headers),
+                             conn.peer, start.flow_id or None))
         return stream
 
     def open_connection_stream(self, conn: InterceptedConnection, sub_id: int) -> Stream | None:
@@ -266,10 +263,8 @@ class Agent:
             self._waiting.setdefault(record.id, set()).add(link.link_id)
             if record.verdict is Verdict.PASSED:
                 record.verdict = Verdict.MIRRORED
-            link.send(RequestStart(
-                stream=stream.stream_id, sub_id=client_sub, port=port, method=start.method,
-                target=start.target, http_version=start.http_version,
-                headers=headers_to_wire(start.headers), peer=peer))
+            stream.open_request((client_sub, port, start.method, start.target,
+                                 start.http_version, headers_to_wire(start.headers), peer, None))
         return stream
 
     def _mirror_done(self, stream: MirrorStream) -> None:
@@ -333,6 +328,16 @@ class Agent:
         own mirror of it (its local app's answer, its clause), never another's. ``skip``
         and ``only`` narrow the sessions (by link id) this call reports to."""
         results = self._mirror_results.get(record.id) or {}
+        if owner is not None and not results and not skip and only is None:
+            # A stolen request nobody mirrored (the usual case): its thief only.
+            found = self._link_of(owner)
+            if found is not None:
+                found[0].send_flow(record.to_row())
+                for clause in timed_out:
+                    found[0].warn(f"filter {clause} hit its time budget on request "
+                                  f"{record.id} ({record.method} {record.path}); counted as "
+                                  "no match")
+            return
         if owner is not None:
             found = self._link_of(owner)
             targets = [found[0]] if found is not None else []

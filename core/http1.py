@@ -387,9 +387,12 @@ class Http1Router:
         if self._capture():
             return False
         route = self._decide(request_view(simple.method, simple.target, simple.headers))
-        if route.steal_by is not None or route.mirror_to:
+        if route.mirror_to:
             self._route_ahead = route  # decided once: _start uses it
             return False
+        if route.steal_by is not None:
+            self._steal_simple(simple, data, route)
+            return True
         # The record as the wire row it will be (core.flow.ROW_FIELDS): no FlowRecord.
         row = [self._next_id(), self._now, self._port, "http/1.1", simple.method,
                simple.host, simple.target, "passed", None, None, 0, 0, route.clause, None]
@@ -401,6 +404,31 @@ class Http1Router:
             sink.connect_upstream()
         sink.send_upstream(data)
         return True
+
+    def _steal_simple(self, simple: SimpleRequest, data: bytes, route: Route) -> None:
+        """A simple request stolen: the exchange ``_start`` would make of it, from facts
+        already known (no second parse), and the request is complete at once (bodiless)."""
+        assert route.steal_by is not None
+        headers = [(n.encode("latin-1"), v.encode("latin-1")) for n, v in simple.headers]
+        version = simple.version.encode("ascii")
+        head = RequestHead(method=simple.method.encode("latin-1"),
+                           target=simple.target.encode("latin-1"), version=version,
+                           headers=headers, raw=data, framing=NO_BODY,
+                           keep_alive=simple.keep_alive, expects_continue=False, upgrade=False)
+        record = FlowRecord(id=self._next_id(), ts=self._now, port=self._port,
+                            protocol="http/1.1", verdict=Verdict.STOLEN, method=simple.method,
+                            authority=simple.host, path=simple.target, matched=route.clause)
+        self.requests += 1
+        exchange = _Exchange(head, record, route)
+        exchange.request_done = True
+        self._exchange = exchange
+        if simple.host is None:  # HTTP/1.0 without Host: the local app gets one
+            headers = [*headers, (b"Host", self._authority)]
+        sink = self._sink
+        sink.steal_start(StealStart(sub_id=route.steal_by, flow_id=record.id,
+                                    method=simple.method, target=simple.target,
+                                    http_version=simple.version, headers=headers))
+        sink.steal_end()
 
     def _finish_simple(self, lane: _Lane, data: bytes) -> bool:
         """The whole response to the lane's request in ``data``: pass it on; True if so."""
@@ -698,12 +726,17 @@ class Http1Router:
         if status == 101 and request.upgrade:
             self._local_switch(exchange, reason, headers)
             return
-        kept = [(n, v) for n, v in headers if n.lower() not in _HOP_BY_HOP]
-        sized = any(n.lower() == b"content-length" for n, _ in kept)
+        kept = []
+        value: bytes | None = None  # the first Content-Length
+        for name, field in headers:  # one pass: this runs for every stolen answer
+            lower = name.lower()
+            if lower not in _HOP_BY_HOP:
+                if value is None and lower == b"content-length":
+                    value = field
+                kept.append((name, field))
         if request.method == b"HEAD" or status in (204, 304) or 100 <= status < 200:
             framing = NO_BODY
-        elif sized:
-            value = next(v for n, v in kept if n.lower() == b"content-length")
+        elif value is not None:
             framing = length(int(value)) if value.strip().isdigit() else UNTIL_CLOSE
         elif request.version == b"1.1":
             framing = CHUNKED

@@ -909,11 +909,16 @@ def response_head_bytes(status: int, reason: bytes, headers: list[tuple[bytes, b
         raise HttpParseError(f"cannot send status {status}", _BAD_GATEWAY)
     if reason.translate(None, _FIELD_CHARS):
         raise HttpParseError(f"cannot send reason phrase {reason[:64]!r}", _BAD_GATEWAY)
+    names = [name for name, _ in headers]
+    # Every name and every value checked in one C-level pass each; the loop below only
+    # runs to name the culprit.
+    if (not all(names) or b"".join(names).translate(None, _TCHAR)
+            or b"".join([value for _, value in headers]).translate(None, _FIELD_CHARS)):
+        for name, value in headers:
+            if not name or name.translate(None, _TCHAR) or value.translate(None, _FIELD_CHARS):
+                raise HttpParseError(f"cannot send header {name[:64]!r}", _BAD_GATEWAY)
     parts = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
-    for name, value in headers:
-        if not name or name.translate(None, _TCHAR) or value.translate(None, _FIELD_CHARS):
-            raise HttpParseError(f"cannot send header {name[:64]!r}", _BAD_GATEWAY)
-        parts.append(b"%s: %s\r\n" % (name, value))
+    parts += [b"%s: %s\r\n" % pair for pair in headers]
     parts.append(b"\r\n")
     return b"".join(parts)
 

@@ -1,14 +1,16 @@
 """The client session (asyncio): attach to an agent, subscribe ports, deliver stolen traffic.
 
 This is the only way the CLI and the dashboard talk to an agent. A session owns one link
-(a stream pair to the agent's control socket). The agent opens one wire stream per stolen
-request (or per stolen TCP connection); the session delivers each to the local app over
-pooled keep-alive HTTP/1.1 connections (``core.local_delivery``) and streams the answer
-back. Every finished request, stolen or passed, arrives from the agent as a flow record
-and leaves as an event dict (docs/architecture.md §3) through ``on_event``; a stolen request also
-leaves
-a ``started`` event as soon as it arrives (same ``id`` as its later ``request`` event), so
-a request the local app is slow to answer is visible while it waits.
+(a stream pair to the agent's control socket, whose transport ``core.session_link`` takes
+over). The agent opens one wire stream per stolen request (or per stolen TCP connection);
+the session delivers each to the local app and streams the answer back: HTTP/1.x requests
+over pooled keep-alive connections driven by callbacks (``core.local_http1``, the hot
+path: no task per request), HTTP/2 requests and whole connections by a task each
+(``core.local_delivery``, ``core.local_h2``). Every finished request, stolen or passed,
+arrives from the agent as a flow record and leaves as an event dict
+(docs/architecture.md §3) through ``on_event``; a stolen request also leaves a ``started``
+event as soon as it arrives (same ``id`` as its later ``request`` event), so a request the
+local app is slow to answer is visible while it waits.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from core.errors import AgentError
 from core.filters import HttpFilter
 from core.flow import event_from_row
 from core.local_delivery import LocalPool, deliver_connection, deliver_request
+from core.local_http1 import Http1Delivery, LocalHttp1Pool
+from core.session_link import LinkClosed, SessionLink
 from core.wire import (
     DEFAULT_RESPONSE_TIMEOUT_S,
     ConnectionStart,
@@ -49,7 +53,6 @@ from core.wire import (
     Unsubscribe,
     Welcome,
     WireDecoder,
-    WireProtocolError,
     encode,
 )
 
@@ -57,10 +60,10 @@ EventSink = Callable[[dict[str, Any]], None]
 
 PING_INTERVAL_S = 5.0
 LINK_TIMEOUT_S = 15.0  # no frame from the agent for this long: the link is dead
-# Frames queued for one stolen stream before the link reader waits: bounds memory when
-# the local app reads a big upload slowly.
+# Frames queued for one stream delivered by a task (HTTP/2, whole connections) before the
+# link stops handing over frames: bounds memory when the local app reads a big upload
+# slowly.
 STREAM_QUEUE_FRAMES = 64
-LINK_HIGH_WATER = 1024 * 1024
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -114,10 +117,44 @@ class SessionStats:
                 f"{self.errors} errors")
 
 
-@dataclass
-class _StreamState:
-    queue: asyncio.Queue[Message]
-    task: asyncio.Task[None] | None = None
+class _QueuedStream:
+    """A stream delivered by a task (``core.local_delivery``) that reads its frames from a
+    bounded queue; a full queue holds the link until the task takes the frame."""
+
+    def __init__(self, session: Session, sid: int) -> None:
+        self.session = session
+        self.sid = sid
+        self.queue: asyncio.Queue[Message] = asyncio.Queue(STREAM_QUEUE_FRAMES)
+        self.task: asyncio.Task[None] | None = None
+        self._waiting = 0  # frames waiting for room (each holds the link)
+
+    def frame(self, message: Message) -> None:
+        if not self._waiting:
+            with contextlib.suppress(asyncio.QueueFull):
+                self.queue.put_nowait(message)
+                return
+        self._waiting += 1
+        link = self.session.link
+        if link is not None:
+            link.hold()
+        asyncio.get_running_loop().create_task(self._put(message), name=f"queue-{self.sid}")
+
+    async def _put(self, message: Message) -> None:
+        try:
+            if self.task is not None and not self.task.done():
+                await self.queue.put(message)
+        finally:
+            self._waiting -= 1
+            link = self.session.link
+            if link is not None:
+                link.release()
+
+    def reset(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+
+
+_Stream = Http1Delivery | _QueuedStream
 
 
 @dataclass
@@ -142,8 +179,14 @@ class Session:
 
     def __post_init__(self) -> None:
         self._decoder = WireDecoder()
-        self._streams: dict[int, _StreamState] = {}
-        self._pool = LocalPool()
+        self._streams: dict[int, _Stream] = {}
+        self._pool = LocalPool()  # HTTP/2 and whole connections (core.local_delivery)
+        self._http1 = LocalHttp1Pool()
+        self._to_flush: list[Http1Delivery] = []
+        self.link: SessionLink | None = None
+        self._link_ended: asyncio.Future[str] | None = None  # how it ended
+        self._hello_answer: asyncio.Future[Message] | None = None
+        self._seen_reads = 0
         self._stopping = asyncio.Event()
         self.ended_cleanly = False  # run() ended by stop(), not by a link failure
         self.planned = False  # welcomed, and the ports to subscribe are decided (plans)
@@ -154,18 +197,70 @@ class Session:
         self._paused: dict[int, asyncio.Event] = {}
         self._sub_ids = itertools.count(1)
 
+    # --- the link (core.session_link), as deliveries see it --------------------------
+
     def send(self, message: Message) -> None:
-        if not self.writer.is_closing():
-            self.writer.write(encode(message))
+        self.send_raw(encode(message))
 
     def send_raw(self, frame: bytes) -> None:
-        if not self.writer.is_closing():
+        if self.link is not None:
+            self.link.send_raw(frame)
+        elif not self.writer.is_closing():
             self.writer.write(frame)
 
     async def drain(self) -> None:
-        if self.writer.transport.get_write_buffer_size() > LINK_HIGH_WATER:
-            with contextlib.suppress(ConnectionError):
-                await self.writer.drain()
+        if self.link is not None:
+            await self.link.drain()
+
+    @property
+    def write_paused(self) -> bool:
+        return self.link is not None and self.link.write_paused
+
+    def when_writable(self, callback: Callable[[], None]) -> None:
+        if self.link is not None:
+            self.link.when_writable(callback)
+        else:
+            callback()
+
+    def hold(self) -> None:
+        if self.link is not None:
+            self.link.hold()
+
+    def release(self) -> None:
+        if self.link is not None:
+            self.link.release()
+
+    def flush_later(self, delivery: Http1Delivery) -> None:
+        """``delivery`` wrote request bytes: they go out once this read's frames are in."""
+        self._to_flush.append(delivery)
+
+    def _batch_end(self) -> None:
+        to_flush, self._to_flush = self._to_flush, []
+        for delivery in to_flush:
+            delivery.flush()
+
+    def _take_link(self) -> SessionLink:
+        """The link's transport, from the stream pair (once)."""
+        if self.link is None:
+            loop = asyncio.get_running_loop()
+            self._link_ended = loop.create_future()
+            self.link = SessionLink.take_over(self.writer, self._decoder, self._on_frame,
+                                              self._batch_end, self._on_link_closed)
+        return self.link
+
+    def _on_link_closed(self, why: LinkClosed) -> None:
+        answer = self._hello_answer
+        if answer is not None and not answer.done():
+            answer.set_exception(AgentError("the agent closed the link during the handshake"))
+        self._end_link(str(why))
+
+    def _end_link(self, why: str) -> None:
+        """The link is over: ``run`` raises AgentError(why) unless it was stopping."""
+        ended = self._link_ended
+        if ended is not None and not ended.done():
+            ended.set_result(why)
+        if self.link is not None:
+            self.link.close()
 
     async def drain_stream(self, sid: int) -> None:
         """Wait before sending more on stream ``sid``: while the link is full, and while
@@ -183,6 +278,8 @@ class Session:
         try:
             if self.welcome is None:
                 await self.handshake()
+            else:
+                await self._start_link()
             async with asyncio.TaskGroup() as group:
                 reader: asyncio.Task[Any] = group.create_task(self._read_loop(),
                                                               name="session-reader")
@@ -209,35 +306,38 @@ class Session:
                 raise
             raise failure from None
         finally:
-            for state in self._streams.values():
-                if state.task is not None:
-                    state.task.cancel()
+            for stream in list(self._streams.values()):
+                stream.reset()
+            self._streams.clear()
             self._pool.close()
+            self._http1.close()
+            if self.link is not None:
+                self.link.close()
             self.writer.close()
 
     async def handshake(self) -> None:
         """Hello -> Welcome. ``run`` does it when it was not done before; doing it first
         tells a caller whether the agent takes the session before anything is served."""
+        loop = asyncio.get_running_loop()
+        self._hello_answer = loop.create_future()
         self.send(Hello(token=self.token, client=self.client_name))
-        while True:
-            try:
-                data = await asyncio.wait_for(self.reader.read(64 * 1024), LINK_TIMEOUT_S)
-            except TimeoutError:
-                raise AgentError("the agent did not answer the handshake") from None
-            if not data:
-                raise AgentError("the agent closed the link during the handshake")
-            messages = self._decode(data)
-            if not messages:
-                continue
-            first, rest = messages[0], messages[1:]
-            if isinstance(first, Error):
-                raise AgentError(f"the agent refused the session: {first.message}")
-            if not isinstance(first, Welcome):
-                raise AgentError(f"unexpected {type(first).__name__} from the agent")
-            self.welcome = first
-            for message in rest:
-                await self._dispatch(message)
+        await self._start_link()
+        try:
+            first = await asyncio.wait_for(self._hello_answer, LINK_TIMEOUT_S)
+        except TimeoutError:
+            raise AgentError("the agent did not answer the handshake") from None
+        finally:
+            self._hello_answer = None
+        if isinstance(first, Error):
+            raise AgentError(f"the agent refused the session: {first.message}")
+        if not isinstance(first, Welcome):
+            raise AgentError(f"unexpected {type(first).__name__} from the agent")
+
+    async def _start_link(self) -> None:
+        link = self._take_link()
+        if link.started:
             return
+        await link.start(self.reader)
 
     async def _subscribe_all(self) -> None:
         assert self.welcome is not None
@@ -297,31 +397,34 @@ class Session:
         return all(await asyncio.gather(*waits))
 
     async def _read_loop(self) -> None:
-        while True:
-            try:
-                data = await self.reader.read(256 * 1024)
-            except (ConnectionError, OSError) as exc:
-                raise AgentError(f"the link to the agent broke: {exc}") from None
-            if not data:
-                raise AgentError("the agent closed the link")
-            self._last_seen = time.monotonic()
-            for message in self._decode(data):
-                await self._dispatch(message)
+        """Wait for the link's end (frames are handled as they arrive, in callbacks)."""
+        assert self._link_ended is not None
+        raise AgentError(await self._link_ended)
 
     async def _ping_loop(self) -> None:
         while True:
             await asyncio.sleep(PING_INTERVAL_S)
+            if self.link is not None and self.link.received != self._seen_reads:
+                self._seen_reads = self.link.received
+                self._last_seen = time.monotonic()
             if time.monotonic() - self._last_seen > LINK_TIMEOUT_S:
                 raise AgentError(f"the agent did not answer for {LINK_TIMEOUT_S:g} s")
             self.send(Ping(nonce=os.urandom(8)))
 
-    def _decode(self, data: bytes) -> list[Message]:
+    def _on_frame(self, message: Message) -> None:
+        """One frame from the agent (a callback of the link: nothing here waits)."""
+        answer = self._hello_answer
+        if answer is not None and not answer.done():  # the first frame: Welcome or not
+            if isinstance(message, Welcome):
+                self.welcome = message
+            answer.set_result(message)
+            return
         try:
-            return self._decoder.receive_data(data)
-        except WireProtocolError as exc:
-            raise AgentError(f"protocol error on the link to the agent: {exc}") from None
+            self._dispatch(message)
+        except AgentError as exc:
+            self._end_link(str(exc))
 
-    async def _dispatch(self, message: Message) -> None:
+    def _dispatch(self, message: Message) -> None:
         match message:
             case Flow(records=rows):
                 for row in rows:
@@ -334,24 +437,31 @@ class Session:
                 self._open_stream(sid, message)
             case ConnectionStart(stream=sid):
                 self._open_stream(sid, message)
+            case Data(stream=sid) | End(stream=sid) | Trailers(stream=sid):
+                stream = self._streams.get(sid)
+                if stream is not None:
+                    stream.frame(message)
             case Reset(stream=sid):
                 # The agent dropped the stream (its caller left, or the local app did not
                 # answer in time): stop delivering it. Its local connection is closed, so
-                # the app sees the request abandoned and no task waits on it for good.
-                state = self._streams.pop(sid, None)
-                if state is not None and state.task is not None:
-                    state.task.cancel()
+                # the app sees the request abandoned and nothing waits on it for good.
+                stream = self._streams.pop(sid, None)
+                if stream is not None:
+                    stream.reset()
             case Pause(stream=sid):
-                if sid in self._streams:
+                # Its remote client is slow: send no more of this answer until RESUME.
+                stream = self._streams.get(sid)
+                if stream is not None:
                     self._paused.setdefault(sid, asyncio.Event())
+                    if isinstance(stream, Http1Delivery):
+                        stream.pause()
             case Resume(stream=sid):
                 resumed = self._paused.pop(sid, None)
                 if resumed is not None:
                     resumed.set()
-            case Data(stream=sid) | End(stream=sid) | Trailers(stream=sid):
-                state = self._streams.get(sid)
-                if state is not None:
-                    await state.queue.put(message)
+                stream = self._streams.get(sid)
+                if isinstance(stream, Http1Delivery):
+                    stream.resume()
             case Subscribed(sub_id=sub_id, port=port, mode=mode, filter=text):
                 self._event({"type": "subscribed", "port": port, "mode": mode, "filter": text})
                 self._settle(sub_id, True)
@@ -379,22 +489,43 @@ class Session:
     def _open_stream(self, sid: int, start: RequestStart | ConnectionStart) -> None:
         plan = next((p for p in self.plans if p.remote == start.port), None)
         local = (self.local_host, plan.local if plan is not None else start.port)
-        state = _StreamState(queue=asyncio.Queue(STREAM_QUEUE_FRAMES))
-        self._streams[sid] = state
+        old = self._streams.pop(sid, None)
+        if old is not None:  # a stream id reused before its end: the old one is over
+            old.reset()
+        if isinstance(start, RequestStart) and start.http_version != "2":
+            delivery = Http1Delivery(self, self._http1, start, local, self._stream_done)
+            self._streams[sid] = delivery
+            delivery.begin()
+            if start.end:
+                delivery.request_end()
+            return
+        queued = _QueuedStream(self, sid)
+        self._streams[sid] = queued
         if isinstance(start, RequestStart):
-            work = deliver_request(self, self._pool, start, state.queue, local)
+            if start.end:
+                queued.queue.put_nowait(End(stream=sid))
+            work = deliver_request(self, self._pool, start, queued.queue, local)
         else:
-            work = deliver_connection(self, start, state.queue, local)
-        state.task = asyncio.create_task(self._stream_task(sid, work), name=f"stream-{sid}")
+            work = deliver_connection(self, start, queued.queue, local)
+        queued.task = asyncio.create_task(self._stream_task(queued, work), name=f"stream-{sid}")
 
-    async def _stream_task(self, sid: int, work: Any) -> None:
+    def _stream_done(self, sid: int) -> None:
+        self._streams.pop(sid, None)
+        self._unpause(sid)
+
+    def _unpause(self, sid: int) -> None:
+        """A stream ended: nothing waits on its PAUSE any more."""
+        paused = self._paused.pop(sid, None)
+        if paused is not None:
+            paused.set()
+
+    async def _stream_task(self, queued: _QueuedStream, work: Any) -> None:
         try:
             await work
         finally:
-            self._streams.pop(sid, None)
-            paused = self._paused.pop(sid, None)
-            if paused is not None:
-                paused.set()
+            if self._streams.get(queued.sid) is queued:
+                del self._streams[queued.sid]
+            self._unpause(queued.sid)
 
     def report_error(self, message: str) -> None:
         """A delivery failed (the local app is unreachable, ...)."""

@@ -7,8 +7,10 @@ directions. A frame is a 9-byte header, ``!IBI`` = (payload length, frame type, 
 then the payload. Stream 0 is the link itself (handshake, pings, flow records, notices, and
 a fatal ``Error``); each intercepted request or stolen connection has its own stream id,
 and a subscription's ``sub_id`` travels as the stream id of SUBSCRIBE / SUBSCRIBED /
-UNSUBSCRIBE. Payloads are raw bytes (DATA, PING, PONG), empty (END, UNSUBSCRIBE), or a
-UTF-8 JSON object whose fields are listed next to each message class below.
+UNSUBSCRIBE. Payloads are raw bytes (DATA, PING, PONG), empty (END, UNSUBSCRIBE), compact
+binary for the per-request heads (REQUEST, RESPONSE, TRAILERS: ``core.wire_heads``, since
+every stolen request pays for them on both sides), or a UTF-8 JSON object whose fields are
+listed next to each message class (``core.wire_messages``).
 
 There is no connection state here: this module only translates. ``encode`` turns one
 message into one frame, ``encode_data`` splits a body over as many DATA frames as needed,
@@ -26,10 +28,12 @@ from __future__ import annotations
 
 import hmac
 import json
+import struct
 from collections.abc import Callable
 from typing import Any, Final, assert_never
 
 from core.flow import ROW_FIELDS, FlowRow
+from core.wire_heads import check_latin1, flat_headers, header_pairs, pack_strings, unpack_strings
 from core.wire_messages import (
     DEFAULT_RESPONSE_TIMEOUT_S,
     HEADER,
@@ -156,25 +160,6 @@ def _choice(value: object, where: str, choices: tuple[str, ...]) -> str:
     return value
 
 
-def _headers(value: object, where: str) -> tuple[tuple[str, str], ...]:
-    """Header pairs: a tuple (encode) or JSON list (decode) of 2-item tuples/lists of str,
-    every character in latin-1 (so headers_from_wire cannot fail on them)."""
-    if type(value) is not tuple and type(value) is not list:
-        raise WireProtocolError(f"{where} must be a list of [name, value] pairs")
-    pairs = []
-    for pair in value:
-        if (type(pair) is not tuple and type(pair) is not list) or len(pair) != 2:
-            raise WireProtocolError(f"{where} must hold [name, value] pairs, got {_shown(pair)}")
-        name, text = pair
-        if type(name) is not str or type(text) is not str:
-            raise WireProtocolError(f"{where} must hold strings, got {_shown(pair)}")
-        # Almost every header is ASCII, and isascii() is the cheapest check there is.
-        if not (name.isascii() and text.isascii()) and max(name + text) > "\xff":
-            raise WireProtocolError(f"{where} has characters outside latin-1: {_shown(pair)}")
-        pairs.append((name, text))
-    return tuple(pairs)
-
-
 def _ports(value: object, where: str) -> tuple[int, ...]:
     if type(value) is not tuple and type(value) is not list:
         raise WireProtocolError(f"{where} must be a list of ports, got {_shown(value)}")
@@ -207,6 +192,15 @@ def _nonce(value: object, where: str) -> bytes:
 
 
 # --- encoding -----------------------------------------------------------------------------
+
+# The fixed fields of the compact heads (core.wire_heads): REQUEST's sub_id, port, flags and
+# flow_id; RESPONSE's status. TRAILERS has none.
+_REQUEST_FIXED: Final = struct.Struct("!IHBI")
+_HAS_FLOW_ID: Final = 1  # REQUEST flags bit: flow_id is set (else it is None)
+_ENDS: Final = 2  # REQUEST flags bit: the request is complete (no body frames follow)
+_REQUEST_FLAGS: Final = _HAS_FLOW_ID | _ENDS
+_RESPONSE_FIXED: Final = struct.Struct("!HBI")  # status, flags, body length
+_RESPONSE_ENDS: Final = 1  # RESPONSE flags bit: the response is complete
 
 # ensure_ascii: any Python str (lone surrogates included) survives the round trip, and the
 # payload is plain ASCII, which is valid UTF-8.
@@ -244,30 +238,39 @@ def encode(message: Message) -> bytes:
             return _frame(FrameType.RESUME, _stream(stream, "Resume.stream"), b"")
         case RequestStart():
             stream = _stream(message.stream, "RequestStart.stream")
-            payload = {
-                "sub_id": _stream(message.sub_id, "RequestStart.sub_id"),
-                "port": _port(message.port, "RequestStart.port"),
-                "method": _str(message.method, "RequestStart.method"),
-                "target": _str(message.target, "RequestStart.target"),
-                "http_version": _str(message.http_version, "RequestStart.http_version"),
-                "headers": _headers(message.headers, "RequestStart.headers"),
-                "peer": _str(message.peer, "RequestStart.peer"),
-            }
-            if message.flow_id is not None:  # absent, not null: what older agents send
-                payload["flow_id"] = _stream(message.flow_id, "RequestStart.flow_id")
-            return _frame(FrameType.REQUEST, stream, _json_payload(payload, "RequestStart"))
+            flow_id = message.flow_id
+            fixed = _REQUEST_FIXED.pack(
+                _stream(message.sub_id, "RequestStart.sub_id"),
+                _port(message.port, "RequestStart.port"),
+                (0 if flow_id is None else _HAS_FLOW_ID)
+                | (_ENDS if _bool(message.end, "RequestStart.end") else 0),
+                0 if flow_id is None else _stream(flow_id, "RequestStart.flow_id"))
+            flat = flat_headers(message.headers, "RequestStart.headers")
+            packed = pack_strings(fixed, [message.method, message.target,
+                                           message.http_version, message.peer, *flat],
+                                   "RequestStart fields")
+            if flat:
+                check_latin1("".join(flat), "RequestStart.headers")
+            return _frame(FrameType.REQUEST, stream, packed)
         case ResponseStart():
             stream = _stream(message.stream, "ResponseStart.stream")
-            payload = {
-                "status": _int(message.status, "ResponseStart.status", 100, 999),
-                "reason": _str(message.reason, "ResponseStart.reason"),
-                "headers": _headers(message.headers, "ResponseStart.headers"),
-            }
-            return _frame(FrameType.RESPONSE, stream, _json_payload(payload, "ResponseStart"))
+            body = message.body
+            if type(body) is not bytes:
+                raise WireProtocolError(f"ResponseStart.body must be bytes, got {_shown(body)}")
+            fixed = _RESPONSE_FIXED.pack(
+                _int(message.status, "ResponseStart.status", 100, 999),
+                _RESPONSE_ENDS if _bool(message.end, "ResponseStart.end") else 0, len(body))
+            flat = flat_headers(message.headers, "ResponseStart.headers")
+            packed = pack_strings(fixed, [message.reason, *flat], "ResponseStart fields")
+            if flat:
+                check_latin1("".join(flat), "ResponseStart.headers")
+            return _frame(FrameType.RESPONSE, stream, packed + body if body else packed)
         case Trailers(stream=stream, headers=headers):
-            payload = {"headers": _headers(headers, "Trailers.headers")}
-            return _frame(FrameType.TRAILERS, _stream(stream, "Trailers.stream"),
-                          _json_payload(payload, "Trailers"))
+            flat = flat_headers(headers, "Trailers.headers")
+            packed = pack_strings(b"", flat, "Trailers.headers")
+            if flat:
+                check_latin1("".join(flat), "Trailers.headers")
+            return _frame(FrameType.TRAILERS, _stream(stream, "Trailers.stream"), packed)
         case ConnectionStart():
             stream = _stream(message.stream, "ConnectionStart.stream")
             payload = {
@@ -396,13 +399,35 @@ def _empty(payload: memoryview) -> None:
         raise WireProtocolError(f"payload must be empty, has {len(payload)} bytes")
 
 
+# The generated __init__ of a frozen dataclass sets each field through object.__setattr__;
+# the per-request messages are built instead through their slots' descriptors (what that
+# __init__ amounts to, at a fraction of the cost), as core.http1_framing does for heads.
+def _slot_setters(cls: type) -> tuple[Callable[[object, object], None], ...]:
+    fields = tuple(cls.__dataclass_fields__)  # type: ignore[attr-defined]
+    assert cls.__slots__ == fields, cls  # type: ignore[attr-defined]
+    return tuple(getattr(cls, name).__set__ for name in fields)
+
+
+_DATA_SET: Final = _slot_setters(Data)
+_END_SET: Final = _slot_setters(End)
+_REQUEST_SET: Final = _slot_setters(RequestStart)
+_RESPONSE_SET: Final = _slot_setters(ResponseStart)
+_new = object.__new__
+
+
 def _decode_data(stream: int, payload: memoryview) -> Message:
-    return Data(stream=stream, data=bytes(payload))
+    message = _new(Data)
+    _DATA_SET[0](message, stream)
+    _DATA_SET[1](message, payload.tobytes())
+    return message
 
 
 def _decode_end(stream: int, payload: memoryview) -> Message:
-    _empty(payload)
-    return End(stream=stream)
+    if len(payload):
+        _empty(payload)
+    message = _new(End)
+    _END_SET[0](message, stream)
+    return message
 
 
 def _decode_pause(stream: int, payload: memoryview) -> Message:
@@ -416,32 +441,62 @@ def _decode_resume(stream: int, payload: memoryview) -> Message:
 
 
 def _decode_request(stream: int, payload: memoryview) -> Message:
-    fields = _json_object(payload)
-    return RequestStart(
-        stream=stream,
-        sub_id=_stream(fields["sub_id"], "sub_id"),
-        port=_port(fields["port"], "port"),
-        method=_str(fields["method"], "method"),
-        target=_str(fields["target"], "target"),
-        http_version=_str(fields["http_version"], "http_version"),
-        headers=_headers(fields["headers"], "headers"),
-        peer=_str(fields["peer"], "peer"),
-        flow_id=None if fields.get("flow_id") is None else _stream(fields["flow_id"], "flow_id"),
-    )
+    if len(payload) < _REQUEST_FIXED.size:
+        raise WireProtocolError("payload too short for sub_id, port and flow_id")
+    sub_id, port, flags, flow_id = _REQUEST_FIXED.unpack_from(payload)
+    if not port:
+        _port(port, "port")
+    if flags & ~_REQUEST_FLAGS:
+        raise WireProtocolError(f"unknown flags {flags:#x}")
+    strings, text = unpack_strings(payload, _REQUEST_FIXED.size)
+    if len(strings) < 4:
+        raise WireProtocolError("lacks method, target, http_version or peer")
+    message = _new(RequestStart)
+    s = _REQUEST_SET  # stream, sub_id, port, method, target, version, headers, peer, flow_id, end
+    s[0](message, stream)
+    s[1](message, sub_id)
+    s[2](message, port)
+    s[3](message, strings[0])
+    s[4](message, strings[1])
+    s[5](message, strings[2])
+    s[6](message, header_pairs(strings, 4, text, "headers"))
+    s[7](message, strings[3])
+    s[8](message, flow_id if flags & _HAS_FLOW_ID else None)
+    s[9](message, bool(flags & _ENDS))
+    return message
 
 
 def _decode_response(stream: int, payload: memoryview) -> Message:
-    fields = _json_object(payload)
-    return ResponseStart(
-        stream=stream,
-        status=_int(fields["status"], "status", 100, 999),
-        reason=_str(fields["reason"], "reason"),
-        headers=_headers(fields["headers"], "headers"),
-    )
+    if len(payload) < _RESPONSE_FIXED.size:
+        raise WireProtocolError("payload too short for status, flags and body length")
+    status, flags, body_length = _RESPONSE_FIXED.unpack_from(payload)
+    _int(status, "status", 100, 999)
+    if flags & ~_RESPONSE_ENDS:
+        raise WireProtocolError(f"unknown flags {flags:#x}")
+    if body_length > len(payload) - _RESPONSE_FIXED.size:
+        raise WireProtocolError(f"body length {body_length} exceeds the payload")
+    if body_length:
+        body = payload[len(payload) - body_length:].tobytes()
+        payload = payload[:len(payload) - body_length]
+    else:
+        body = b""
+    strings, text = unpack_strings(payload, _RESPONSE_FIXED.size)
+    if not strings:
+        raise WireProtocolError("lacks the reason")
+    message = _new(ResponseStart)
+    s = _RESPONSE_SET  # stream, status, reason, headers, body, end
+    s[0](message, stream)
+    s[1](message, status)
+    s[2](message, strings[0])
+    s[3](message, header_pairs(strings, 1, text, "headers"))
+    s[4](message, body)
+    s[5](message, bool(flags))
+    return message
 
 
 def _decode_trailers(stream: int, payload: memoryview) -> Message:
-    return Trailers(stream=stream, headers=_headers(_json_object(payload)["headers"], "headers"))
+    strings, text = unpack_strings(payload, 0)
+    return Trailers(stream=stream, headers=header_pairs(strings, 0, text, "headers"))
 
 
 def _decode_connection(stream: int, payload: memoryview) -> Message:

@@ -13,7 +13,8 @@ from typing import Final, TypeAlias
 
 from core.flow import FlowRow
 
-# 2: flow records as compact rows; PAUSE / RESUME per stream.
+# 2: flow records as compact rows; PAUSE / RESUME per stream; REQUEST, RESPONSE and
+# TRAILERS payloads compact (core.wire_heads), not JSON.
 PROTOCOL_VERSION: Final = 2
 
 HEADER: Final = struct.Struct("!IBI")  # payload length u32, frame type u8, stream id u32
@@ -161,10 +162,12 @@ class Unsubscribe:
 class RequestStart:
     """A request head opening ``stream``.
 
-    JSON ``{sub_id, port, method, target, http_version, headers, peer, flow_id}``, headers as
-    a list of ``[name, value]`` pairs. ``flow_id`` is the id of the flow record that will
-    report this request (stolen requests only; absent for mirror copies and from older
-    agents), so a session can show the request while it is in flight.
+    Compact payload (``core.wire_heads``): ``!IHBI`` sub_id, port, flags (bit 0: flow_id
+    present, bit 1: end), flow_id; then the strings method, target, http_version, peer and
+    each header's name and value. ``flow_id`` is the id of the flow record that will report
+    this request (stolen requests only; None for mirror copies), so a session can show
+    the request while it is in flight. ``end``: the request is complete (it has no body):
+    no DATA and no END follow for it, as if an END came right after this frame.
     """
 
     stream: int
@@ -176,6 +179,7 @@ class RequestStart:
     headers: tuple[tuple[str, str], ...]
     peer: str
     flow_id: int | None = None
+    end: bool = False
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -221,18 +225,28 @@ class Resume:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class ResponseStart:
-    """The response head on ``stream``. JSON ``{status, reason, headers}``."""
+    """The response head on ``stream``, possibly with its body and its end.
+
+    Compact payload (``core.wire_heads``): ``!HBI`` status, flags (bit 0: end), body
+    length; then the strings reason and each header's name and value; then the body.
+    ``body`` is the start of the response body, as if a DATA frame carrying it followed;
+    ``end``: the response is complete, as if an END followed. A small answer that the
+    local app sent whole is one frame.
+    """
 
     stream: int
     status: int
     reason: str
     headers: tuple[tuple[str, str], ...]
+    body: bytes = b""
+    end: bool = False
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Trailers:
     """Trailer fields ending the message on ``stream`` (gRPC's ``grpc-status``), sent after
-    its last DATA and before its END. JSON ``{headers}``."""
+    its last DATA and before its END. Compact payload (``core.wire_heads``): each field's
+    name and value."""
 
     stream: int
     headers: tuple[tuple[str, str], ...]

@@ -18,6 +18,7 @@ from core.wire import (
     Message,
     Notice,
     Pause,
+    RequestStart,
     Reset,
     ResponseStart,
     Resume,
@@ -31,12 +32,14 @@ WAIT_S = 10.0  # only keeps a broken test from hanging; nothing is measured agai
 
 
 class FakeLink:
-    """What a Stream uses of its ClientLink: send frames, the streams table, a name."""
+    """What a Stream uses of its ClientLink: send frames, the streams table, a name, the
+    event loop."""
 
     def __init__(self) -> None:
         self.name = "waylay-cli/7"
         self.sent: list[Message] = []
         self.streams: dict[int, Any] = {}
+        self.loop = asyncio.get_running_loop()
 
     def send(self, message: Message) -> None:
         self.sent.append(message)
@@ -55,6 +58,7 @@ class Owner:
 
     def __init__(self) -> None:
         self.events: list[Event] = []
+        self.wholes: list[tuple[int, bytes, list[tuple[bytes, bytes]], bytes]] = []
         self.aborted = False
 
     def on_local(self, event: Event) -> None:
@@ -62,6 +66,10 @@ class Owner:
 
     def congested(self) -> bool:
         return False
+
+    def on_local_whole(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]],
+                       body: bytes) -> None:
+        self.wholes.append((status, reason, headers, body))
 
     async def drain_downstream(self) -> None:
         return None
@@ -292,6 +300,40 @@ def test_a_slow_client_pauses_its_own_stream_then_resumes_it() -> None:
         stream.pace()  # not congested any more: nothing new
         assert len(link.of(Pause)) == 1
 
+HEAD = (1, 80, "GET", "/x", "1.1", (("Host", "svc"),), "10.0.0.9:5555", 42)
+
+
+def test_a_bodiless_request_is_one_frame_and_a_turn_is_one_write() -> None:
+    """A request head followed by its end in the same turn leaves as one RequestStart
+    marked end; a request with a body as head, Data, End; one that is reset before its
+    head left sends nothing. All that one turn queued is one write."""
+    async def scenario() -> None:
+        writer = FakeWriter()
+        writes: list[bytes] = []
+        write = writer.write
+        writer.write = lambda data: (writes.append(bytes(data)), write(data))[1]  # type: ignore[method-assign]
+        link = ClientLink(FakeAgent(), 1, asyncio.StreamReader(), writer)  # type: ignore[arg-type]
+        owner = Owner()
+        plain = Stream(link, 1, owner, whole=False)  # type: ignore[arg-type]
+        plain.open_request(HEAD)
+        plain.end()
+        upload = Stream(link, 2, owner, whole=False)  # type: ignore[arg-type]
+        upload.open_request(HEAD)
+        upload.send_data(b"body")
+        upload.end()
+        gone = Stream(link, 3, owner, whole=False)  # type: ignore[arg-type]
+        gone.open_request(HEAD)
+        gone.reset("connection closed")
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        assert len(writes) == 1
+        first, *rest = WireDecoder().receive_data(bytes(writer.data))
+        assert isinstance(first, RequestStart) and first.stream == 1 and first.end
+        assert first.flow_id == 42 and first.headers == (("Host", "svc"),)
+        assert [(type(m).__name__, m.stream) for m in rest] == [  # type: ignore[union-attr]
+            ("RequestStart", 2), ("Data", 2), ("End", 2)]
+        assert not rest[0].end  # type: ignore[union-attr]
+
     asyncio.run(scenario())
 
 
@@ -321,5 +363,18 @@ def test_a_mirror_copy_never_answered_ends_with_the_reason() -> None:
         await asyncio.wait_for(done.wait(), WAIT_S)
         assert stream.result.error == "the local app did not answer the copy within 0.05 s"
         assert link.of(Reset) == [Reset(stream=5, reason=stream.result.error)]
+
+def test_a_whole_answer_in_one_frame_reaches_the_connection_in_one_call() -> None:
+    """ResponseStart carrying the body and the end: the connection gets the whole answer
+    at once and the stream is over (its bound no longer runs)."""
+    async def scenario() -> None:
+        link, owner = FakeLink(), Owner()
+        stream = open_stream(link, owner, LocalBound(seconds=0.05, local="127.0.0.1:8080"))
+        stream.receive(ResponseStart(stream=3, status=200, reason="OK",
+                                     headers=(("Content-Length", "2"),), body=b"ok", end=True))
+        assert owner.wholes == [(200, b"OK", [(b"Content-Length", b"2")], b"ok")]
+        assert stream.done and 3 not in link.streams
+        await asyncio.sleep(0.1)
+        assert not link.of(Notice) and owner.events == []
 
     asyncio.run(scenario())

@@ -38,6 +38,9 @@ class FakeLink:
         self.mirror_drops = 0
         self.shadowed = 0
 
+    def hold_head(self, stream: Any) -> None:
+        stream.release_head()  # the real link holds it until the loop turn ends
+
     def send_flow(self, row: FlowRow) -> None:
         self.rows.append(row)
 

@@ -725,3 +725,34 @@ def test_the_fast_lane_is_invisible(conversation: tuple[list[bytes], list[bytes]
         patch.setattr("core.http1.simple_request", lambda data: None)
         expected = play(general, schedule)
     assert play(fast, schedule) == expected
+
+def test_a_simple_stolen_request_is_one_start_and_end_with_the_same_record() -> None:
+    """A bodiless stolen request arriving whole (the fast recogniser's case) gives the
+    StealStart the general path gives, then StealEnd, and the record of a stolen one."""
+    for data in (GET_STEAL, b"GET /b?q=1 HTTP/1.1\r\nHost: svc\r\nX-Steal: yes\r\n"
+                            b"Connection: close\r\n\r\n"):
+        fast, general = router(), router()
+        out = fast.handle(DownstreamData(data=data), 1.0)
+        # Split in two, the same request takes the general path.
+        ref = general.handle(DownstreamData(data=data[:5]), 1.0)
+        ref += general.handle(DownstreamData(data=data[5:]), 1.0)
+        assert of(out, StealStart) == of(ref, StealStart)
+        assert [type(c) for c in out] == [type(c) for c in ref]
+        for r, base in ((fast, out), (general, ref)):
+            base += r.handle(LocalResponse(status=200, reason=b"OK",
+                                           headers=[(b"Content-Length", b"2")]), 1.5)
+            base += r.handle(LocalData(data=b"ok"), 1.5)
+            base += r.handle(LocalEnd(), 2.0)
+        assert down_bytes(out) == down_bytes(ref)
+        (mine,), (theirs,) = of(out, RecordFlow), of(ref, RecordFlow)
+        assert mine.record.to_row() == theirs.record.to_row()
+        assert of(out, CloseDownstream) == of(ref, CloseDownstream)
+
+
+def test_a_simple_stolen_http10_request_gets_a_host_for_the_local_app() -> None:
+    """An HTTP/1.0 request without Host, stolen, reaches the session with the address the
+    client meant as its Host (the general path does the same)."""
+    out = router().handle(DownstreamData(data=b"GET /x HTTP/1.0\r\nX-Steal: yes\r\n\r\n"), 0.0)
+    (start,) = of(out, StealStart)
+    assert (b"Host", b"10.0.0.2:80") in start.headers and start.http_version == "1.0"
+    assert of(out, StealEnd)

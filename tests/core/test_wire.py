@@ -6,6 +6,7 @@ import dataclasses
 import itertools
 import json
 import math
+import struct
 import typing
 
 import pytest
@@ -106,6 +107,7 @@ STRATEGIES: dict[type, st.SearchStrategy[Message]] = {
         headers=wire_headers,
         peer=texts,
         flow_id=st.none() | streams,
+        end=st.booleans(),
     ),
     ConnectionStart: st.builds(
         ConnectionStart, stream=streams, sub_id=streams, port=ports, peer=texts
@@ -120,6 +122,8 @@ STRATEGIES: dict[type, st.SearchStrategy[Message]] = {
         status=st.integers(100, 999),
         reason=texts,
         headers=wire_headers,
+        body=st.binary(max_size=32),
+        end=st.booleans(),
     ),
     Reset: st.builds(Reset, stream=streams, reason=texts),
     Trailers: st.builds(Trailers, stream=streams, headers=wire_headers),
@@ -228,8 +232,17 @@ def test_subscribe_carries_the_local_address_and_response_timeout_when_set() -> 
     assert WireDecoder().receive_data(wire) == [message]
 
 
+def compact(fixed: bytes, strings: list[str]) -> bytes:
+    """A compact head payload built by hand (core.wire_heads): the fixed fields, the
+    string count (u16), each string's length in code points (u32), the UTF-8 text."""
+    text = "".join(strings).encode("utf-8", "surrogatepass")
+    return (fixed + struct.pack("!H", len(strings))
+            + struct.pack(f"!{len(strings)}I", *map(len, strings)) + text)
+
+
 def test_wire_format_of_request_is_pinned() -> None:
-    """RequestStart's JSON has its fields by name and headers as [name, value] lists."""
+    """RequestStart: sub_id, port, flags and flow_id, then method, target, version, peer
+    and each header's name and value as counted strings."""
     message = RequestStart(
         stream=3,
         sub_id=1,
@@ -242,35 +255,48 @@ def test_wire_format_of_request_is_pinned() -> None:
     )
     wire = encode(message)
     assert HEADER.unpack_from(wire)[1:] == (FrameType.REQUEST, 3)
-    assert json.loads(wire[HEADER_SIZE:]) == {
-        "sub_id": 1,
-        "port": 8080,
-        "method": "GET",
-        "target": "/x?y=1",
-        "http_version": "1.1",
-        "headers": [["host", "svc"]],
-        "peer": "10.0.0.2:5555",
-    }  # no flow_id: what older agents send, and what mirror copies carry
+    strings = ["GET", "/x?y=1", "1.1", "10.0.0.2:5555", "host", "svc"]
+    # no flow_id (a mirror copy): flags 0
+    assert wire[HEADER_SIZE:] == compact(struct.pack("!IHBI", 1, 8080, 0, 0), strings)
     with_id = dataclasses.replace(message, flow_id=42)
     wire = encode(with_id)
-    assert json.loads(wire[HEADER_SIZE:])["flow_id"] == 42
+    assert wire[HEADER_SIZE:] == compact(struct.pack("!IHBI", 1, 8080, 1, 42), strings)
     assert WireDecoder().receive_data(wire) == [with_id]
+    whole = dataclasses.replace(with_id, end=True)  # a bodiless request: no END follows
+    wire = encode(whole)
+    assert wire[HEADER_SIZE:] == compact(struct.pack("!IHBI", 1, 8080, 3, 42), strings)
+    assert WireDecoder().receive_data(wire) == [whole]
+
+
+def test_wire_format_of_response_is_pinned() -> None:
+    """ResponseStart: status, flags and body length, then the reason and each header's
+    name and value, then the body."""
+    strings = ["Not Found", "Content-Length", "0", "x-caf\xe9", "\xff"]
+    message = ResponseStart(stream=4, status=404, reason="Not Found",
+                            headers=(("Content-Length", "0"), ("x-caf\xe9", "\xff")))
+    wire = encode(message)
+    assert HEADER.unpack_from(wire)[1:] == (FrameType.RESPONSE, 4)
+    assert wire[HEADER_SIZE:] == compact(struct.pack("!HBI", 404, 0, 0), strings)
+    assert WireDecoder().receive_data(wire) == [message]
+    whole = dataclasses.replace(message, body=b"gone\n", end=True)  # the whole answer
+    wire = encode(whole)
+    assert wire[HEADER_SIZE:] == compact(struct.pack("!HBI", 404, 1, 5), strings) + b"gone\n"
+    assert WireDecoder().receive_data(wire) == [whole]
 
 
 def test_wire_format_of_trailers_is_pinned() -> None:
-    """Trailers carry the stream id in the header and {headers} as [name, value] lists."""
+    """Trailers carry the stream id in the header and each field's name and value."""
     wire = encode(Trailers(stream=5, headers=(("grpc-status", "3"), ("grpc-message", "bad"))))
     assert HEADER.unpack_from(wire)[1:] == (FrameType.TRAILERS, 5)
-    assert json.loads(wire[HEADER_SIZE:]) == {
-        "headers": [["grpc-status", "3"], ["grpc-message", "bad"]]}
+    assert wire[HEADER_SIZE:] == compact(b"", ["grpc-status", "3", "grpc-message", "bad"])
 
 
 def test_trailers_reject_bad_headers() -> None:
-    """A TRAILERS frame whose headers are not [name, value] string pairs is refused."""
-    with pytest.raises(WireProtocolError, match="TRAILERS frame on stream 2"):
-        decode_json_frame(FrameType.TRAILERS, {"headers": [["a"]]}, stream=2)
-    with pytest.raises(WireProtocolError, match="lacks field 'headers'"):
-        decode_json_frame(FrameType.TRAILERS, {}, stream=2)
+    """A TRAILERS frame whose strings are not name/value pairs is refused."""
+    with pytest.raises(WireProtocolError, match=r"TRAILERS frame on stream 2.*pairs"):
+        WireDecoder().receive_data(frame(FrameType.TRAILERS, 2, compact(b"", ["a"])))
+    with pytest.raises(WireProtocolError, match=r"TRAILERS frame on stream 2.*too short"):
+        WireDecoder().receive_data(frame(FrameType.TRAILERS, 2, b""))
 
 
 def test_hello_defaults_to_this_protocol_version() -> None:
@@ -455,24 +481,41 @@ def test_bad_subscribe_fields_are_rejected(fields: dict[str, object]) -> None:
         decode_json_frame(FrameType.SUBSCRIBE, fields, stream=1)
 
 
-@pytest.mark.parametrize("status", [99, 1000, "200", None])
-def test_bad_status_is_rejected_on_decode(status: object) -> None:
-    """A response status outside 100..999 or not an integer is refused."""
+@pytest.mark.parametrize("status", [0, 99, 1000, 65535])
+def test_bad_status_is_rejected_on_decode(status: int) -> None:
+    """A response status outside 100..999 is refused."""
     with pytest.raises(WireProtocolError, match="status"):
-        decode_json_frame(
-            FrameType.RESPONSE, {"status": status, "reason": "", "headers": []}, stream=1
-        )
+        WireDecoder().receive_data(
+            frame(FrameType.RESPONSE, 1, compact(struct.pack("!HBI", status, 0, 0), ["OK"])))
+
+
+@pytest.mark.parametrize("strings", [["OK", "a"], ["OK", "a", "b", "c"], ["OK", "a", "\u20ac"],
+                                     ["OK", "\u0100", "b"]])
+def test_bad_headers_are_rejected_on_decode(strings: list[str]) -> None:
+    """Headers must be name/value pairs of latin-1 strings."""
+    with pytest.raises(WireProtocolError, match="headers"):
+        WireDecoder().receive_data(
+            frame(FrameType.RESPONSE, 1, compact(struct.pack("!HBI", 200, 0, 0), strings)))
 
 
 @pytest.mark.parametrize(
-    "headers", [{"a": "b"}, [["a"]], [["a", "b", "c"]], [["a", 1]], [["a", "\u20ac"]], "a: b"]
+    ("payload", "complaint"),
+    [
+        (b"", "too short"),
+        (struct.pack("!IHBI", 1, 80, 0, 0), "too short"),
+        (struct.pack("!IHBIH", 1, 80, 0, 0, 2) + b"\0\0\0\1", "too short for 2 string"),
+        (compact(struct.pack("!IHBI", 1, 80, 0, 0), ["GET", "/", "1.1"]), "lacks"),
+        (compact(struct.pack("!IHBI", 1, 0, 0, 0), ["GET", "/", "1.1", "p"]), "port"),
+        (compact(struct.pack("!IHBI", 1, 80, 4, 0), ["GET", "/", "1.1", "p"]), "flags"),
+        (struct.pack("!IHBIH", 1, 80, 0, 0, 1) + struct.pack("!I", 3) + b"ab", "add up"),
+        (struct.pack("!IHBIH", 1, 80, 0, 0, 1) + struct.pack("!I", 1) + b"\xff", "UTF-8"),
+    ],
 )
-def test_bad_headers_are_rejected_on_decode(headers: object) -> None:
-    """Headers must be [name, value] pairs of latin-1 strings."""
-    with pytest.raises(WireProtocolError, match="headers"):
-        decode_json_frame(
-            FrameType.RESPONSE, {"status": 200, "reason": "OK", "headers": headers}, stream=1
-        )
+def test_bad_request_payloads_are_rejected(payload: bytes, complaint: str) -> None:
+    """A REQUEST payload cut short, with strings that do not add up, that are not UTF-8,
+    or with bad fixed fields is a protocol error saying why."""
+    with pytest.raises(WireProtocolError, match=f"REQUEST frame on stream 1.*{complaint}"):
+        WireDecoder().receive_data(frame(FrameType.REQUEST, 1, payload))
 
 
 @pytest.mark.parametrize(
@@ -509,6 +552,11 @@ def test_malformed_frames_are_rejected(frame_bytes: bytes) -> None:
         Subscribe(sub_id=1, port=80, mode="steal", filter=None, response_timeout=0),
         RequestStart(stream=1, sub_id=1, port=80, method="GET", target="/", http_version="1.1",
                      headers=(), peer="", flow_id=-1),
+        RequestStart(stream=1, sub_id=1, port=80, method=1, target="/",  # type: ignore[arg-type]
+                     http_version="1.1", headers=(), peer=""),
+        RequestStart(stream=1, sub_id=1, port=80, method="GET", target="/", http_version="1.1",
+                     headers=(("a",),), peer=""),  # type: ignore[arg-type]
+        Trailers(stream=1, headers=(("a", 2),)),  # type: ignore[arg-type]
         Subscribed(sub_id=1, port=70000, mode="mirror", filter=None),
         ResponseStart(stream=1, status=99, reason="", headers=()),
         ResponseStart(stream=1, status=200, reason="", headers=(("x", "\u20ac"),)),
@@ -630,3 +678,19 @@ def test_decoded_hello_of_another_version_reaches_check_hello() -> None:
     (message,) = WireDecoder().receive_data(encode(Hello(token="t", client="c", version=7)))
     with pytest.raises(WireProtocolError, match="client speaks 7"):
         check_hello(message, "t")
+
+
+@pytest.mark.parametrize(
+    ("payload", "complaint"),
+    [
+        (struct.pack("!HB", 200, 0), "too short"),
+        (compact(struct.pack("!HBI", 200, 2, 0), ["OK"]), "flags"),
+        (compact(struct.pack("!HBI", 200, 1, 99), ["OK"]), "body length"),
+        (compact(struct.pack("!HBI", 200, 1, 3), ["OK"]), "too short for 1 string"),
+        (compact(struct.pack("!HBI", 200, 1, 1), ["OK"]), "add up"),
+    ],
+)
+def test_bad_response_payloads_are_rejected(payload: bytes, complaint: str) -> None:
+    """A RESPONSE payload with unknown flags or a body length past its end is refused."""
+    with pytest.raises(WireProtocolError, match=f"RESPONSE frame on stream 1.*{complaint}"):
+        WireDecoder().receive_data(frame(FrameType.RESPONSE, 1, payload))
