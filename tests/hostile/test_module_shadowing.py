@@ -1,7 +1,8 @@
 """Nothing from the caller's working directory or PYTHON* environment runs in the root agent.
 
 ``waylay run`` is started from a directory holding modules named like the agent's
-dependencies (``h2``, ``uvloop``), with ``PYTHONPATH`` naming another such directory.
+dependencies (``h2``, ``uvloop``) and waylay's own ``agent`` package, with ``PYTHONPATH``
+naming a directory with another ``agent`` package.
 Each of them, if imported, appends a line to a marker file and fails. The agent must
 import none of them, get none of the ``PYTHON*`` variables, and the session must work.
 """
@@ -92,13 +93,18 @@ def test_agent_ignores_the_callers_directory_and_python_environment(
     assert not _agents(bed), f"an agent is already running: {agent_pids(bed.ns)}"
     marker = tmp_path / "shadow-imported"
     cwd, python_path = tmp_path / "work", tmp_path / "pythonpath"
+    shadow = SHADOW.format(marker=str(marker))
     for directory in (cwd, python_path):
         directory.mkdir()
-        for name in ("h2", "uvloop"):
-            (directory / f"{name}.py").write_text(SHADOW.format(marker=str(marker)))
-    # The client never imports uvloop, so PYTHONPATH holds only that one: the client is
-    # the caller's own process; the agent is what must not care.
-    (python_path / "h2.py").unlink()
+        # An "agent" package shadowing waylay's own: `python -m agent` would run it.
+        (directory / "agent").mkdir()
+        for name in ("__init__", "__main__"):
+            (directory / "agent" / f"{name}.py").write_text(shadow)
+    # Dependencies shadowed in the working directory (the client's sys.path does not hold
+    # it). PYTHONPATH holds only the "agent" package: the client is the caller's own
+    # process and imports what PYTHONPATH offers (h2, uvloop); it never imports "agent".
+    for name in ("h2", "uvloop"):
+        (cwd / f"{name}.py").write_text(shadow)
     env = {**CLEAN_ENV, "PYTHONPATH": str(python_path),
            "PYTHONUSERBASE": str(python_path)}
     before = nat_rules(bed.ns)
