@@ -1,7 +1,8 @@
 """Nothing from the caller's working directory or PYTHON* environment runs in the root agent.
 
 ``waylay run`` is started from a directory holding modules named like the agent's
-dependencies (``h2``, ``uvloop``), with ``PYTHONPATH`` naming another such directory.
+dependencies (``h2``, ``uvloop``), with ``PYTHONPATH`` naming a directory that shadows the
+agent's own package.
 Each of them, if imported, appends a line to a marker file and fails. The agent must
 import none of them, get none of the ``PYTHON*`` variables, and the session must work.
 """
@@ -96,9 +97,12 @@ def test_agent_ignores_the_callers_directory_and_python_environment(
         directory.mkdir()
         for name in ("h2", "uvloop"):
             (directory / f"{name}.py").write_text(SHADOW.format(marker=str(marker)))
-    # The client never imports uvloop, so PYTHONPATH holds only that one: the client is
-    # the caller's own process; the agent is what must not care.
-    (python_path / "h2.py").unlink()
+    # The client is the caller's own process and honours PYTHONPATH (it imports h2 and
+    # uvloop itself), so PYTHONPATH holds a module only the agent would import: its own
+    # package. The agent is what must not care.
+    for name in ("h2", "uvloop"):
+        (python_path / f"{name}.py").unlink()
+    (python_path / "agent.py").write_text(SHADOW.format(marker=str(marker)))
     env = {**CLEAN_ENV, "PYTHONPATH": str(python_path),
            "PYTHONUSERBASE": str(python_path)}
     before = nat_rules(bed.ns)
