@@ -127,6 +127,7 @@ class _QueuedStream:
         self.queue: asyncio.Queue[Message] = asyncio.Queue(STREAM_QUEUE_FRAMES)
         self.task: asyncio.Task[None] | None = None
         self._waiting = 0  # frames waiting for room (each holds the link)
+        self._putters: set[asyncio.Task[None]] = set()
 
     def frame(self, message: Message) -> None:
         if not self._waiting:
@@ -137,7 +138,10 @@ class _QueuedStream:
         link = self.session.link
         if link is not None:
             link.hold()
-        asyncio.get_running_loop().create_task(self._put(message), name=f"queue-{self.sid}")
+        putter = asyncio.get_running_loop().create_task(self._put(message),
+                                                        name=f"queue-{self.sid}")
+        self._putters.add(putter)
+        putter.add_done_callback(self._putters.discard)
 
     async def _put(self, message: Message) -> None:
         try:
@@ -152,6 +156,13 @@ class _QueuedStream:
     def reset(self) -> None:
         if self.task is not None:
             self.task.cancel()
+        self.drop_waiting()
+
+    def drop_waiting(self) -> None:
+        """The delivery is over: frames still waiting for room are dropped (their holds on
+        the link with them)."""
+        for putter in list(self._putters):
+            putter.cancel()
 
 
 _Stream = Http1Delivery | _QueuedStream
@@ -523,6 +534,7 @@ class Session:
         try:
             await work
         finally:
+            queued.drop_waiting()
             if self._streams.get(queued.sid) is queued:
                 del self._streams[queued.sid]
             self._unpause(queued.sid)

@@ -44,6 +44,9 @@ class FakeLink:
         self.sent: list[Message] = []
         self.errors: list[str] = []
         self.holds = 0
+        self.max_holds = 0
+        self.paused = False  # the link towards the agent is full
+        self.waiting: list[Callable[[], None]] = []
         self.to_flush: list[Http1Delivery] = []
         self.changed = asyncio.Event()
 
@@ -60,13 +63,23 @@ class FakeLink:
 
     @property
     def write_paused(self) -> bool:
-        return False
+        return self.paused
 
     def when_writable(self, callback: Callable[[], None]) -> None:
-        callback()
+        if self.paused:
+            self.waiting.append(callback)
+        else:
+            callback()
+
+    def resume(self) -> None:
+        self.paused = False
+        waiting, self.waiting = self.waiting, []
+        for callback in waiting:
+            callback()
 
     def hold(self) -> None:
         self.holds += 1
+        self.max_holds = max(self.max_holds, self.holds)
 
     def release(self) -> None:
         self.holds -= 1
@@ -430,3 +443,78 @@ def test_wire_headers_are_the_heads_fields(fields: list[tuple[str, str, str]]) -
     head = parse_response_head(bytearray(raw), request_method=b"GET")
     assert head is not None
     assert wire_headers(head) == headers_to_wire(head.headers)
+
+
+def test_a_slow_app_holds_the_link_until_it_has_read() -> None:
+    """An upload faster than the app reads it: the delivery holds the link (no more frames
+    are taken) and releases it once the app caught up; every byte arrives."""
+    async def scenario() -> None:
+        size = 16 * 1024 * 1024  # past what the kernel buffers on loopback
+        got = asyncio.get_running_loop().create_future()
+
+        async def app(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.readuntil(b"\r\n\r\n")
+            await asyncio.sleep(0.2)  # busy elsewhere while the upload piles up
+            got.set_result(await reader.readexactly(size))
+            writer.write(b"HTTP/1.1 204 No Content\r\n\r\n")
+            await reader.read()
+            writer.close()
+
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)  # a small window
+        listener.bind(("127.0.0.1", 0))
+        server = await asyncio.start_server(app, sock=listener)
+        local = ("127.0.0.1", int(listener.getsockname()[1]))
+        link, pool, done = FakeLink(), LocalHttp1Pool(), list[int]()
+        delivery = deliver(link, pool, start(12, "PUT", "/big", (
+            ("Host", "svc"), ("Content-Length", str(size)))), local, done)
+        link.batch_end()
+        for _ in range(100):  # bounded: until the connection is open
+            if pool.opened:
+                break
+            await asyncio.sleep(0.01)
+        piece = bytes(range(256)) * 1024
+        for _ in range(size // len(piece)):
+            delivery.frame(Data(stream=12, data=piece))
+            link.batch_end()
+        delivery.frame(End(stream=12))
+        link.batch_end()
+        assert link.max_holds == 1  # the app's side filled up: the link was held
+        assert await asyncio.wait_for(got, WAIT_S) == piece * (size // len(piece))
+        await link.until(ended)
+        assert link.holds == 0  # and released once the app caught up
+        pool.close()
+        server.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_full_link_pauses_reading_the_app() -> None:
+    """While the link towards the agent is full, the app's connection is not read; it is
+    read again once the link drains, and the answer arrives whole."""
+    async def scenario() -> None:
+        async def app(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 200000\r\n\r\n" + b"a" * 1000)
+            await writer.drain()
+            await asyncio.sleep(0.1)
+            writer.write(b"b" * 199_000)
+            await writer.drain()
+            await reader.read()
+            writer.close()
+
+        server, local = await serve(app)
+        link, pool, done = FakeLink(), LocalHttp1Pool(), list[int]()
+        link.paused = True
+        deliver(link, pool, start(13), local, done).request_end()
+        link.batch_end()
+        await link.until(lambda sent: any(isinstance(m, Data) for m in sent))
+        await asyncio.sleep(0.3)
+        assert link.waiting and not any(isinstance(m, End) for m in link.sent)
+        link.resume()
+        sent = await link.until(ended)
+        assert sum(len(m.data) for m in sent if isinstance(m, Data)) == 200_000
+        pool.close()
+        server.close()
+
+    asyncio.run(scenario())

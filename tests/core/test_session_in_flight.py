@@ -139,3 +139,46 @@ def test_mirror_copies_are_not_announced() -> None:
         await asyncio.wait_for(runner, WAIT_S)
 
     asyncio.run(scenario())
+
+
+class CountingLink:
+    """Counts the holds a stream takes on the session's link."""
+
+    def __init__(self) -> None:
+        self.holds = 0
+
+    def hold(self) -> None:
+        self.holds += 1
+
+    def release(self) -> None:
+        self.holds -= 1
+
+
+def test_a_reset_stream_lets_go_of_the_link_its_full_queue_held() -> None:
+    """A stream delivered by a task (h2, whole connections) whose queue is full holds the
+    link; when the agent resets it, or its delivery ends, the hold goes with it."""
+    from core.session import STREAM_QUEUE_FRAMES, _QueuedStream
+
+    async def scenario() -> None:
+        for ending in ("reset", "done"):
+            session = type("FakeSession", (), {"link": CountingLink()})()
+            stream = _QueuedStream(session, 9)  # type: ignore[arg-type]
+            never = asyncio.get_running_loop().create_future()
+            stream.task = asyncio.create_task(asyncio.wait_for(never, WAIT_S))
+            for _ in range(STREAM_QUEUE_FRAMES):
+                stream.frame(End(stream=9))
+            stream.frame(End(stream=9))  # no room: the link is held
+            await asyncio.sleep(0)
+            assert session.link.holds == 1
+            if ending == "reset":
+                stream.reset()
+            else:
+                stream.task.cancel()
+                stream.drop_waiting()
+            for _ in range(100):  # bounded: a few loop turns
+                if not session.link.holds:
+                    break
+                await asyncio.sleep(0.01)
+            assert session.link.holds == 0
+
+    asyncio.run(scenario())
