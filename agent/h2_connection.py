@@ -103,6 +103,9 @@ class _StolenStream:
     async def drain_downstream(self) -> None:
         await self._conn.drain_stream(self._stream)
 
+    # Whether the stream's client is behind is drain_stream's to judge: always ask it.
+    downstream_blocked = True
+
     # Raw bytes and half-closes belong to whole stolen connections, never to a request.
     def write_local(self, data: bytes) -> None:
         pass

@@ -586,6 +586,10 @@ class InterceptedConnection(asyncio.Protocol):
         router.local_end(now)
         self._after_router()
 
+    @property
+    def downstream_blocked(self) -> bool:
+        return self._write_paused and self.mode is not Mode.CLOSED
+
     async def drain_downstream(self) -> None:
         """Wait while too much is queued towards the remote client (bounds the buffer)."""
         while self._write_paused and self.mode is not Mode.CLOSED:

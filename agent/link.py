@@ -175,6 +175,10 @@ class StreamOwner(Protocol):
                        body: bytes) -> None:
         """The local app's whole answer at once: LocalResponse, LocalData, LocalEnd."""
     async def drain_downstream(self) -> None: ...
+    @property
+    def downstream_blocked(self) -> bool:
+        """True when drain_downstream may wait (the client reads too slowly)."""
+        ...
     def write_local(self, data: bytes) -> None: ...
     def end_local(self) -> None: ...
     def abort_local(self) -> None: ...
@@ -300,6 +304,11 @@ class Stream(_WireStream):
             self._finish()
             conn.on_local(LocalEnd())
 
+    @property
+    def blocked(self) -> bool:
+        """The remote client this stream answers reads too slowly (drain_receiver waits)."""
+        return self.conn.downstream_blocked
+
     async def drain_receiver(self) -> None:
         await self.conn.drain_downstream()
 
@@ -364,6 +373,8 @@ class MirrorStream(_WireStream):
         if not self.done:
             self.result.error = "the session's link to the agent ended"
             self._finish()
+
+    blocked = False  # a copy's answer goes nowhere
 
     async def drain_receiver(self) -> None:
         return None
@@ -523,7 +534,8 @@ class ClientLink:
             else:
                 await self._dispatch(message)
         for stream in touched if len(touched) < 2 else dict.fromkeys(touched):
-            await stream.drain_receiver()
+            if stream.blocked:
+                await stream.drain_receiver()
 
     async def _dispatch(self, message: Message) -> None:
         match message:

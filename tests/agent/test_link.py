@@ -67,6 +67,8 @@ class Owner:
     async def drain_downstream(self) -> None:
         return None
 
+    downstream_blocked = False
+
     def write_local(self, data: bytes) -> None:
         pass
 
