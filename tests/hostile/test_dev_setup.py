@@ -41,7 +41,14 @@ fi
 case "$action" in
     start) setsid "$NGINX" 1000 </dev/null >/dev/null 2>&1 &
            echo $! > "$STATE/service.pid" ;;
-    stop) [ -f "$STATE/service.pid" ] && kill "$(cat "$STATE/service.pid")" ;;
+    stop) # as a real service stop: return once the server is gone (bounded: 10 s)
+          if [ -f "$STATE/service.pid" ]; then
+              pid=$(cat "$STATE/service.pid"); kill "$pid"; i=0
+              while [ $i -lt 200 ] && [ -e "/proc/$pid" ] &&
+                    [ "$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null)" != Z ]; do
+                  sleep 0.05; i=$((i + 1))
+              done
+          fi ;;
 esac
 exit 0
 """
