@@ -150,8 +150,8 @@ def _setup(tmp: Path, existing_policy: str,
     for line in done.stdout.splitlines():
         kind, _, rest = line.partition(" ")
         if kind == "nginx":
-            pid, state_letter = rest.split()
-            if state_letter != "Z":
+            pid, _, state_letter = rest.partition(" ")
+            if state_letter not in ("Z", ""):  # "": gone between pgrep and reading it
                 report["user-nginx" if pid == user_pid else "package-nginx"] = pid
         else:
             report[kind] = rest
