@@ -36,6 +36,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, assert_never, cast
 
 from agent.iptables import PASSTHROUGH_MARK
+from agent.link import copy_to_mirrors
 from core.filters import RequestView
 from core.h2_router import MAX_LOCAL_BACKLOG, H2Router
 from core.pool import CONNECT_TIMEOUT_S, tune
@@ -384,15 +385,7 @@ class H2Interception(asyncio.Protocol):
     def _copy_to_mirrors(self, sid: int, data: bytes) -> None:
         """Copy a request's body to its mirrors; a congested session loses its copy, never
         slows this connection down (as ``agent.interception`` does)."""
-        kept = []
-        for mirror in self._mirrors.get(sid, ()):
-            if mirror.link.congested:
-                mirror.reset("dropped: the session is not keeping up")
-                mirror.link.mirror_drops += 1
-                mirror.link.note()
-            else:
-                mirror.send_data(data)
-                kept.append(mirror)
+        kept = copy_to_mirrors(self._mirrors.get(sid, ()), data)
         if kept:
             self._mirrors[sid] = kept
         else:

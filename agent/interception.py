@@ -26,6 +26,7 @@ import time
 from typing import TYPE_CHECKING, cast
 
 from agent import h2_connection
+from agent.link import copy_to_mirrors
 from agent.upstream import Upstream
 from core.detect import Protocol, detect, h2_server_preface
 from core.filters import RequestView
@@ -550,16 +551,7 @@ class InterceptedConnection(asyncio.Protocol):
     def _copy_to_mirrors(self, data: bytes) -> None:
         """Copy client bytes to the mirrors; a congested session loses its copy, never
         slows this connection down."""
-        kept = []
-        for mirror in self._mirrors:
-            if mirror.link.congested:
-                mirror.reset("dropped: the session is not keeping up")
-                mirror.link.mirror_drops += 1
-                mirror.link.note()
-            else:
-                mirror.send_data(data)
-                kept.append(mirror)
-        self._mirrors = kept
+        self._mirrors = copy_to_mirrors(self._mirrors, data)
 
     # --- the session's side (StreamOwner of agent.link) -------------------------------
 

@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -416,6 +416,21 @@ class MirrorStream(_WireStream):
         self.link.mirrors_in_flight -= 1
         self.result.duration_ms = round((time.monotonic() - self.started) * 1000.0, 3)
         self._on_done(self)
+
+
+def copy_to_mirrors(mirrors: Iterable[MirrorStream], data: bytes) -> list[MirrorStream]:
+    """Send client bytes to each copy; a congested session loses its copy (reset, and
+    counted for a warning), never slowing the connection down. Returns the copies kept."""
+    kept = []
+    for mirror in mirrors:
+        if mirror.link.congested:
+            mirror.reset("dropped: the session is not keeping up")
+            mirror.link.mirror_drops += 1
+            mirror.link.note()
+        else:
+            mirror.send_data(data)
+            kept.append(mirror)
+    return kept
 
 
 class ClientLink:
