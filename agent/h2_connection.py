@@ -98,6 +98,9 @@ class _StolenStream:
     def congested(self) -> bool:
         return self._conn.stream_congested(self._stream)
 
+    def backlog(self) -> int:
+        return self._conn.stream_backlog(self._stream)
+
     def on_local_whole(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]],
                        body: bytes) -> None:
         self.on_local(LocalResponse(status=status, reason=reason, headers=headers))
@@ -263,6 +266,10 @@ class H2Interception(asyncio.Protocol):
                 self._feed(dataclasses.replace(event, stream=stream))
             case _:
                 raise AssertionError(f"not a local event: {event!r}")
+
+    def stream_backlog(self, stream: int) -> int:
+        """Bytes of the stolen ``stream``'s answer waiting for the client."""
+        return self._router.local_backlog(stream)
 
     def stream_congested(self, stream: int) -> bool:
         """Too much of the stolen ``stream``'s answer waits for the client (drain_stream

@@ -581,6 +581,10 @@ class InterceptedConnection(asyncio.Protocol):
         """The client reads slower than we write to it (the transport said so)."""
         return self._write_paused
 
+    def backlog(self) -> int:
+        transport = self._transport
+        return transport.get_write_buffer_size() if transport is not None else 0
+
     def on_local_whole(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]],
                        body: bytes) -> None:
         """The local app's whole answer at once (``on_local`` of its three events)."""

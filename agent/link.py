@@ -67,6 +67,10 @@ log = logging.getLogger("waylay.agent")
 HANDSHAKE_TIMEOUT_S = 10.0
 # Bytes queued towards a session before the agent waits for it (per link).
 LINK_HIGH_WATER = 1024 * 1024
+# Bytes of a PAUSEd stream's answer the agent buffers for its slow client before it gives
+# up on the stream: a session that obeys PAUSE has at most its link's buffer (about
+# LINK_HIGH_WATER plus the socket's) in flight, so only one that ignores it gets here.
+PAUSED_STREAM_LIMIT = 8 * LINK_HIGH_WATER
 # Flow records wait at most this long, or until this many are queued, before they are
 # sent: the dashboard's refresh rate is coarser than that, and batching keeps reporting
 # cheap on a busy port. The count keeps a frame far below the wire's MAX_PAYLOAD.
@@ -178,6 +182,8 @@ class StreamOwner(Protocol):
     def on_local(self, event: Event) -> None: ...
     def congested(self) -> bool:
         """Too much of the local app's answer is queued towards the remote client."""
+    def backlog(self) -> int:
+        """Bytes of the local app's answer queued towards the remote client."""
     def on_local_whole(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]],
                        body: bytes) -> None:
         """The local app's whole answer at once: LocalResponse, LocalData, LocalEnd."""
@@ -314,11 +320,25 @@ class Stream(_WireStream):
         """After a frame for this stream: if its remote client is too slow, PAUSE the
         session's sending on this stream only, and RESUME once the client caught up.
         The link itself never waits for one client (no head-of-line blocking)."""
-        if self._paused or self.finished.is_set() or not self.conn.congested():
+        if self.finished.is_set():
+            return
+        if self._paused:
+            if self.conn.backlog() > PAUSED_STREAM_LIMIT:
+                self._give_up("the session kept sending after PAUSE")
+            return
+        if not self.conn.congested():
             return
         self._paused = True
         self.link.send(Pause(stream=self.stream_id))
         self.link.agent.spawn(self._resume_when_drained(), name="stream-pace")
+
+    def _give_up(self, reason: str) -> None:
+        """Drop the stream at both ends: its bytes have nowhere bounded to go."""
+        self.reset(reason)
+        if self.whole:
+            self.conn.abort_local()
+        else:
+            self.conn.on_local(LocalAborted(reason=reason))
 
     async def _resume_when_drained(self) -> None:
         try:

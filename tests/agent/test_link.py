@@ -7,7 +7,7 @@ import asyncio
 import itertools
 from typing import Any
 
-from agent.link import ClientLink, LocalBound, MirrorStream, Stream
+from agent.link import PAUSED_STREAM_LIMIT, ClientLink, LocalBound, MirrorStream, Stream
 from core.flow import FlowRecord, Verdict
 from core.registry import Subscription
 from core.routing import Event, LocalAborted, LocalResponse
@@ -66,6 +66,9 @@ class Owner:
 
     def congested(self) -> bool:
         return False
+
+    def backlog(self) -> int:
+        return 0
 
     def on_local_whole(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]],
                        body: bytes) -> None:
@@ -376,5 +379,35 @@ def test_a_whole_answer_in_one_frame_reaches_the_connection_in_one_call() -> Non
         assert stream.done and 3 not in link.streams
         await asyncio.sleep(0.1)
         assert not link.of(Notice) and owner.events == []
+
+    asyncio.run(scenario())
+
+
+class FloodedOwner(SlowOwner):
+    """A slow client whose queue keeps growing: the session ignores PAUSE."""
+
+    queued = 0
+
+    def backlog(self) -> int:
+        return self.queued
+
+
+def test_a_session_that_ignores_pause_loses_the_stream_not_the_agent() -> None:
+    """Past PAUSED_STREAM_LIMIT queued for a paused stream, the agent resets it and the
+    connection is told the answer failed; the agent's memory stays bounded."""
+    async def scenario() -> None:
+        link, owner = SpawningLink(), FloodedOwner()
+        stream = open_stream(link, owner, None)  # type: ignore[arg-type]
+        stream.receive(Data(stream=3, data=b"x"))
+        stream.pace()
+        assert link.of(Pause) == [Pause(stream=3)]
+        owner.queued = PAUSED_STREAM_LIMIT + 1
+        stream.receive(Data(stream=3, data=b"x"))
+        stream.pace()
+        assert link.of(Reset) == [Reset(stream=3, reason="the session kept sending after PAUSE")]
+        assert isinstance(owner.events[-1], LocalAborted)
+        owner.drained.set()
+        await asyncio.wait_for(asyncio.gather(*link.tasks), WAIT_S)
+        assert not link.of(Resume)  # the stream is over: nothing to resume
 
     asyncio.run(scenario())
