@@ -372,14 +372,10 @@ class InterceptedConnection(asyncio.Protocol):
                 self._close_transport()
             return
         self._connecting = False
-        if self.mode in (Mode.CLOSED, Mode.H2) or not self._up_wanted:
+        if self.mode in (Mode.CLOSED, Mode.H2, Mode.WHOLE):
             up.close()  # it may have spoken to us already: not a clean one to pool
             return
         self._attach_upstream(up)
-
-    @property
-    def _up_wanted(self) -> bool:
-        return self.mode is not Mode.WHOLE
 
     def _attach_upstream(self, up: Upstream) -> None:
         self._up = up

@@ -7,7 +7,7 @@ reaches the app instead of coming back to the agent.
 HTTP/1.1 and relayed connections use ``Upstream``, an ``asyncio.Protocol`` that hands
 every callback to its current owner (the ``InterceptedConnection`` it serves) with no task
 or stream in between, and ``UpstreamPool`` keeps idle ones for the next owner. HTTP/2
-opens its own stream-based connections with ``open_marked`` (its state cannot be pooled).
+opens marked connections of its own (``agent.h2_connection``: its state cannot be pooled).
 """
 
 from __future__ import annotations
@@ -23,9 +23,7 @@ from core.pool import (
     CONNECT_TIMEOUT_S,
     IDLE_TIMEOUT_S,
     MAX_IDLE_PER_DESTINATION,
-    Connection,
     Destination,
-    open_tcp,
 )
 
 # Bytes queued towards the original app before its owner stops reading the client: the
@@ -209,11 +207,6 @@ class UpstreamPool:
             for up in idle:
                 up.close()
         self._idle.clear()
-
-
-async def open_marked(destination: Destination) -> Connection:
-    """A stream-based marked connection (HTTP/2's upstream)."""
-    return await open_tcp(destination, mark=PASSTHROUGH_MARK)
 
 
 def upstream_pool() -> UpstreamPool:
