@@ -1,5 +1,5 @@
-"""`python -m agent`: how launchers start the agent inside a namespace."""
+"""`python -m waylay.agent`: how launchers start the agent inside a namespace."""
 
-from agent.main import main
+from waylay.agent.main import main
 
 raise SystemExit(main())

@@ -1,15 +1,15 @@
 """The Job form of the Kubernetes agent: enter another container's network namespace.
 
 Theory of operation. With ``agent.ephemeral: false`` the agent runs in a Job pod of its
-own, on the target pod's node, with ``hostPID`` (core/kube_specs.py). It is started as
-``python3 -I -u -m agent --listen tcp:127.0.0.1:PORT --enter-container containerd://ID``
-(isolated, as is the agent it starts in turn: ``core.interpreter``):
+own, on the target pod's node, with ``hostPID`` (core/kube/specs.py). It is started as
+``python3 -I -u -m waylay.agent --listen tcp:127.0.0.1:PORT --enter-container containerd://ID``
+(isolated, as is the agent it starts in turn: ``waylay.core.system.interpreter``):
 
 1. Find a process of the target container: with the host's PID namespace visible, every
    container runtime (containerd, CRI-O, Docker) puts the container ID in the cgroup path
    of the container's processes, so the first ``/proc/P/cgroup`` naming the ID is one.
 2. Start the ordinary agent inside that process's network namespace, exactly as for a
-   local ``pid/P`` target (``core.agent_launch``: nsenter --net, a Unix socket; paths
+   local ``pid/P`` target (``waylay.core.system.agent_launch``: nsenter --net, a Unix socket; paths
    cross network namespaces), with the session token this container was given.
 3. Listen on the Job pod's own loopback (where the API server's port-forward arrives) and
    relay each connection to the agent's Unix socket, byte for byte.
@@ -27,10 +27,10 @@ import re
 from pathlib import Path
 from typing import Final
 
-from agent.worker import emit
-from core.agent_launch import AgentProcess, launch_local_agent
-from core.errors import EXIT_TARGET, WaylayError
-from core.target import Target
+from waylay.agent.worker import emit
+from waylay.core.engine.errors import EXIT_TARGET, WaylayError
+from waylay.core.engine.target import Target
+from waylay.core.system.agent_launch import AgentProcess, launch_local_agent
 
 _CHUNK: Final = 256 * 1024
 _ID: Final = re.compile(r"^(?:[a-z0-9.-]+://)?([0-9a-f]{12,128})$")

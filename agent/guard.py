@@ -29,7 +29,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
-from agent.iptables import (
+from waylay.agent.iptables import (
     CommandRunner,
     Leftover,
     Redirector,

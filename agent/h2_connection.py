@@ -1,6 +1,6 @@
-"""The asyncio driver of one intercepted HTTP/2 connection (``core.h2_router``).
+"""The asyncio driver of one intercepted HTTP/2 connection (``waylay.core.engine.h2_router``).
 
-The connection driver hands a connection over here once ``core.detect`` saw the h2
+The connection driver hands a connection over here once ``waylay.core.engine.detect`` saw the h2
 prior-knowledge preface: ``start_h2`` puts an ``H2Interception`` protocol on its
 transport. This module only executes the router's commands: bytes to the remote client
 and to the original app, one wire stream per stolen h2 stream, flow records. It runs on
@@ -21,7 +21,7 @@ read (the client's own control frames, PING and SETTINGS floods, need answers th
 queue there); while the original app's transport is over it the client is not read; and
 while a session's link is over its own high-water mark, the client (whose stolen
 request bodies feed it) is not read. A stolen response the client reads slowly is
-paused at the session (``agent.link`` sends PAUSE for that stream only) once its backlog
+paused at the session (``waylay.agent.link`` sends PAUSE for that stream only) once its backlog
 passes ``MAX_LOCAL_BACKLOG``.
 """
 
@@ -35,12 +35,11 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, assert_never, cast
 
-from agent.iptables import PASSTHROUGH_MARK
-from agent.link import copy_to_mirrors
-from core.filters import RequestView
-from core.h2_router import MAX_LOCAL_BACKLOG, H2Router
-from core.pool import CONNECT_TIMEOUT_S, tune
-from core.routing import (
+from waylay.agent.iptables import PASSTHROUGH_MARK
+from waylay.agent.link import copy_to_mirrors
+from waylay.core.engine.filters import RequestView
+from waylay.core.engine.h2_router import MAX_LOCAL_BACKLOG, H2Router
+from waylay.core.engine.routing import (
     CloseDownstream,
     Command,
     ConnectUpstream,
@@ -69,13 +68,14 @@ from core.routing import (
     UpstreamClosed,
     UpstreamData,
 )
+from waylay.core.system.pool import CONNECT_TIMEOUT_S, tune
 
 if TYPE_CHECKING:
-    from agent.link import ClientLink, MirrorStream, Stream
-    from agent.worker import Agent
+    from waylay.agent.link import ClientLink, MirrorStream, Stream
+    from waylay.agent.worker import Agent
 
 # Bytes queued on a transport before the side feeding it stops being read: the
-# per-connection buffer bound in each direction (as agent.interception's).
+# per-connection buffer bound in each direction (as waylay.agent.interception's).
 WRITE_HIGH_WATER = 256 * 1024
 # How long a stolen answer may wait for a client that reads none of it before the stream
 # is reset: the wait holds up the session's link (every stream on it), and the session's
@@ -280,7 +280,7 @@ class H2Interception(asyncio.Protocol):
     async def drain_stream(self, stream: int) -> None:
         """Wait while the client is too slow for the stolen ``stream``'s answer.
 
-        The session is told to PAUSE this stream meanwhile (``agent.link``), its other
+        The session is told to PAUSE this stream meanwhile (``waylay.agent.link``), its other
         streams go on; a client that takes nothing of the answer for ``STALL_TIMEOUT_S``
         loses the stream (RST_STREAM).
         """
@@ -391,7 +391,7 @@ class H2Interception(asyncio.Protocol):
 
     def _copy_to_mirrors(self, sid: int, data: bytes) -> None:
         """Copy a request's body to its mirrors; a congested session loses its copy, never
-        slows this connection down (as ``agent.interception`` does)."""
+        slows this connection down (as ``waylay.agent.interception`` does)."""
         kept = copy_to_mirrors(self._mirrors.get(sid, ()), data)
         if kept:
             self._mirrors[sid] = kept

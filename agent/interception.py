@@ -6,12 +6,12 @@ callbacks do the work, with no task, stream or command object per request. uvloo
 ``data_received``; the bytes go straight into the sans-I/O engine, which answers through
 the ``Http1Sink`` methods below; back-pressure is ``pause_reading`` / ``resume_reading``.
 
-A connection on a port with filters is detected first (``core.detect``). Meanwhile the
+A connection on a port with filters is detected first (``waylay.core.engine.detect``). Meanwhile the
 agent already connects to the original app: if the app speaks first (SMTP, MySQL, SSH...)
 its greeting is relayed at once and the connection becomes a plain relay, so a
 server-first protocol is never held up. HTTP/1.x is routed per request by
-``core.http1.Http1Router``; HTTP/2 is handed to ``agent.h2_connection``. Anything else is
-relayed untouched to the original app.
+``waylay.core.engine.http1.Http1Router``; HTTP/2 is handed to ``waylay.agent.h2_connection``.
+Anything else is relayed untouched to the original app.
 
 A port stolen without a filter hands the whole connection to the session at once.
 """
@@ -25,17 +25,16 @@ import struct
 import time
 from typing import TYPE_CHECKING, cast
 
-from agent import h2_connection
-from agent.link import copy_to_mirrors
-from agent.upstream import Upstream
-from core.detect import Protocol, detect, h2_server_preface
-from core.filters import RequestView
-from core.flow import FlowRecord, FlowRow, Verdict
-from core.http1 import Http1Router
-from core.observer import Http1Observer
-from core.pool import tune
-from core.registry import WHOLE_PORT
-from core.routing import (
+from waylay.agent import h2_connection
+from waylay.agent.link import copy_to_mirrors
+from waylay.agent.upstream import Upstream
+from waylay.core.engine.detect import Protocol, detect, h2_server_preface
+from waylay.core.engine.filters import RequestView
+from waylay.core.engine.flow import FlowRecord, FlowRow, Verdict
+from waylay.core.engine.http1 import Http1Router
+from waylay.core.engine.observer import Http1Observer
+from waylay.core.engine.registry import WHOLE_PORT
+from waylay.core.engine.routing import (
     Event,
     LocalAborted,
     LocalData,
@@ -46,16 +45,17 @@ from core.routing import (
     Route,
     StealStart,
 )
+from waylay.core.system.pool import tune
 
 if TYPE_CHECKING:
-    from agent.link import MirrorStream, Stream
-    from agent.worker import Agent
+    from waylay.agent.link import MirrorStream, Stream
+    from waylay.agent.worker import Agent
 
 SO_ORIGINAL_DST = 80  # linux/netfilter_ipv4.h
 # Bytes written to a peer before the other side stops being read: the per-connection
 # buffer bound in each direction.
 WRITE_HIGH_WATER = 256 * 1024
-# Bytes of a connection's start kept while its protocol is not yet known (core.detect
+# Bytes of a connection's start kept while its protocol is not yet known (waylay.core.engine.detect
 # decides within a few bytes; this only bounds a peer that never completes a line).
 MAX_DETECT_BYTES = 64 * 1024
 
@@ -74,10 +74,10 @@ class Mode(enum.Enum):
     """What a connection turned out to be; DETECT until its first bytes say."""
 
     DETECT = "detect"
-    HTTP = "http"  # routed per request by core.http1
+    HTTP = "http"  # routed per request by waylay.core.engine.http1
     RELAY = "relay"  # not HTTP: bytes to the original app untouched
     WHOLE = "whole"  # an unfiltered steal: the whole connection is the session's
-    H2 = "h2"  # handed to agent.h2_connection
+    H2 = "h2"  # handed to waylay.agent.h2_connection
     CLOSED = "closed"
 
 
@@ -92,7 +92,7 @@ class InterceptedConnection(asyncio.Protocol):
     """One connection a remote client made to an intercepted port.
 
     It is the engine's ``Http1Sink`` (commands arrive as calls), an ``UpstreamOwner`` (the
-    original app's side) and a ``StreamOwner`` of ``agent.link`` (the session's side).
+    original app's side) and a ``StreamOwner`` of ``waylay.agent.link`` (the session's side).
     """
 
     # Slots: an idle keep-alive connection should cost little (bench/ measures it).
@@ -292,7 +292,7 @@ class InterceptedConnection(asyncio.Protocol):
         self._after_router()
 
     def _start_h2(self, head: bytes) -> None:
-        """HTTP/2 prior knowledge: routed per stream by ``agent.h2_connection``, which opens
+        """HTTP/2 prior knowledge: routed per stream by ``waylay.agent.h2_connection``, which opens
         its own upstream connection (h2 state cannot ride a pooled HTTP/1.1 one)."""
         self.mode = Mode.H2
         self.drop_upstream(reusable=not self._up_sent)
@@ -549,7 +549,7 @@ class InterceptedConnection(asyncio.Protocol):
         slows this connection down."""
         self._mirrors = copy_to_mirrors(self._mirrors, data)
 
-    # --- the session's side (StreamOwner of agent.link) -------------------------------
+    # --- the session's side (StreamOwner of waylay.agent.link) -------------------------------
 
     def on_local(self, event: Event) -> None:
         """An event from the session that owns the stolen request in flight."""

@@ -43,7 +43,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from core.errors import PrivilegeError, WaylayError
+from waylay.core.engine.errors import PrivilegeError, WaylayError
 
 PASSTHROUGH_MARK = 0x2000
 """SO_MARK the agent sets on its own upstream sockets; the chain RETURNs on it."""

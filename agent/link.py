@@ -23,12 +23,19 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from core.errors import ConfigError
-from core.filters import compile_http_filter
-from core.flow import MirrorResult
-from core.registry import Subscription, SubscriptionRefused
-from core.routing import Event, LocalAborted, LocalData, LocalEnd, LocalResponse, LocalTrailers
-from core.wire import (
+from waylay.core.engine.errors import ConfigError
+from waylay.core.engine.filters import compile_http_filter
+from waylay.core.engine.flow import MirrorResult
+from waylay.core.engine.registry import Subscription, SubscriptionRefused
+from waylay.core.engine.routing import (
+    Event,
+    LocalAborted,
+    LocalData,
+    LocalEnd,
+    LocalResponse,
+    LocalTrailers,
+)
+from waylay.core.engine.wire import (
     DEFAULT_RESPONSE_TIMEOUT_S,
     Data,
     End,
@@ -59,8 +66,8 @@ from core.wire import (
 )
 
 if TYPE_CHECKING:
-    from agent.worker import Agent
-    from core.flow import FlowRecord, FlowRow
+    from waylay.agent.worker import Agent
+    from waylay.core.engine.flow import FlowRecord, FlowRow
 
 log = logging.getLogger("waylay.agent")
 
@@ -175,7 +182,7 @@ _Head = tuple[int, int, str, str, str, tuple[tuple[str, str], ...], str, int | N
 
 class StreamOwner(Protocol):
     """The connection a stolen stream belongs to: an ``InterceptedConnection``, or one
-    stream of an HTTP/2 connection (``agent.h2_connection``)."""
+    stream of an HTTP/2 connection (``waylay.agent.h2_connection``)."""
 
     peer: str
 

@@ -1,6 +1,6 @@
-"""`waylay agent` (also `python -m agent`): the agent's command line.
+"""`waylay agent` (also `python -m waylay.agent`): the agent's command line.
 
-Without ``--worker`` this process is the guard (``agent.guard``): it installs the iptables
+Without ``--worker`` this process is the guard (``waylay.agent.guard``): it installs the iptables
 chain, starts itself again as the worker with ``--worker --chain NAME``, and removes the
 chain whenever the worker ends. The session token comes from the environment, never argv
 (argv is visible to every user in ``ps``).
@@ -13,10 +13,10 @@ import ipaddress
 import os
 from collections.abc import Sequence
 
-from agent.guard import run_guard
-from agent.worker import emit, run_worker
-from core.errors import EXIT_USAGE, WaylayError
-from core.interpreter import clean_environment, python_command
+from waylay.agent.guard import run_guard
+from waylay.agent.worker import emit, run_worker
+from waylay.core.engine.errors import EXIT_USAGE, WaylayError
+from waylay.core.system.interpreter import clean_environment, python_command
 
 DEFAULT_TTL_S = 30.0
 
@@ -83,15 +83,15 @@ def main(argv: Sequence[str] | None = None) -> int:
               "message": f"no session token: set the environment variable {args.token_env}"})
         return EXIT_USAGE
     if args.enter_container:
-        from agent.container_relay import run_container_relay
+        from waylay.agent.container_relay import run_container_relay
 
         return run_container_relay(container_id=args.enter_container, listen=args.listen,
                                    token_env=args.token_env, ttl=args.ttl)
     if args.worker:
         return run_worker(token=token, chain=args.chain, listen=args.listen,
                           proxy_port=args.proxy_port, ttl=args.ttl, linger=args.linger)
-    # Isolated like the guard itself (core.interpreter): the worker runs as root too.
-    worker_argv = [*python_command("agent"), "--worker", "--listen", args.listen,
+    # Isolated like the guard itself (waylay.core.system.interpreter): the worker runs as root too.
+    worker_argv = [*python_command("waylay.agent"), "--worker", "--listen", args.listen,
                    "--ttl", str(args.ttl), "--linger", str(args.linger),
                    "--proxy-port", str(args.proxy_port),
                    "--token-env", args.token_env]

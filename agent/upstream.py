@@ -7,7 +7,7 @@ reaches the app instead of coming back to the agent.
 HTTP/1.1 and relayed connections use ``Upstream``, an ``asyncio.Protocol`` that hands
 every callback to its current owner (the ``InterceptedConnection`` it serves) with no task
 or stream in between, and ``UpstreamPool`` keeps idle ones for the next owner. HTTP/2
-opens marked connections of its own (``agent.h2_connection``: its state cannot be pooled).
+opens marked connections of its own (``waylay.agent.h2_connection``: its state cannot be pooled).
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import time
 from collections import deque
 from typing import Protocol, cast
 
-from agent.iptables import PASSTHROUGH_MARK
-from core.pool import (
+from waylay.agent.iptables import PASSTHROUGH_MARK
+from waylay.core.system.pool import (
     CONNECT_TIMEOUT_S,
     IDLE_TIMEOUT_S,
     MAX_IDLE_PER_DESTINATION,
@@ -157,7 +157,7 @@ async def connect_upstream(destination: Destination,
 class UpstreamPool:
     """Idle ``Upstream`` connections by destination, most recently used first (the least
     likely to have been closed by the app); idle ones expire before common keep-alive
-    timeouts (``core.pool.IDLE_TIMEOUT_S``)."""
+    timeouts (``waylay.core.system.pool.IDLE_TIMEOUT_S``)."""
 
     def __init__(self) -> None:
         self._idle: dict[Destination, deque[Upstream]] = {}

@@ -1,6 +1,6 @@
 """The agent worker: listeners, sessions, subscriptions and the redirect rules they need.
 
-It runs under ``agent.guard``, which installed the (empty) iptables chain named by
+It runs under ``waylay.agent.guard``, which installed the (empty) iptables chain named by
 ``--chain`` and removes it whenever this process ends. The worker only adds and removes
 the REDIRECT rule of each subscribed port; a filter change never touches iptables.
 
@@ -24,19 +24,19 @@ import traceback
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
-from agent.interception import serve_connection
-from agent.iptables import Redirector
-from agent.link import ClientLink, MirrorStream, Stream
-from agent.upstream import upstream_pool
-from core.flow import FlowRecord, FlowRow, MirrorResult, Verdict
-from core.local_targets import listening_ports, parse_proc_net_tcp
-from core.registry import Registry, Subscription
-from core.wire import ConnectionStart, Notice, headers_to_wire
+from waylay.agent.interception import serve_connection
+from waylay.agent.iptables import Redirector
+from waylay.agent.link import ClientLink, MirrorStream, Stream
+from waylay.agent.upstream import upstream_pool
+from waylay.core.engine.flow import FlowRecord, FlowRow, MirrorResult, Verdict
+from waylay.core.engine.registry import Registry, Subscription
+from waylay.core.engine.wire import ConnectionStart, Notice, headers_to_wire
+from waylay.core.system.local_targets import listening_ports, parse_proc_net_tcp
 
 if TYPE_CHECKING:
-    from agent.interception import InterceptedConnection
-    from agent.link import StreamOwner
-    from core.routing import MirrorStart, StealStart
+    from waylay.agent.interception import InterceptedConnection
+    from waylay.agent.link import StreamOwner
+    from waylay.core.engine.routing import MirrorStart, StealStart
 
 
 # Unanswered mirror copies per session before new ones are dropped: bounds the agent's
@@ -394,7 +394,7 @@ class Agent:
     async def serve(self, listen: str, proxy_port: int) -> None:
         """Serve until the TTL, the last session leaving, or a signal. ``listen`` is
         ``unix:PATH`` (local targets) or ``tcp:127.0.0.1:PORT`` (in a pod, reached by the
-        API server's port-forward; loopback only, checked by ``agent.main``)."""
+        API server's port-forward; loopback only, checked by ``waylay.agent.main``)."""
         loop = asyncio.get_running_loop()
         redirect_server = await loop.create_server(
             lambda: serve_connection(self), host="0.0.0.0", port=proxy_port,

@@ -8,8 +8,8 @@ namespace's own address (docs/architecture.md §5), many streams per connection:
 1. **direct**: h2load straight at nginx:80.
 2. **waylay agent**: ``waylay run -t netns/NS -p 80:LOCAL`` with a header filter that no
    request matches: port 80 is REDIRECTed to the agent, which routes every h2 stream
-   (``core.h2_router``) and passes it through to nginx on its own upstream h2 connection.
-   h2load hits the very same URL as in (1).
+   (``waylay.core.engine.h2_router``) and passes it through to nginx on its own upstream h2
+   connection. h2load hits the very same URL as in (1).
 
 The issue's first target: through the agent, at least ``TARGET_RATIO`` of the direct
 throughput, with no failed request.
@@ -215,14 +215,14 @@ _READ_LEAVES = ("recv (libc", "read (libc", "_read_ready (")
 _BREAKDOWN: tuple[tuple[str, _Rule], ...] = (
     ("socket writes (the syscall, and waiting for the CPU after it woke the peer)",
      lambda frames: frames[-1].startswith(_WRITE_LEAVES)),
-    ("HPACK (hpack, core/h2_codec.py)",
+    ("HPACK (hpack, core/engine/h2_codec.py)",
      lambda frames: any("hpack/" in f or "h2_codec.py" in f for f in frames)),
     ("the h2 package (frames, stream states, windows)",
      lambda frames: any("h2/" in f or "hyperframe/" in f for f in frames)),
     ("flow records sent to the session (Agent.record)",
      lambda frames: any(f.startswith("Agent.record (") for f in frames)),
     ("the HTTP filter (decide)",
-     lambda frames: any("core/filters.py" in f or "registry.py" in f for f in frames)),
+     lambda frames: any("core/engine/filters.py" in f or "registry.py" in f for f in frames)),
     ("HTTP/2 router (core/h2_*.py, own code)",
      lambda frames: any("core/h2_" in f for f in frames)),
     ("the driver (agent/h2_connection.py, own code)",

@@ -3,8 +3,8 @@
     .venv/bin/python bench/parsers.py            # a few seconds
     .venv/bin/python bench/parsers.py --json
 
-The agent keeps its own strict parser (``core/http1_framing.py``, with the fast lane's
-recognisers in ``core/http1_simple.py``) rather than llhttp through httptools. This
+The agent keeps its own strict parser (``core/engine/http1_framing.py``, with the fast lane's
+recognisers in ``core/engine/http1_simple.py``) rather than llhttp through httptools. This
 measures the price of that choice per message, against httptools (Node's llhttp, the
 parser under uvicorn) and h11 (the oracle of what is valid) on the same heads: a wrk-style
 GET, a browser-style GET, and an nginx response. Read the figures next to the agent's
@@ -26,8 +26,8 @@ from collections.abc import Callable
 import h11
 import httptools
 
-from core.http1_framing import BodyReader, parse_request_head, parse_response_head
-from core.http1_simple import simple_request, simple_response
+from waylay.core.engine.http1_framing import BodyReader, parse_request_head, parse_response_head
+from waylay.core.engine.http1_simple import simple_request, simple_response
 
 WRK_GET = b"GET / HTTP/1.1\r\nHost: 10.200.0.2\r\n\r\n"
 BROWSER_GET = (
@@ -103,19 +103,19 @@ def _general_response(data: bytes) -> Callable[[], object]:
 def cases() -> dict[str, dict[str, Callable[[], object]]]:
     return {
         "wrk GET (1 field)": {
-            "waylay fast lane (core.http1_simple)": lambda: simple_request(WRK_GET),
+            "waylay fast lane (waylay.core.engine.http1_simple)": lambda: simple_request(WRK_GET),
             "waylay general parser": lambda: parse_request_head(bytearray(WRK_GET)),
             "httptools (llhttp)": _httptools_request(WRK_GET),
             "h11": _h11(WRK_GET, h11.SERVER),
         },
         "browser GET (8 fields)": {
-            "waylay fast lane (core.http1_simple)": lambda: simple_request(BROWSER_GET),
+            "waylay fast lane (engine.http1_simple)": lambda: simple_request(BROWSER_GET),
             "waylay general parser": lambda: parse_request_head(bytearray(BROWSER_GET)),
             "httptools (llhttp)": _httptools_request(BROWSER_GET),
             "h11": _h11(BROWSER_GET, h11.SERVER),
         },
         "nginx 200 with body (5 fields)": {
-            "waylay fast lane (core.http1_simple)": lambda: simple_response(NGINX_OK, "GET"),
+            "waylay fast lane (engine.http1_simple)": lambda: simple_response(NGINX_OK, "GET"),
             "waylay general parser": _general_response(NGINX_OK),
             "httptools (llhttp)": _httptools_response(NGINX_OK),
             "h11": _h11(NGINX_OK, h11.CLIENT),

@@ -321,7 +321,7 @@ class Waylay:
     warnings: list[str] = dataclasses.field(default_factory=list)
 
     def worker_pid(self) -> int | None:
-        """The agent worker (``python -m agent --worker``) running in the namespace."""
+        """The agent worker (``python -m waylay.agent --worker``) running in the namespace."""
         for pid in namespace_pids(self.ns):
             argv = _cmdline(pid)
             if "agent" in argv and "--worker" in argv:
@@ -401,7 +401,8 @@ def waylay_passthrough(ns: str, ns_ip: str, workdir: Path,
 
 
 def _frame_name(frame: str) -> str:
-    """``handle (core/http1.py:123)`` -> ``handle (core/http1.py)``: one entry per function."""
+    """``handle (core/engine/http1.py:123)`` -> ``handle (core/engine/http1.py)``: one entry per
+    function."""
     return re.sub(r":\d+\)$", ")", frame)
 
 
@@ -412,7 +413,7 @@ _Rule = Callable[[list[str]], bool]
 _BREAKDOWN: tuple[tuple[str, _Rule], ...] = (
     ("socket writes (the syscall, and waiting for the CPU after it woke the peer)",
      lambda frames: frames[-1].startswith(_WRITE_LEAVES)),
-    ("HTTP/1.1 engine (core.http1 with h11, the filter)",
+    ("HTTP/1.1 engine (waylay.core.engine.http1 with h11, the filter)",
      lambda frames: any(f.startswith("Http1Router.handle (") for f in frames)),
     ("flow records sent to the session (Agent.record)",
      lambda frames: any(f.startswith("Agent.record (") for f in frames)),

@@ -3,9 +3,9 @@
     .venv/bin/python bench/tui_lag.py                    # 1,000 requests/s for 10 s
     .venv/bin/python bench/tui_lag.py --rate 5000 --duration 20 --editor
 
-The real app (``tui.app.WaylayApp``, headless via ``App.run_test`` at 160x45) attaches
-through the real session interface: a ``core.session.Session`` whose link is served by
-``tui.fake_agent.FakeAgent`` from its own thread (as an agent runs in its own process),
+The real app (``waylay.tui.app.WaylayApp``, headless via ``App.run_test`` at 160x45) attaches
+through the real session interface: a ``waylay.core.client.session.Session`` whose link is served by
+``waylay.tui.fake_agent.FakeAgent`` from its own thread (as an agent runs in its own process),
 sending flow records in the agent's batches (at most 200 records or 50 ms per frame). So
 every event goes through the session's decoder and ``on_event`` into the dashboard's
 client, its coalesced batches, the store, the table and the stats, exactly as with a real
@@ -56,9 +56,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from textual import events
 
-from core.config import parse_config
-from tui.app import WaylayApp
-from tui.fake_agent import FakeAgent, synthetic
+from waylay.core.engine.config import parse_config
+from waylay.tui.app import WaylayApp
+from waylay.tui.fake_agent import FakeAgent, synthetic
 
 CONFIG = ('{"feature": {"network": {"incoming": {"mode": "steal", '
           '"http_filter": {"header_filter": "^x-user: alice$"}}}}}')

@@ -10,7 +10,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from core.errors import EXIT_USAGE, UsageError, WaylayError
+from waylay.core.engine.errors import EXIT_USAGE, UsageError, WaylayError
 
 
 def _port_spec(text: str) -> tuple[int, int | None]:
@@ -126,26 +126,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     if args_list[:1] == ["agent"]:
         # The agent parses its own flags; it is what launchers start in the namespace.
-        from agent.main import main as agent_main
+        from waylay.agent.main import main as agent_main
 
         return agent_main(args_list[1:])
     parser = build_parser()
     args = parser.parse_args(args_list)
     try:
         if args.command == "run":
-            from cli.run import run_command
+            from waylay.cli.run import run_command
 
             return run_command(args)
         if args.command == "ui":
-            from cli.ui import ui_command
+            from waylay.cli.ui import ui_command
 
             return ui_command(args)
         if args.command == "demo":
-            from cli.demo.runner import demo_command
+            from waylay.cli.demo.runner import demo_command
 
             return demo_command(args)
         if args.command == "targets":
-            from cli.targets import targets_command
+            from waylay.cli.targets import targets_command
 
             return targets_command(args)
         parser.print_help(sys.stderr)

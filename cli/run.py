@@ -11,10 +11,10 @@ import sys
 from collections.abc import Callable, Coroutine
 from typing import IO, Any
 
-from core.attach import Attachment, attach
-from core.config import Config, Mode, default_config, load_config
-from core.errors import AgentError, UsageError, WaylayError
-from core.target import parse_target
+from waylay.core.client.attach import Attachment, attach
+from waylay.core.engine.config import Config, Mode, default_config, load_config
+from waylay.core.engine.errors import AgentError, UsageError, WaylayError
+from waylay.core.engine.target import parse_target
 
 # One encoder for every line (json.dumps with options builds a new one per call).
 _JSON = json.JSONEncoder(separators=(",", ":"))

@@ -20,10 +20,10 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from core.errors import WaylayError
-from core.kube_inventory import Inventory, pod_target, workload_target
-from core.kube_model import ContainerInfo
-from core.local_targets import LocalTarget, list_local_targets
+from waylay.core.engine.errors import WaylayError
+from waylay.core.kube.inventory import Inventory, pod_target, workload_target
+from waylay.core.kube.model import ContainerInfo
+from waylay.core.system.local_targets import LocalTarget, list_local_targets
 
 # A pod's containers column shows this many characters; the rest is in --json.
 _CONTAINERS_MAX = 60
@@ -62,8 +62,8 @@ def targets_command(args: argparse.Namespace) -> int:
 def _kubernetes(context: str | None, namespace: str | None, *,
                 explicit: bool) -> KubeResult:
     # The client loads slowly; only `targets` and Kubernetes sessions need it.
-    from core.kube_api import KubeApi, list_contexts
-    from core.kube_discovery import snapshot
+    from waylay.core.kube.api import KubeApi, list_contexts
+    from waylay.core.kube.discovery import snapshot
 
     if not explicit and not list_contexts():
         print("waylay: no Kubernetes config (KUBECONFIG or ~/.kube/config): local targets "

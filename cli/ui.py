@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from core.config import default_config, load_config
-from core.target import parse_target
+from waylay.core.engine.config import default_config, load_config
+from waylay.core.engine.target import parse_target
 
 
 def ui_command(args: argparse.Namespace) -> int:
@@ -16,7 +16,7 @@ def ui_command(args: argparse.Namespace) -> int:
     if target:
         parse_target(target, namespace=config.namespace)  # a bad target fails before the UI
     # Textual is imported only here: `waylay run` and the agent never load it.
-    from tui.app import WaylayApp
+    from waylay.tui.app import WaylayApp
 
     app = WaylayApp(target=target, config=config, config_path=args.config,
                     cli_ports=dict(args.port), ttl=float(config.agent.ttl),

@@ -1,1 +1,3 @@
-"""waylay core: the shared engine (sans-I/O protocol logic) and its asyncio drivers."""
+"""waylay core, in rooms by job: ``engine`` (sans-I/O protocol logic), ``system`` (this
+machine: processes, sockets, namespaces), ``client`` (a session's asyncio drivers) and
+``kube`` (the Kubernetes client). docs/architecture.md §1 gives the rules between them."""

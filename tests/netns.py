@@ -27,7 +27,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from agent.iptables import CommandRunner, subprocess_runner
+from waylay.agent.iptables import CommandRunner, subprocess_runner
 
 _counter = itertools.count()
 # 10.200.0.0/16 holds 16384 /30 subnets; each veth_pair takes one that is free on the host.

@@ -1,1 +1,1 @@
-"""waylay dashboard (Textual). It talks to agents only through core.session."""
+"""waylay dashboard (Textual). It talks to agents only through waylay.core.client.session."""

@@ -2,14 +2,14 @@
 
 Theory of operation. The app owns the data (``FlowStore`` and its ``FlowView``, the rate
 buckets) and one :class:`SessionClient`, the only thing that does network work. The client
-reports through messages (``tui.messages``); handlers here fold them into the data and
+reports through messages (``waylay.tui.messages``); handlers here fold them into the data and
 tell the widgets what changed. Blocking work (listing targets, reading and writing files,
 judging a filter over recent traffic) runs in thread workers whose results come back with
 ``call_from_thread``. Nothing here imports ``agent``.
 
 Every I/O seam can be replaced for tests, benchmarks and screenshots: ``attach_fn`` (a
-``core.attach.attach`` look-alike, e.g. ``tui.fake_agent.FakeAgent.attach``),
-``targets_source``, ``kube`` (a ``tui.kube_browser.KubeBrowser`` with its own seams) and
+``waylay.core.client.attach.attach`` look-alike, e.g. ``waylay.tui.fake_agent.FakeAgent.attach``),
+``targets_source``, ``kube`` (a ``waylay.tui.kube_browser.KubeBrowser`` with its own seams) and
 ``clock``.
 """
 
@@ -32,33 +32,39 @@ from textual.screen import Screen
 from textual.timer import Timer
 from textual.widgets import Footer, Header, Input
 
-from core.config import Config, IncomingConfig, Mode, default_config
-from core.errors import WaylayError
-from core.local_targets import LocalTarget, list_local_targets
-from core.target import Target, parse_target
-from tui.client import AttachFn, SessionClient
-from tui.commands import waylay_commands
-from tui.detail import DetailScreen
-from tui.dialogs import HelpScreen, ModeScreen, PortsScreen
-from tui.file_actions import FileActions
-from tui.filter_editor import FilterEditor
-from tui.flows import CAPACITY, REQUEST_TYPES, FlowRow, FlowStore, FlowView, RowQuery
-from tui.kube_browser import KubeBrowser
-from tui.kube_tree import kube_place
-from tui.messages import SessionEnded, SessionProgress, SessionState, TrafficBatch, UpdateResult
-from tui.notices import NoticeGate, Toast
-from tui.preview import PREVIEW_WINDOW, Plan, Preview, preview_steps
-from tui.rates import RateBuckets
-from tui.session_bar import BarState, SessionBar
-from tui.stats_panel import LogPanel, StatsPanel
-from tui.targets_pane import TargetsPane
-from tui.traffic_table import TrafficTable
+from waylay.core.engine.config import Config, IncomingConfig, Mode, default_config
+from waylay.core.engine.errors import WaylayError
+from waylay.core.engine.target import Target, parse_target
+from waylay.core.system.local_targets import LocalTarget, list_local_targets
+from waylay.tui.client import AttachFn, SessionClient
+from waylay.tui.commands import waylay_commands
+from waylay.tui.detail import DetailScreen
+from waylay.tui.dialogs import HelpScreen, ModeScreen, PortsScreen
+from waylay.tui.file_actions import FileActions
+from waylay.tui.filter_editor import FilterEditor
+from waylay.tui.flows import CAPACITY, REQUEST_TYPES, FlowRow, FlowStore, FlowView, RowQuery
+from waylay.tui.kube_browser import KubeBrowser
+from waylay.tui.kube_tree import kube_place
+from waylay.tui.messages import (
+    SessionEnded,
+    SessionProgress,
+    SessionState,
+    TrafficBatch,
+    UpdateResult,
+)
+from waylay.tui.notices import NoticeGate, Toast
+from waylay.tui.preview import PREVIEW_WINDOW, Plan, Preview, preview_steps
+from waylay.tui.rates import RateBuckets
+from waylay.tui.session_bar import BarState, SessionBar
+from waylay.tui.stats_panel import LogPanel, StatsPanel
+from waylay.tui.targets_pane import TargetsPane
+from waylay.tui.traffic_table import TrafficTable
 
 # While the filter editor is open, new traffic re-runs the preview at most this often.
 PREVIEW_REFRESH_S = 0.5
 # The table search is re-run this long after the last keystroke (a rebuild is O(rows)).
 SEARCH_DEBOUNCE_S = 0.15
-# How long a toast about an agent error or warning stays (how many: tui.notices).
+# How long a toast about an agent error or warning stays (how many: waylay.tui.notices).
 NOTIFY_TIMEOUT_S = 6.0
 # Full collections after this many collections of the middle generation, in the process
 # that runs the dashboard (CPython's default is 10). See _freeze_startup_objects.
@@ -326,7 +332,7 @@ class WaylayApp(FileActions, App[int]):
 
     def _notices(self, notices: list[dict[str, Any]]) -> None:
         # Each one is logged and counted; toasts go through the gate (a flood of errors
-        # becomes a few toasts and one summary per window, tui.notices).
+        # becomes a few toasts and one summary per window, waylay.tui.notices).
         now = self.clock()
         for event in notices:
             level = str(event.get("type"))

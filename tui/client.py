@@ -2,8 +2,8 @@
 
 Theory of operation. :class:`SessionClient` runs at most one session at a time, in one
 named asyncio task it owns (``start`` / ``shutdown``). It talks to the agent only through
-``core.attach`` (docs/architecture.md §1), exactly as ``waylay run`` does, and to the app only by
-posting the messages of ``tui.messages``; it never touches a widget.
+``waylay.core.client.attach`` (docs/architecture.md §1), exactly as ``waylay run`` does, and to the
+app only by posting the messages of ``waylay.tui.messages``; it never touches a widget.
 
 The engine calls ``on_event`` on the event loop for every event. Those calls only append
 to a list; a timer posts the list as one :class:`TrafficBatch` a few times a second, so a
@@ -27,11 +27,17 @@ from typing import Any
 
 from textual.message import Message
 
-from core.attach import Attachment, attach
-from core.config import AgentConfig, IncomingConfig, Mode
-from core.errors import WaylayError
-from core.target import Target
-from tui.messages import SessionEnded, SessionProgress, SessionState, TrafficBatch, UpdateResult
+from waylay.core.client.attach import Attachment, attach
+from waylay.core.engine.config import AgentConfig, IncomingConfig, Mode
+from waylay.core.engine.errors import WaylayError
+from waylay.core.engine.target import Target
+from waylay.tui.messages import (
+    SessionEnded,
+    SessionProgress,
+    SessionState,
+    TrafficBatch,
+    UpdateResult,
+)
 
 AttachFn = Callable[..., Awaitable[Attachment]]
 

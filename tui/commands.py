@@ -7,11 +7,11 @@ from typing import TYPE_CHECKING
 
 from textual.app import SystemCommand
 
-from core.config import Mode
-from tui.dialogs import MODE_HELP
+from waylay.core.engine.config import Mode
+from waylay.tui.dialogs import MODE_HELP
 
 if TYPE_CHECKING:
-    from tui.app import WaylayApp
+    from waylay.tui.app import WaylayApp
 
 
 def waylay_commands(app: WaylayApp) -> Iterator[SystemCommand]:

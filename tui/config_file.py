@@ -1,6 +1,6 @@
 """Saving the dashboard's settings as a mirrord-format config file (blocking file I/O).
 
-Called from worker threads only. Loading is ``core.config.load_config``. Saving writes
+Called from worker threads only. Loading is ``waylay.core.engine.config.load_config``. Saving writes
 ``target`` and ``feature.network.incoming`` into the file, keeping every other key of an
 existing JSON or YAML file (the rest of a mirrord config); comments in a JSON file are
 not kept. The text is checked with the engine's own parser before it replaces the file
@@ -17,9 +17,9 @@ from typing import Any
 
 import yaml
 
-from core import jsonc
-from core.config import Config, IncomingConfig, Mode, parse_config
-from core.errors import ConfigError
+from waylay.core.engine import jsonc
+from waylay.core.engine.config import Config, IncomingConfig, Mode, parse_config
+from waylay.core.engine.errors import ConfigError
 
 _FORMATS = {".json": "json", ".jsonc": "json", ".yaml": "yaml", ".yml": "yaml",
             ".toml": "toml"}

@@ -26,10 +26,10 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Footer, Static
 
-from tui.cells import VERDICT_LABEL, fmt_duration, fmt_size, fmt_time
-from tui.export import request_url, to_curl
-from tui.flows import FlowRow
-from tui.preview import Plan, explain
+from waylay.tui.cells import VERDICT_LABEL, fmt_duration, fmt_size, fmt_time
+from waylay.tui.export import request_url, to_curl
+from waylay.tui.flows import FlowRow
+from waylay.tui.preview import Plan, explain
 
 # Larger bodies are shown cut: highlighting megabytes would stall the UI.
 BODY_SHOW_LIMIT = 64 * 1024

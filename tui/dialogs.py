@@ -15,8 +15,8 @@ from textual.screen import ModalScreen
 from textual.widgets import Input, Label, OptionList, SelectionList, Static
 from textual.widgets.option_list import Option
 
-from core.config import Mode
-from core.session import PortPlan
+from waylay.core.client.session import PortPlan
+from waylay.core.engine.config import Mode
 
 MODE_HELP = {
     Mode.STEAL: "your app answers: matching requests, or whole ports without a filter",

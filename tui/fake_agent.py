@@ -2,15 +2,15 @@
 
 Like httpx's ``MockTransport``, this ships with the package so that the dashboard's Pilot
 tests, the lag benchmark and the screenshot script run without root: ``FakeAgent``
-answers a *real* ``core.session.Session`` over a socket pair, from its own thread and
+answers a *real* ``waylay.core.client.session.Session`` over a socket pair, from its own thread and
 event loop (as a real agent runs in its own process), so everything on the dashboard's
-side (``core.attach.AttachedSession``, the session's decoder and ``on_event``, the
+side (``waylay.core.client.attach.AttachedSession``, the session's decoder and ``on_event``, the
 client, the app) is the real code.
 
 It follows the agent's rules where the dashboard can see them: a Subscribe on a live
 ``sub_id`` replaces mode and filter in place; modes it does not support are refused with
 an ``Error`` on the subscription (as an agent without mirror support does); requests on a
-subscribed port are routed by the engine's own filter (``core.filters``): taken whole
+subscribed port are routed by the engine's own filter (``waylay.core.engine.filters``): taken whole
 without a filter, else matched per request; everything else passes. Records carry what
 the engine's do, capture keys only for a session that asked for them. It never imports
 ``agent``. Traffic never touches a network: requests are synthetic flow records (but for
@@ -30,15 +30,15 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from core.attach import AttachedSession
-from core.config import AgentConfig, IncomingConfig
-from core.errors import ConfigError
-from core.filters import HttpFilter, RequestView, compile_http_filter
-from core.flow import row_from_event
-from core.registry import WHOLE_PORT, Registry, Subscription, SubscriptionRefused
-from core.session import EventSink, Session
-from core.target import Target
-from core.wire import (
+from waylay.core.client.attach import AttachedSession
+from waylay.core.client.session import EventSink, Session
+from waylay.core.engine.config import AgentConfig, IncomingConfig
+from waylay.core.engine.errors import ConfigError
+from waylay.core.engine.filters import HttpFilter, RequestView, compile_http_filter
+from waylay.core.engine.flow import row_from_event
+from waylay.core.engine.registry import WHOLE_PORT, Registry, Subscription, SubscriptionRefused
+from waylay.core.engine.target import Target
+from waylay.core.engine.wire import (
     MAX_PAYLOAD,
     End,
     Error,
@@ -118,7 +118,7 @@ class FakeAgent:
         self.fail_attach = fail_attach
         self.stopped = 0
         self.attaches = 0
-        # The agent's own routing rule (core.registry), so the fake routes as it does.
+        # The agent's own routing rule (waylay.core.engine.registry), so the fake routes as it does.
         self._registry = Registry(budget_s=FAKE_MATCH_BUDGET_S)
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
@@ -136,8 +136,8 @@ class FakeAgent:
                      clean_on_start: bool = False, capture: bool = False,
                      agent: AgentConfig | None = None,
                      kube_context: str | None = None) -> AttachedSession:
-        """Same signature and contract as ``core.attach.attach`` (every target is served
-        by this one fake agent; ``agent`` and ``kube_context`` change nothing here)."""
+        """Same signature and contract as ``waylay.core.client.attach.attach`` (every target is
+        served by this one fake agent; ``agent`` and ``kube_context`` change nothing here)."""
         progress = on_progress or (lambda _text: None)
         progress(f"starting the agent in {target}")
         if self.attach_delay_s:
@@ -239,7 +239,7 @@ class FakeAgent:
 
     def route(self, request: SyntheticRequest) -> dict[str, Any]:
         """The flow record the agent would report for ``request``, routed by the agent's
-        own rule (``core.registry``)."""
+        own rule (``waylay.core.engine.registry``)."""
         with self._lock:
             registry = self._registry
         verdict, matched = "passed", None

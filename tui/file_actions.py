@@ -1,6 +1,6 @@
 """Loading and saving the mirrord config, and exporting HAR: the app's file actions.
 
-A mixin of :class:`tui.app.WaylayApp`. Each action asks for a path (``PathScreen``) and
+A mixin of :class:`waylay.tui.app.WaylayApp`. Each action asks for a path (``PathScreen``) and
 does the file I/O in a thread worker; results and errors come back as notifications.
 """
 
@@ -14,14 +14,14 @@ from typing import Any
 from textual import work
 from textual.app import App
 
-from core.config import Config, IncomingConfig, load_config
-from core.errors import WaylayError
-from tui.client import SessionClient
-from tui.config_file import save_config
-from tui.dialogs import PathScreen
-from tui.export import write_har
-from tui.flows import FlowView
-from tui.session_bar import BarState
+from waylay.core.engine.config import Config, IncomingConfig, load_config
+from waylay.core.engine.errors import WaylayError
+from waylay.tui.client import SessionClient
+from waylay.tui.config_file import save_config
+from waylay.tui.dialogs import PathScreen
+from waylay.tui.export import write_har
+from waylay.tui.flows import FlowView
+from waylay.tui.session_bar import BarState
 
 
 def _version() -> str:

@@ -2,8 +2,8 @@
 
 The editor edits a :class:`FilterDraft`: a kind (no filter, one of mirrord's three single
 filters, or an ``any_of`` / ``all_of`` list of clauses) plus ``http_filter.ports``. A
-draft compiles with the engine's own :func:`core.filters.compile_http_filter`, so what the
-editor accepts is exactly what a config file would; an error names the field it is about
+draft compiles with the engine's own :func:`waylay.core.engine.filters.compile_http_filter`, so what
+the editor accepts is exactly what a config file would; an error names the field it is about
 so the editor can mark that input.
 """
 
@@ -12,9 +12,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from core.config import IncomingConfig
-from core.errors import ConfigError
-from core.filters import HttpFilter, compile_http_filter
+from waylay.core.engine.config import IncomingConfig
+from waylay.core.engine.errors import ConfigError
+from waylay.core.engine.filters import HttpFilter, compile_http_filter
 
 NONE = "none"
 SINGLE_KINDS = ("header_filter", "path_filter", "method_filter")

@@ -19,8 +19,8 @@ from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.widgets import Button, Input, Label, Select, Static
 
-from core.config import IncomingConfig
-from tui.filter_draft import (
+from waylay.core.engine.config import IncomingConfig
+from waylay.tui.filter_draft import (
     CLAUSE_KINDS,
     GROUP_KINDS,
     KIND_LABELS,

@@ -2,7 +2,7 @@
 
 Theory of operation. :class:`KubeBrowser` does every blocking Kubernetes call of the
 dashboard in its own short-lived threads (reading the kubeconfig, listing namespaces) or
-in a ``core.kube_discovery.NamespaceWatcher`` (one namespace, watched). Results go back as
+in a ``waylay.core.kube.discovery.NamespaceWatcher`` (one namespace, watched). Results go back as
 the messages below through ``post`` (a widget's ``post_message``: thread-safe and
 non-blocking, so a watcher thread never waits for the UI). It never touches a widget.
 
@@ -21,13 +21,13 @@ from typing import TYPE_CHECKING
 
 from textual.message import Message
 
-from core.errors import WaylayError
-from core.kube_inventory import Inventory
-from core.kube_loading import load
+from waylay.core.engine.errors import WaylayError
+from waylay.core.kube.inventory import Inventory
+from waylay.core.system.loading import load
 
 if TYPE_CHECKING:
-    from core.kube_api import KubeApi, KubeContext
-    from core.kube_discovery import NamespaceWatcher
+    from waylay.core.kube.api import KubeApi, KubeContext
+    from waylay.core.kube.discovery import NamespaceWatcher
 
 # How long close() waits for the watcher's threads (their streams are aborted at once).
 CLOSE_WAIT_S = 1.0
@@ -141,7 +141,7 @@ class KubeBrowser:
             if self._contexts_source is not None:
                 found = self._contexts_source()
             else:
-                found = load("core.kube_discovery").contexts()
+                found = load("waylay.core.kube.discovery").contexts()
         except Exception as exc:  # a kubeconfig surprise must not break the dashboard
             self._send(KubeContextsLoaded([], f"cannot read the kubeconfig: {exc}"))
             return
@@ -149,7 +149,7 @@ class KubeBrowser:
 
     def _load_namespaces(self, context: str) -> None:
         try:
-            found = load("core.kube_discovery").namespaces(self._api(context))
+            found = load("waylay.core.kube.discovery").namespaces(self._api(context))
         except WaylayError as exc:
             self._send(KubeNamespacesLoaded(context, [], str(exc)))
             return
@@ -163,7 +163,7 @@ class KubeBrowser:
         if old is not None:
             old.stop()
         try:
-            watcher_class = load("core.kube_discovery").NamespaceWatcher
+            watcher_class = load("waylay.core.kube.discovery").NamespaceWatcher
             api = self._api(context)
         except WaylayError as exc:
             self._send(KubeWatchFailed(context, namespace, str(exc)))
@@ -189,7 +189,7 @@ class KubeBrowser:
             if self._api_factory is not None:
                 api = self._api_factory(context)
             else:
-                api = load("core.kube_api").KubeApi(context=context)
+                api = load("waylay.core.kube.api").KubeApi(context=context)
             with self._lock:
                 api = self._apis.setdefault(context, api)
         return api

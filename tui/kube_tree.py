@@ -18,14 +18,14 @@ from typing import TYPE_CHECKING
 from rich.text import Text
 from textual.widgets.tree import TreeNode
 
-from core.errors import UsageError
-from core.kube_inventory import Inventory, pod_target, workload_target
-from core.kube_model import PodInfo, WorkloadInfo
-from core.local_targets import LocalTarget
-from core.target import parse_target
+from waylay.core.engine.errors import UsageError
+from waylay.core.engine.target import parse_target
+from waylay.core.kube.inventory import Inventory, pod_target, workload_target
+from waylay.core.kube.model import PodInfo, WorkloadInfo
+from waylay.core.system.local_targets import LocalTarget
 
 if TYPE_CHECKING:
-    from core.kube_api import KubeContext  # the kubernetes client loads slowly
+    from waylay.core.kube.api import KubeContext  # the kubernetes client loads slowly
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -1,6 +1,6 @@
 """What the session client tells the app: Textual messages, one dataclass per fact.
 
-The client (``tui.client``) owns the network side; the app and widgets only react to these.
+The client (``waylay.tui.client``) owns the network side; the app and widgets only react to these.
 Traffic arrives coalesced: one :class:`TrafficBatch` carries every event of the last few
 hundred milliseconds, in order.
 """
@@ -12,8 +12,8 @@ from typing import Any
 
 from textual.message import Message
 
-from core.config import IncomingConfig
-from core.session import PortPlan
+from waylay.core.client.session import PortPlan
+from waylay.core.engine.config import IncomingConfig
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """What a filter would do: the live preview and the detail view's "why", by the engine's rules.
 
-Everything is decided by the engine's own code: ``core.session.plan_ports`` says which
+Everything is decided by the engine's own code: ``waylay.core.client.session.plan_ports`` says which
 ports a config intercepts and whether the filter applies there, and
 ``HttpFilter.evaluate`` says whether a request matches. The routing rules (docs/architecture.md §2)
 on top of that are the agent's: an intercepted port without a filter is taken whole; on a
@@ -18,9 +18,9 @@ from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from core.config import IncomingConfig, Mode
-from core.filters import HttpFilter, MatchResult, RequestView, compile_http_filter
-from core.session import PortPlan, plan_ports
+from waylay.core.client.session import PortPlan, plan_ports
+from waylay.core.engine.config import IncomingConfig, Mode
+from waylay.core.engine.filters import HttpFilter, MatchResult, RequestView, compile_http_filter
 
 # How many of the most recent requests the preview judges ("would steal 37 of 500").
 PREVIEW_WINDOW = 500

@@ -10,8 +10,8 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal
 from textual.widgets import Static
 
-from core.config import IncomingConfig, Mode
-from core.session import PortPlan
+from waylay.core.client.session import PortPlan
+from waylay.core.engine.config import IncomingConfig, Mode
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -11,7 +11,7 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal
 from textual.widgets import RichLog, Sparkline, Static
 
-from tui.rates import RateBuckets
+from waylay.tui.rates import RateBuckets
 
 # Lines the log panel keeps (RichLog drops the oldest beyond this).
 LOG_LINES = 1_000

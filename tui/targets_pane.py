@@ -1,14 +1,14 @@
 """The targets pane: local namespaces and processes, and Kubernetes, in one tree.
 
 The pane only shows what it is given: the app loads the local list in a worker thread
-(``show_targets``); a ``tui.kube_browser.KubeBrowser`` answers for Kubernetes with
+(``show_targets``); a ``waylay.tui.kube_browser.KubeBrowser`` answers for Kubernetes with
 messages. The Kubernetes branch loads lazily: expanding a context lists its namespaces,
 expanding a namespace watches it (collapsing it, or opening another, stops that), and the
 tree follows the watch live. ``/`` filters the tree; Enter on a target asks the app to
 start a session (``Chosen`` carries the Kubernetes context and namespace of the target).
 
 Started with a place in Kubernetes (``--context``, ``-n``, a Kubernetes ``-t``: a
-``tui.kube_tree.KubePlace``), the pane opens it by itself, one step per answer: once the
+``waylay.tui.kube_tree.KubePlace``), the pane opens it by itself, one step per answer: once the
 kubeconfig is read it expands that context (else the current one); once its namespaces
 are listed it opens that namespace (else the context's default), which starts its watch;
 once the watch first reports it puts the cursor on the target's node. A context or
@@ -33,15 +33,15 @@ from textual.message import Message
 from textual.widgets import Input, Tree
 from textual.widgets.tree import TreeNode
 
-from core.local_targets import LocalTarget
-from tui.kube_browser import (
+from waylay.core.system.local_targets import LocalTarget
+from waylay.tui.kube_browser import (
     KubeBrowser,
     KubeContextsLoaded,
     KubeInventoryChanged,
     KubeNamespacesLoaded,
     KubeWatchFailed,
 )
-from tui.kube_tree import (
+from waylay.tui.kube_tree import (
     KubePlace,
     KubeTreeState,
     TreeItem,

@@ -26,8 +26,8 @@ from textual.message import Message
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
-from tui.cells import cell_text, fit, layout
-from tui.flows import FlowRow, FlowView
+from waylay.tui.cells import cell_text, fit, layout
+from waylay.tui.flows import FlowRow, FlowView
 
 # Rendered lines kept: a few screens' worth, so scrolling back and forth near the
 # cursor re-renders nothing, while memory stays bounded whatever the row count. Not more:

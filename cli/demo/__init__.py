@@ -9,7 +9,8 @@ Theory of operation. ``runner`` puts together, each in a process of its own:
   recognisably differently (``X-Served-By: local-dev``, ``"served_by": "local"``);
 - a bounded traffic generator (``traffic``) that plays several users and a kubelet's
   probes against the sample, checks every answer and counts who served it;
-- a waylay session on the sample's namespace (``core.attach``), headless or through the
+- a waylay session on the sample's namespace (``waylay.core.client.attach``), headless or through
+the
   dashboard.
 
 ``checks`` turns the session's counts, the generator's report and the config into the

@@ -3,8 +3,8 @@
 The traffic generator reports, per request shape (user, method, target, headers as sent),
 how many answers came from the local dev app, how many from the remote shop, and how many
 failed. For each shape the config decides where its answers must come from, with the very
-filter the agent uses (``core.filters``): in steal mode, a request the filter takes (or
-every request, on a port stolen without a filter) must be answered by local-dev, any other
+filter the agent uses (``waylay.core.engine.filters``): in steal mode, a request the filter takes
+(or every request, on a port stolen without a filter) must be answered by local-dev, any other
 by the remote shop; in mirror and off modes the remote shop answers everything. The
 session's own counts must agree: stolen requests where some were expected, passed ones
 where some were expected, mirrored copies in mirror mode.
@@ -16,10 +16,10 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from cli.demo.traffic import PROBE_USER
-from core.config import IncomingConfig, Mode
-from core.filters import RequestView
-from core.session import SessionStats
+from waylay.cli.demo.traffic import PROBE_USER
+from waylay.core.client.session import SessionStats
+from waylay.core.engine.config import IncomingConfig, Mode
+from waylay.core.engine.filters import RequestView
 
 # Fewer answers than this and the demo did not show anything: not a success.
 MIN_ANSWERS: Final = 3

@@ -7,7 +7,7 @@ goes to a log file in the run's private directory and is quoted when it fails to
 The run's record (``RunRecord``) is a small JSON file in a directory only this user can
 read: the demo's pid and start time, its namespace and its children (pid and start time).
 A demo killed before it could clean up leaves its record behind, and the next demo uses it
-to remove what is left (``cli.demo.sandbox.clean_leftovers``). Start times guard against
+to remove what is left (``waylay.cli.demo.sandbox.clean_leftovers``). Start times guard against
 pid reuse: a pid is only ever signalled while it still names the process recorded.
 """
 
@@ -27,9 +27,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Final
 
-from core import agent_directory
-from core.errors import TargetError
-from core.interpreter import clean_environment
+from waylay.core.engine.errors import TargetError
+from waylay.core.system import agent_directory
+from waylay.core.system.interpreter import clean_environment
 
 # Bounds on waiting; none of them is a performance expectation.
 START_TIMEOUT_S: Final = 20.0

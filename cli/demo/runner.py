@@ -7,7 +7,7 @@ them (normal end, Ctrl-C, SIGTERM, SIGHUP, an error) passes through the tear-dow
    start the shop in its namespace (``sandbox.open_sandbox``) and the local dev app on
    127.0.0.1;
 2. run, either
-   - headless: attach a session (``core.attach``) with the config, remote port 80
+   - headless: attach a session (``waylay.core.client.attach``) with the config, remote port 80
      delivered to the local app; once it subscribed, start the traffic generator; print
      each event as a JSON line on stdout (as ``waylay run --events -``); stop after
      ``--seconds`` or a signal; then judge the run (``checks``), or
@@ -37,16 +37,16 @@ from collections.abc import Callable, Coroutine
 from types import FrameType
 from typing import Any, Final
 
-from cli.demo.checks import PROBLEMS_SHOWN, TrafficReport, judge, parse_report, view_lines
-from cli.demo.processes import Children, RunRecord, start_time
-from cli.demo.sandbox import SHOP_PORT, Sandbox, clean_leftovers, close_sandbox, open_sandbox
-from cli.demo.traffic import REQUEST_TIMEOUT_S, USERS
-from cli.run import EventWriter
-from core.attach import attach
-from core.config import Config, Mode, default_config, load_config
-from core.errors import AgentError, UsageError, WaylayError
-from core.interpreter import python_command
-from core.target import parse_target
+from waylay.cli.demo.checks import PROBLEMS_SHOWN, TrafficReport, judge, parse_report, view_lines
+from waylay.cli.demo.processes import Children, RunRecord, start_time
+from waylay.cli.demo.sandbox import SHOP_PORT, Sandbox, clean_leftovers, close_sandbox, open_sandbox
+from waylay.cli.demo.traffic import REQUEST_TIMEOUT_S, USERS
+from waylay.cli.run import EventWriter
+from waylay.core.client.attach import attach
+from waylay.core.engine.config import Config, Mode, default_config, load_config
+from waylay.core.engine.errors import AgentError, UsageError, WaylayError
+from waylay.core.engine.target import parse_target
+from waylay.core.system.interpreter import python_command
 
 EXIT_NOT_ROUTED: Final = 1
 EXIT_INTERRUPTED: Final = 130
@@ -101,7 +101,7 @@ def dashboard_unavailable() -> str | None:
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
         return "not a terminal, so no dashboard"
     try:
-        import tui.app  # noqa: F401  (Textual is loaded only for the dashboard)
+        import waylay.tui.app  # noqa: F401  (Textual is loaded only for the dashboard)
     except Exception as exc:
         return f"the dashboard is not available ({type(exc).__name__}: {exc})"
     return None
@@ -147,7 +147,7 @@ class Demo:
         self.record.save()
         self.sandbox = open_sandbox(self.children, progress)
         progress("starting the local dev version of the shop on 127.0.0.1 ...")
-        local = self.children.start([*python_command("cli.demo.local_app"),
+        local = self.children.start([*python_command("waylay.cli.demo.local_app"),
                                      "--owner-pid", str(os.getpid())], "the local dev app")
         self.local_port = self.children.wait_listening(local, "the local dev app")
         progress(f"the sample shop runs in {self.sandbox.description}; target "
@@ -170,7 +170,7 @@ class Demo:
         progress(f"starting the traffic generator ({', '.join(USERS)} and a kube-probe "
                  "every second) ...")
         self.generator = self.children.start(
-            [*self.sandbox.enter, *python_command("cli.demo.traffic"),
+            [*self.sandbox.enter, *python_command("waylay.cli.demo.traffic"),
              "--host", self.sandbox.shop_host, "--port", str(SHOP_PORT),
              "--seconds", f"{seconds:g}", "--owner-pid", str(os.getpid())],
             "the traffic generator")
@@ -270,7 +270,7 @@ class Demo:
     # --- the dashboard ------------------------------------------------------------------
 
     def _dashboard(self) -> int:
-        from tui.app import WaylayApp
+        from waylay.tui.app import WaylayApp
 
         assert self.sandbox is not None
         self._start_generator(self.seconds or DASHBOARD_SECONDS)

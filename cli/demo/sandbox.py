@@ -35,9 +35,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Final
 
-from cli.demo.processes import Children, RunRecord, demo_directory, same_process
-from core.errors import PrivilegeError, TargetError
-from core.interpreter import python_command
+from waylay.cli.demo.processes import Children, RunRecord, demo_directory, same_process
+from waylay.core.engine.errors import PrivilegeError, TargetError
+from waylay.core.system.interpreter import python_command
 
 NETNS_PREFIX: Final = "waylay-demo-"
 # A /16 the demo carves /30s from. Not one of the ranges Kubernetes, Docker or k3s use
@@ -85,7 +85,8 @@ def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 
 
 def _python_module(module: str) -> list[str]:
-    return python_command(module)  # isolated: the shop runs as root (core.interpreter)
+    # Isolated: the shop runs as root (waylay.core.system.interpreter).
+    return python_command(module)
 
 
 # --- making one --------------------------------------------------------------------------
@@ -123,7 +124,7 @@ def _open_named(children: Children, progress: Progress) -> Sandbox:
         sandbox.shop_host = ns_ip
         sandbox.description += f", reached over a veth pair at {ns_ip} (host side {host_ip})"
         shop = children.start([tool("ip", "iproute2"), "netns", "exec", name,
-                               *_python_module("cli.demo.shop"), "--port", str(SHOP_PORT),
+                               *_python_module("waylay.cli.demo.shop"), "--port", str(SHOP_PORT),
                                "--owner-pid", str(os.getpid())], "the sample shop")
         sandbox.shop_pid = shop.pid
         children.wait_listening(shop, "the sample shop")
@@ -141,7 +142,8 @@ def _open_user(children: Children, progress: Progress) -> Sandbox:
     tool("nsenter", "util-linux")
     tool("ip", "iproute2")
     shop = children.start([unshare, "--user", "--map-root-user", "--net",
-                           *_python_module("cli.demo.shop"), "--lo-up", "--host", "127.0.0.1",
+                           *_python_module("waylay.cli.demo.shop"), "--lo-up",
+                           "--host", "127.0.0.1",
                            "--port", str(SHOP_PORT), "--owner-pid", str(os.getpid())],
                           "the sample shop")
     sandbox = Sandbox(target=f"pid/{shop.pid}", shop_host="127.0.0.1", shop_pid=shop.pid,

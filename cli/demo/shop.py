@@ -12,7 +12,7 @@ Endpoints (every JSON body carries ``"served_by"``, every answer ``X-Served-By``
 ``GET /api/reports/sales``  200 after a deliberate delay (a slow endpoint)
 ==========================  ==========================================================
 
-Run as ``python -m cli.demo.shop --port 80`` (inside the sample's namespace); it prints
+Run as ``python -m waylay.cli.demo.shop --port 80`` (inside the sample's namespace); it prints
 ``LISTENING <port>`` once it accepts connections, and exits on SIGTERM / SIGINT or when
 its owner (``--owner-pid``) dies. ``--lo-up`` first brings up ``lo`` (a fresh network
 namespace has it down).
@@ -33,8 +33,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from cli.demo.http_io import Request, Response, serve
-from cli.demo.lifetime import wait_for_end
+from waylay.cli.demo.http_io import Request, Response, serve
+from waylay.cli.demo.lifetime import wait_for_end
 
 USERS: Final = {1: "alice", 2: "bob", 3: "carol", 4: "dave", 5: "erin", 13: "mallory"}
 CATALOGUE: Final = ("espresso beans", "grinder", "milk jug", "filter papers", "kettle")

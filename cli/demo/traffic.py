@@ -16,7 +16,7 @@ report) on stdout.
 
 Bounded: it stops after ``--seconds`` (at most MAX_SECONDS), after MAX_REQUESTS, on
 SIGTERM / SIGINT, or when its owner dies; requests in flight then get REQUEST_TIMEOUT_S.
-Run as ``python -m cli.demo.traffic --host H --port P --seconds N``.
+Run as ``python -m waylay.cli.demo.traffic --host H --port P --seconds N``.
 """
 
 from __future__ import annotations
@@ -32,9 +32,9 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Final
 
-from cli.demo.http_io import Headers, HttpClient, HttpFailure, Response
-from cli.demo.lifetime import wait_for_end
-from cli.demo.shop import BROKEN_USER, CATALOGUE
+from waylay.cli.demo.http_io import Headers, HttpClient, HttpFailure, Response
+from waylay.cli.demo.lifetime import wait_for_end
+from waylay.cli.demo.shop import BROKEN_USER, CATALOGUE
 
 USERS: Final = ("alice", "bob", "carol", "dave")
 PROBE_USER: Final = "kube-probe"

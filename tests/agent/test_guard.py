@@ -16,10 +16,10 @@ from typing import Any, TypeVar
 
 import pytest
 
-import agent.guard as guard
-from agent.guard import run_guard
-from agent.iptables import FakeIptables, IptablesError, Redirector, find_chains
+import waylay.agent.guard as guard
 from tests.netns import have_root_netns, nat_rules, netns, ns_popen, ns_runner
+from waylay.agent.guard import run_guard
+from waylay.agent.iptables import FakeIptables, IptablesError, Redirector, find_chains
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -45,7 +45,7 @@ time.sleep(60)
 # The guard as the agent entrypoint runs it: events as JSON lines on stdout.
 GUARD = """
 import json, sys
-import agent.guard as guard
+import waylay.agent.guard as guard
 guard.KILL_GRACE_S = float(sys.argv[3])
 rc = guard.run_guard(
     json.loads(sys.argv[1]),

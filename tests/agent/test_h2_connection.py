@@ -22,9 +22,9 @@ from h2.events import (
     TrailersReceived,
 )
 
-from agent.h2_connection import H2Interception, serve_h2, start_h2
-from core.filters import RequestView
-from core.routing import (
+from waylay.agent.h2_connection import H2Interception, serve_h2, start_h2
+from waylay.core.engine.filters import RequestView
+from waylay.core.engine.routing import (
     PASS,
     LocalData,
     LocalEnd,

@@ -1,4 +1,4 @@
-"""The agent's connection driver (agent.interception) over real loopback sockets, no root.
+"""The agent's connection driver (waylay.agent.interception) over real loopback sockets, no root.
 
 A fake agent (a real ``Registry``, an ``UpstreamPool`` whose connections go straight to a
 loopback "original app" of the test, flow records captured as events), an injected
@@ -20,15 +20,15 @@ from typing import Any
 import pytest
 import uvloop
 
-import agent.h2_connection as h2_connection
-import agent.interception as interception
-from agent.interception import WRITE_HIGH_WATER, InterceptedConnection, Mode
-from agent.upstream import UPSTREAM_HIGH_WATER, Upstream, UpstreamPool
-from core.filters import compile_http_filter
-from core.flow import FlowRecord, FlowRow, event_from_row
-from core.pool import Destination
-from core.registry import Registry, Subscription
-from core.routing import LocalData, LocalEnd, LocalResponse, MirrorStart, StealStart
+import waylay.agent.h2_connection as h2_connection
+import waylay.agent.interception as interception
+from waylay.agent.interception import WRITE_HIGH_WATER, InterceptedConnection, Mode
+from waylay.agent.upstream import UPSTREAM_HIGH_WATER, Upstream, UpstreamPool
+from waylay.core.engine.filters import compile_http_filter
+from waylay.core.engine.flow import FlowRecord, FlowRow, event_from_row
+from waylay.core.engine.registry import Registry, Subscription
+from waylay.core.engine.routing import LocalData, LocalEnd, LocalResponse, MirrorStart, StealStart
+from waylay.core.system.pool import Destination
 
 WAIT_S = 10.0  # only keeps a broken test from hanging; nothing is measured against it
 POLL_S = 0.01
@@ -101,7 +101,7 @@ class RequestStream:
         loop.call_soon(self.owner.on_local, LocalResponse(
             status=200, reason=b"OK", headers=[(b"Content-Length", b"%d" % len(answer))]))
         loop.call_soon(self.owner.on_local, LocalData(data=answer))
-        loop.call_soon(self.finished.set)  # as agent.link's Stream: finished on the End
+        loop.call_soon(self.finished.set)  # as waylay.agent.link's Stream: finished on the End
         loop.call_soon(self.owner.on_local, LocalEnd())
 
     def reset(self, reason: str) -> None:
@@ -155,7 +155,7 @@ class MirrorCopy:
 
 
 class FakeAgent:
-    """What InterceptedConnection uses of ``agent.worker.Agent``."""
+    """What InterceptedConnection uses of ``waylay.agent.worker.Agent``."""
 
     def __init__(self) -> None:
         self.registry = Registry()

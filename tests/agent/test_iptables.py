@@ -13,7 +13,8 @@ from typing import TypeVar
 
 import pytest
 
-from agent.iptables import (
+from tests.netns import have_root_netns, nat_rules, netns, ns_popen, ns_run, ns_runner, veth_pair
+from waylay.agent.iptables import (
     CHAIN_PREFIX,
     PASSTHROUGH_MARK,
     FakeIptables,
@@ -25,8 +26,7 @@ from agent.iptables import (
     remove_chain,
     subprocess_runner,
 )
-from core.errors import PrivilegeError
-from tests.netns import have_root_netns, nat_rules, netns, ns_popen, ns_run, ns_runner, veth_pair
+from waylay.core.engine.errors import PrivilegeError
 
 OWNER = 4242
 

@@ -1,4 +1,4 @@
-"""The bound on a stolen request's local app (agent.link): 504 for the caller, an error
+"""The bound on a stolen request's local app (waylay.agent.link): 504 for the caller, an error
 notice for the session, a reset wire stream; and the bound each Subscribe sets."""
 
 from __future__ import annotations
@@ -7,11 +7,11 @@ import asyncio
 import itertools
 from typing import Any
 
-from agent.link import PAUSED_STREAM_LIMIT, ClientLink, LocalBound, MirrorStream, Stream
-from core.flow import FlowRecord, Verdict
-from core.registry import Subscription
-from core.routing import Event, LocalAborted, LocalResponse
-from core.wire import (
+from waylay.agent.link import PAUSED_STREAM_LIMIT, ClientLink, LocalBound, MirrorStream, Stream
+from waylay.core.engine.flow import FlowRecord, Verdict
+from waylay.core.engine.registry import Subscription
+from waylay.core.engine.routing import Event, LocalAborted, LocalResponse
+from waylay.core.engine.wire import (
     DEFAULT_RESPONSE_TIMEOUT_S,
     Data,
     Hello,

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.container_relay import container_pid
-from agent.main import listen_problem
+from waylay.agent.container_relay import container_pid
+from waylay.agent.main import listen_problem
 
 
 @pytest.mark.parametrize("listen", ["unix:/run/x.sock", "tcp:127.0.0.1:47010",

@@ -1,4 +1,4 @@
-"""The pool of connections to the original app (agent.upstream), over loopback, no root.
+"""The pool of connections to the original app (waylay.agent.upstream), over loopback, no root.
 
 Connections are made as ``connect_upstream`` makes them, minus ``SO_MARK`` (root only):
 an ``Upstream`` protocol on a plain loopback connection. Expiry is driven by the
@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 import uvloop
 
-import agent.upstream as upstream
-from agent.upstream import Upstream, UpstreamPool
-from core.pool import IDLE_TIMEOUT_S
+import waylay.agent.upstream as upstream
+from waylay.agent.upstream import Upstream, UpstreamPool
+from waylay.core.system.pool import IDLE_TIMEOUT_S
 
 WAIT_S = 10.0  # only keeps a broken test from hanging
 POLL_S = 0.01

@@ -1,4 +1,4 @@
-"""Who hears of which request (agent.worker: record, record_row, _send_record): each
+"""Who hears of which request (waylay.agent.worker: record, record_row, _send_record): each
 session gets only its own view. A real Agent and Registry, fake session links that
 capture the rows they are sent; mirror copies are real MirrorStreams answered by hand."""
 
@@ -9,13 +9,13 @@ from typing import Any
 
 import pytest
 
-from agent.link import LocalBound, MirrorStream
-from agent.worker import Agent
-from core.filters import compile_http_filter
-from core.flow import FlowRecord, FlowRow, Verdict, event_from_row
-from core.registry import Subscription
-from core.routing import MirrorStart
-from core.wire import End, Message, Reset, ResponseStart
+from waylay.agent.link import LocalBound, MirrorStream
+from waylay.agent.worker import Agent
+from waylay.core.engine.filters import compile_http_filter
+from waylay.core.engine.flow import FlowRecord, FlowRow, Verdict, event_from_row
+from waylay.core.engine.registry import Subscription
+from waylay.core.engine.routing import MirrorStart
+from waylay.core.engine.wire import End, Message, Reset, ResponseStart
 
 PORT = 80
 OTHER_PORT = 81

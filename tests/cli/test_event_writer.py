@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from cli.run import EventWriter
+from waylay.cli.run import EventWriter
 
 STARTED = {"type": "started", "id": 4, "ts": 1.0, "port": 80, "protocol": "http/1.1",
            "method": "GET", "authority": "svc", "path": "/slow", "verdict": "stolen"}

@@ -1,4 +1,5 @@
-"""Tests for core.agent_launch: entering local targets, starting and stopping the agent."""
+"""Tests for waylay.core.system.agent_launch: entering local targets, starting and stopping the
+agent."""
 
 from __future__ import annotations
 
@@ -17,20 +18,20 @@ from pathlib import Path
 
 import pytest
 
-import core.agent_launch as agent_launch
-from core.agent_launch import (
+import waylay.core.system.agent_launch as agent_launch
+from waylay.core.engine.errors import PrivilegeError, TargetError, UsageError
+from waylay.core.engine.target import parse_target
+from waylay.core.system.agent_launch import (
     AgentProcess,
     enter_command,
     error_for_exit,
     launch_local_agent,
     uid_inside,
 )
-from core.errors import PrivilegeError, TargetError, UsageError
-from core.target import parse_target
 
 REPO = Path(__file__).resolve().parents[2]
 
-# A stand-in for `python -m agent`, launched the same way. It reports where it runs (network
+# A stand-in for `python -m waylay.agent`, launched the same way. It reports where it runs (network
 # namespace inode, uid, capabilities), its argv and token, on its ready line and to every
 # client of its Unix socket. --mode picks a behaviour; --count how many lines follow ready.
 FAKE_AGENT = r"""
@@ -540,9 +541,9 @@ def test_launch_into_pid_netns_as_root(fake_argv: list[str]) -> None:
 # Run as user nobody. Prints one JSON object describing what happened.
 UNPRIVILEGED_DRIVER = r"""
 import asyncio, json, os, subprocess, sys, time
-from core.agent_launch import enter_command, launch_local_agent
-from core.errors import PrivilegeError
-from core.target import parse_target
+from waylay.core.system.agent_launch import enter_command, launch_local_agent
+from waylay.core.engine.errors import PrivilegeError
+from waylay.core.engine.target import parse_target
 
 fake = sys.argv[1]
 ours = os.stat("/proc/self/ns/net").st_ino
@@ -607,7 +608,8 @@ def _interpreter_for_nobody() -> tuple[str | None, str]:
                 *NOBODY,
                 "/bin/sh",
                 "-c",
-                'exec "$0" -c "import sys, core.agent_launch; assert sys.version_info >= (3, 11)"',
+                'exec "$0" -c "import sys, waylay.core.system.agent_launch;'
+                ' assert sys.version_info >= (3, 11)"',
                 candidate,
             ],
             capture_output=True,

@@ -11,9 +11,16 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from core.config import Config, IncomingConfig, Mode, default_config, load_config, parse_config
-from core.errors import EXIT_USAGE, ConfigError
-from core.filters import HttpFilter, RequestView
+from waylay.core.engine.config import (
+    Config,
+    IncomingConfig,
+    Mode,
+    default_config,
+    load_config,
+    parse_config,
+)
+from waylay.core.engine.errors import EXIT_USAGE, ConfigError
+from waylay.core.engine.filters import HttpFilter, RequestView
 
 INCOMING = "feature.network.incoming"
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from core.config import DEFAULT_AGENT_IMAGE, parse_config
-from core.errors import ConfigError
+from waylay.core.engine.config import DEFAULT_AGENT_IMAGE, parse_config
+from waylay.core.engine.errors import ConfigError
 
 
 def test_defaults() -> None:

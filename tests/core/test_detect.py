@@ -5,7 +5,13 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from core.detect import H2_PREFACE, MAX_DETECT_BYTES, Protocol, detect, h2_server_preface
+from waylay.core.engine.detect import (
+    H2_PREFACE,
+    MAX_DETECT_BYTES,
+    Protocol,
+    detect,
+    h2_server_preface,
+)
 
 
 def test_http1_request_line() -> None:

@@ -6,9 +6,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from core import jsonc
-from core.errors import ConfigError
-from core.filters import (
+from waylay.core.engine import jsonc
+from waylay.core.engine.errors import ConfigError
+from waylay.core.engine.filters import (
     HttpFilter,
     MatchResult,
     RequestView,

@@ -6,7 +6,7 @@ from hpack import Decoder, Encoder, NeverIndexedHeaderTuple
 from hypothesis import given
 from hypothesis import strategies as st
 
-from core.h2_codec import CachingDecoder, StatelessEncoder, encode_field
+from waylay.core.engine.h2_codec import CachingDecoder, StatelessEncoder, encode_field
 
 names = st.sampled_from([b":method", b":path", b":status", b"content-type", b"cookie",
                          b"x-user", b"grpc-status", b"accept-encoding", b"user-agent"]) | \

@@ -1,4 +1,5 @@
-"""The router's HTTP/2 connection layer (core.h2_peer): framing, settings, windows, floods.
+"""The router's HTTP/2 connection layer (waylay.core.engine.h2_peer): framing, settings, windows,
+floods.
 
 The h2 package is the oracle: a real h2 client produces the bytes and checks what the
 peer answers; hyperframe builds the frames h2 would refuse to send.
@@ -16,9 +17,9 @@ from hyperframe.frame import ContinuationFrame, DataFrame, HeadersFrame, Setting
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from core import h2_frames as f
-from core.h2_frames import ErrorCode
-from core.h2_peer import MAX_HEADER_FRAMES, H2Error, H2Peer
+from waylay.core.engine import h2_frames as f
+from waylay.core.engine.h2_frames import ErrorCode
+from waylay.core.engine.h2_peer import MAX_HEADER_FRAMES, H2Error, H2Peer
 
 REQUEST = [(b":method", b"POST"), (b":scheme", b"http"), (b":authority", b"svc"),
            (b":path", b"/p")]

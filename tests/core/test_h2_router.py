@@ -22,10 +22,10 @@ from hpack import NeverIndexedHeaderTuple
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from core.filters import RequestView
-from core.h2_router import H2Router
-from core.h2_streams import STREAM_WINDOW
-from core.routing import (
+from waylay.core.engine.filters import RequestView
+from waylay.core.engine.h2_router import H2Router
+from waylay.core.engine.h2_streams import STREAM_WINDOW
+from waylay.core.engine.routing import (
     PASS,
     CloseDownstream,
     Command,

@@ -26,10 +26,11 @@ from hyperframe.frame import HeadersFrame, PushPromiseFrame, RstStreamFrame
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from core import h2_frames as f
-from core.h2_router import RESET_BUDGET, H2Router
-from core.h2_streams import MAX_CONCURRENT_STREAMS, STREAM_WINDOW
-from core.routing import (
+from tests.core.test_h2_router import Bed, request, respond, steal_if_header
+from waylay.core.engine import h2_frames as f
+from waylay.core.engine.h2_router import RESET_BUDGET, H2Router
+from waylay.core.engine.h2_streams import MAX_CONCURRENT_STREAMS, STREAM_WINDOW
+from waylay.core.engine.routing import (
     CloseDownstream,
     Command,
     DownstreamData,
@@ -41,7 +42,6 @@ from core.routing import (
     SendUpstream,
     UpstreamData,
 )
-from tests.core.test_h2_router import Bed, request, respond, steal_if_header
 
 
 def sloppy_client() -> H2Connection:

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from core.filters import RequestView
-from core.http1 import CommandRecorder, Http1Router
-from core.routing import (
+from waylay.core.engine.filters import RequestView
+from waylay.core.engine.http1 import CommandRecorder, Http1Router
+from waylay.core.engine.routing import (
     PASS,
     CloseDownstream,
     Command,
@@ -340,7 +340,8 @@ def test_without_capture_events_have_only_the_stable_keys() -> None:
                           "bytes_out", "matched"}
 
 
-# --- the fast lane (core.http1_simple) and its promotion to the general path -------------
+# --- the fast lane (waylay.core.engine.http1_simple) and its promotion to the general path
+# -------------
 
 
 class CountingDecide:
@@ -722,7 +723,7 @@ def test_the_fast_lane_is_invisible(conversation: tuple[list[bytes], list[bytes]
     fast, _ = lane_router()
     general, _ = lane_router()
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr("core.http1.simple_request", lambda data: None)
+        patch.setattr("waylay.core.engine.http1.simple_request", lambda data: None)
         expected = play(general, schedule)
     assert play(fast, schedule) == expected
 

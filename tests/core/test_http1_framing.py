@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from core.http1_framing import (
+from waylay.core.engine.http1_framing import (
     CHUNKED,
     LAST_CHUNK,
     MAX_CHUNK_LINE_BYTES,
@@ -96,7 +96,7 @@ def body_error(framing: Framing, data: bytes) -> HttpParseError:
 
 def test_module_is_sans_io() -> None:
     """The framing module imports no socket, asyncio, clock or other I/O (STYLE rule 1)."""
-    path = Path(__file__).resolve().parents[2] / "core" / "http1_framing.py"
+    path = Path(__file__).resolve().parents[2] / "core" / "engine" / "http1_framing.py"
     imported: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):

@@ -1,4 +1,4 @@
-"""The fast lane's recognisers (core.http1_simple) agree with the general parser.
+"""The fast lane's recognisers (waylay.core.engine.http1_simple) agree with the general parser.
 
 Whenever ``simple_request`` or ``simple_response`` says "yes, with these facts", the
 general parser (``parse_request_head`` / ``parse_response_head`` + ``BodyReader``) must
@@ -16,14 +16,19 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from core.http1_framing import (
+from waylay.core.engine.http1_framing import (
     MAX_HEADERS,
     BodyReader,
     HttpParseError,
     parse_request_head,
     parse_response_head,
 )
-from core.http1_simple import SimpleRequest, SimpleResponse, simple_request, simple_response
+from waylay.core.engine.http1_simple import (
+    SimpleRequest,
+    SimpleResponse,
+    simple_request,
+    simple_response,
+)
 
 TCHAR = "!#$%&'*+-.^_`|~" + string.digits + string.ascii_letters
 VCHAR = bytes(range(0x21, 0x7F))

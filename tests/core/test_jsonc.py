@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from core.errors import ConfigError
-from core.jsonc import MAX_DEPTH, Position, Positions, parse, render_key_path
+from waylay.core.engine.errors import ConfigError
+from waylay.core.engine.jsonc import MAX_DEPTH, Position, Positions, parse, render_key_path
 
 
 def parse_error(text: str) -> ConfigError:

@@ -1,17 +1,17 @@
-"""core.kube_agent's readings of pod status and agent logs, and finding a running agent."""
+"""waylay.core.kube.agent's readings of pod status and agent logs, and finding a running agent."""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
-from core.kube_agent import (
+from waylay.core.kube.agent import (
     _container_state,
     _log_failure,
     _log_ready,
     running_agents,
 )
-from core.kube_model import pod_from_api
+from waylay.core.kube.model import pod_from_api
 
 
 def _pod(ephemeral: list[dict[str, Any]], statuses: list[dict[str, Any]]) -> dict[str, Any]:

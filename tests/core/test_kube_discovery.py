@@ -12,10 +12,10 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from core.errors import PrivilegeError, TargetError
-from core.kube_api import KubeContext, Resource
-from core.kube_discovery import NamespaceWatcher, snapshot
-from core.kube_inventory import Inventory
+from waylay.core.engine.errors import PrivilegeError, TargetError
+from waylay.core.kube.api import KubeContext, Resource
+from waylay.core.kube.discovery import NamespaceWatcher, snapshot
+from waylay.core.kube.inventory import Inventory
 
 CLOSE = object()
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from core.kube_inventory import ADDED, DELETED, MODIFIED, empty, pod_target, workload_target
+from waylay.core.kube.inventory import ADDED, DELETED, MODIFIED, empty, pod_target, workload_target
 
 
 def pod(name: str, *, uid: str | None = None, labels: dict[str, str] | None = None,

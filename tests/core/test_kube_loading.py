@@ -1,4 +1,4 @@
-"""core.kube_loading: the kubernetes client imported from several threads at once.
+"""waylay.core.system.loading: the kubernetes client imported from several threads at once.
 
 Run in a fresh interpreter (the client must not be imported yet). Without the lock, two
 threads meeting in the client's circular imports get "cannot import name 'ApiClient'"
@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 SCRIPT = """
 import sys, threading
-from core.kube_loading import load
+from waylay.core.system.loading import load
 assert "kubernetes" not in sys.modules
 errors = []
 def go(name):
@@ -24,7 +24,8 @@ def go(name):
     except Exception as exc:
         errors.append(repr(exc))
 threads = [threading.Thread(target=go, args=(n,)) for n in
-           ("core.kube_discovery", "core.kube_attach", "core.kube_api", "core.kube_agent")]
+           ("waylay.core.kube.discovery", "waylay.core.kube.attach", "waylay.core.kube.api",
+           "waylay.core.kube.agent")]
 for t in threads: t.start()
 for t in threads: t.join()
 print(errors)

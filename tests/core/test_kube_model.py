@@ -1,4 +1,4 @@
-"""core.kube_model: pods and workloads from the API's JSON, container choice, selectors."""
+"""waylay.core.kube.model: pods and workloads from the API's JSON, container choice, selectors."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from core.errors import TargetError
-from core.kube_model import (
+from waylay.core.engine.errors import TargetError
+from waylay.core.kube.model import (
     LabelSelector,
     choose_container,
     pod_from_api,

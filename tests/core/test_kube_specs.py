@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from kubernetes.client.models import V1EphemeralContainer, V1Job
 
-from core.config import AgentConfig
-from core.kube_specs import AGENT_PORT, agent_job, ephemeral_container
+from waylay.core.engine.config import AgentConfig
+from waylay.core.kube.specs import AGENT_PORT, agent_job, ephemeral_container
 
 
 def _without_none(value: Any) -> Any:
@@ -76,13 +76,13 @@ def test_the_check_can_fail() -> None:
 
 
 def test_agent_containers_run_python_isolated() -> None:
-    """Both forms start `python3 -I -u -m agent`: neither the image's working directory nor
+    """Both forms start `python3 -I -u -m waylay.agent`: neither the image's working directory nor
     a PYTHON* variable can put code into the root agent; the spec sets none."""
     spec = ephemeral_container(name="a", agent=AGENT, token="t", target_container="app")
     job = agent_job(name="j", namespace="shop", session="1a2b", agent=AGENT, token="t",
                     node="node-7", container_id="containerd://" + "ab" * 32,
                     target_pod="shop/web-1")
     for container in (spec, job["spec"]["template"]["spec"]["containers"][0]):
-        assert container["command"] == ["python3", "-I", "-u", "-m", "agent"]
+        assert container["command"] == ["python3", "-I", "-u", "-m", "waylay.agent"]
         assert container["args"][:2] == ["--listen", f"tcp:127.0.0.1:{AGENT_PORT}"]
         assert not [e for e in container["env"] if e["name"].startswith("PYTHON")]

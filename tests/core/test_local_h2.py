@@ -10,8 +10,8 @@ from h2.config import H2Configuration
 from h2.connection import H2Connection
 from h2.events import DataReceived, RequestReceived, StreamEnded
 
-from core.local_h2 import LocalH2, downgrade_head
-from core.wire import Data, End, Message, RequestStart, ResponseStart, Trailers
+from waylay.core.client.local_h2 import LocalH2, downgrade_head
+from waylay.core.engine.wire import Data, End, Message, RequestStart, ResponseStart, Trailers
 
 START = RequestStart(stream=5, sub_id=1, port=80, method="POST", target="/svc/Call",
                      http_version="2", headers=(("host", "svc.local"), ("te", "trailers"),

@@ -1,5 +1,6 @@
-"""Stolen HTTP/1.x requests delivered to a real local app on loopback (core.local_http1):
-the frames the agent gets back, the bytes the app gets, pooling, failures, upgrades."""
+"""Stolen HTTP/1.x requests delivered to a real local app on loopback
+(waylay.core.client.local_http1): the frames the agent gets back, the bytes the app gets, pooling,
+failures, upgrades."""
 
 from __future__ import annotations
 
@@ -11,15 +12,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from core.http1_framing import parse_response_head
-from core.local_http1 import (
+from waylay.core.client.local_http1 import (
     Http1Delivery,
     LocalHttp1Pool,
     LocalRequestError,
     request_head_bytes,
     wire_headers,
 )
-from core.wire import (
+from waylay.core.engine.http1_framing import parse_response_head
+from waylay.core.engine.wire import (
     Data,
     End,
     Message,

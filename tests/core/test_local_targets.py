@@ -1,4 +1,4 @@
-"""Tests for core.local_targets: /proc/net/tcp parsing and local target discovery."""
+"""Tests for waylay.core.system.local_targets: /proc/net/tcp parsing and local target discovery."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from core.local_targets import (
+from waylay.core.system.local_targets import (
     TcpSocket,
     _read_listen_table_as_root,
     list_local_targets,
@@ -278,7 +278,7 @@ _NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
 # Run as user nobody: lists targets while listening itself, prints what it saw.
 _AS_NOBODY = (
     "import json, os, socket\n"
-    "from core.local_targets import list_local_targets\n"
+    "from waylay.core.system.local_targets import list_local_targets\n"
     "s = socket.socket()\n"
     "s.bind(('127.0.0.1', 0))\n"
     "s.listen()\n"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import itertools
 
-from core.flow import Verdict
-from core.observer import Http1Observer
+from waylay.core.engine.flow import Verdict
+from waylay.core.engine.observer import Http1Observer
 
 
 def observer() -> Http1Observer:

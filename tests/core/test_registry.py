@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from core.filters import RequestView, compile_http_filter
-from core.registry import Registry, Subscription, SubscriptionRefused
+from waylay.core.engine.filters import RequestView, compile_http_filter
+from waylay.core.engine.registry import Registry, Subscription, SubscriptionRefused
 
 
 def sub(sub_id: int, link: int, flt: dict[str, object] | None, port: int = 80) -> Subscription:

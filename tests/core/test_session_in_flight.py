@@ -7,9 +7,9 @@ import asyncio
 import socket
 from typing import Any
 
-from core.config import IncomingConfig, Mode
-from core.session import Session
-from core.wire import (
+from waylay.core.client.session import Session
+from waylay.core.engine.config import IncomingConfig, Mode
+from waylay.core.engine.wire import (
     End,
     Message,
     RequestStart,
@@ -157,7 +157,7 @@ class CountingLink:
 def test_a_reset_stream_lets_go_of_the_link_its_full_queue_held() -> None:
     """A stream delivered by a task (h2, whole connections) whose queue is full holds the
     link; when the agent resets it, or its delivery ends, the hold goes with it."""
-    from core.session import STREAM_QUEUE_FRAMES, _QueuedStream
+    from waylay.core.client.session import STREAM_QUEUE_FRAMES, _QueuedStream
 
     async def scenario() -> None:
         for ending in ("reset", "done"):

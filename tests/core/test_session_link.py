@@ -1,13 +1,13 @@
-"""The session's end of the link (core.session_link): taking over a stream pair, frames
-handed over in order, one write per loop turn, and back-pressure both ways."""
+"""The session's end of the link (waylay.core.client.session_link): taking over a stream pair,
+frames handed over in order, one write per loop turn, and back-pressure both ways."""
 
 from __future__ import annotations
 
 import asyncio
 import socket
 
-from core.session_link import SessionLink
-from core.wire import Data, End, Message, Ping, WireDecoder, encode
+from waylay.core.client.session_link import SessionLink
+from waylay.core.engine.wire import Data, End, Message, Ping, WireDecoder, encode
 
 WAIT_S = 10.0  # only keeps a broken test from hanging; nothing is measured against it
 

@@ -1,4 +1,4 @@
-"""Tests for core.target: parsing and validating target strings."""
+"""Tests for waylay.core.engine.target: parsing and validating target strings."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from core.errors import UsageError
-from core.target import TARGET_FORMS, Target, parse_target
+from waylay.core.engine.errors import UsageError
+from waylay.core.engine.target import TARGET_FORMS, Target, parse_target
 
 
 @pytest.mark.parametrize(

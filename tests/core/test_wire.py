@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from core.flow import ROW_FIELDS
-from core.wire import (
+from waylay.core.engine.flow import ROW_FIELDS
+from waylay.core.engine.wire import (
     HEADER,
     HEADER_SIZE,
     MAX_PAYLOAD,
@@ -233,7 +233,7 @@ def test_subscribe_carries_the_local_address_and_response_timeout_when_set() -> 
 
 
 def compact(fixed: bytes, strings: list[str]) -> bytes:
-    """A compact head payload built by hand (core.wire_heads): the fixed fields, the
+    """A compact head payload built by hand (waylay.core.engine.wire_heads): the fixed fields, the
     string count (u16), each string's length in code points (u32), the UTF-8 text."""
     text = "".join(strings).encode("utf-8", "surrogatepass")
     return (fixed + struct.pack("!H", len(strings))

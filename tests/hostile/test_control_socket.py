@@ -18,11 +18,6 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from agent.link import HANDSHAKE_TIMEOUT_S
-from core import agent_directory
-from core.agent_launch import launch_local_agent
-from core.target import parse_target
-from core.wire import Error, Hello, Message, Welcome, WireDecoder, WireProtocolError, encode
 from tests.integration import conftest as bedding
 from tests.integration.conftest import (
     Bed,
@@ -34,6 +29,19 @@ from tests.integration.conftest import (
     requires_root_netns,
 )
 from tests.netns import nat_rules
+from waylay.agent.link import HANDSHAKE_TIMEOUT_S
+from waylay.core.engine.target import parse_target
+from waylay.core.engine.wire import (
+    Error,
+    Hello,
+    Message,
+    Welcome,
+    WireDecoder,
+    WireProtocolError,
+    encode,
+)
+from waylay.core.system import agent_directory
+from waylay.core.system.agent_launch import launch_local_agent
 
 pytestmark = [pytest.mark.integration, requires_root_netns]
 

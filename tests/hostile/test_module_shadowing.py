@@ -96,13 +96,17 @@ def test_agent_ignores_the_callers_directory_and_python_environment(
     shadow = SHADOW.format(marker=str(marker))
     for directory in (cwd, python_path):
         directory.mkdir()
-        # An "agent" package shadowing waylay's own: `python -m agent` would run it.
-        (directory / "agent").mkdir()
+        # A "waylay.agent" package shadowing waylay's own: `python -m waylay.agent` would run
+        # it (with or without a waylay/__init__.py: both forms are tried).
+        package = directory / "waylay" / "agent"
+        package.mkdir(parents=True)
+        if directory == cwd:
+            (directory / "waylay" / "__init__.py").write_text(shadow)
         for name in ("__init__", "__main__"):
-            (directory / "agent" / f"{name}.py").write_text(shadow)
+            (package / f"{name}.py").write_text(shadow)
     # Dependencies shadowed in the working directory (the client's sys.path does not hold
-    # it). PYTHONPATH holds only the "agent" package: the client is the caller's own
-    # process and imports what PYTHONPATH offers (h2, uvloop); it never imports "agent".
+    # it). PYTHONPATH holds only the "waylay.agent" package: the client is the caller's own
+    # process and imports what PYTHONPATH offers (h2, uvloop); it never imports "waylay.agent".
     for name in ("h2", "uvloop"):
         (cwd / f"{name}.py").write_text(shadow)
     env = {**CLEAN_ENV, "PYTHONPATH": str(python_path),

@@ -152,7 +152,7 @@ def agent_pids(ns: str) -> dict[str, list[int]]:
     for pid in pids_in_netns(ns):
         argv = cmdline(pid)
         joined = " ".join(argv)
-        if "-m agent" not in joined:
+        if "-m waylay.agent" not in joined:
             continue
         found["worker" if "--worker" in argv else "guard"].append(pid)
     return found

@@ -13,7 +13,6 @@ import subprocess
 
 import pytest
 
-from agent.iptables import remove_chain
 from tests.integration.conftest import (
     Bed,
     StartWaylay,
@@ -25,6 +24,7 @@ from tests.integration.conftest import (
     summary_counts,
 )
 from tests.netns import nat_rules, ns_run, ns_runner
+from waylay.agent.iptables import remove_chain
 
 pytestmark = [pytest.mark.integration, requires_root_netns]
 

@@ -329,7 +329,7 @@ def _shim_venv(work: Path) -> Path:
     (shim / "lib" / f"python{version}" / "site-packages" / "waylay-repo.pth").write_text(
         f"import site; site.addsitedir({str(site)!r})\n")
     waylay = shim / "bin" / "waylay"
-    waylay.write_text(f"#!{shim / 'bin' / 'python'}\nimport sys\nfrom cli.main import main\n"
+    waylay.write_text(f"#!{shim / 'bin' / 'python'}\nimport sys\nfrom waylay.cli.main import main\n"
                       "sys.exit(main())\n")
     subprocess.run(["chmod", "-R", "a+rX", str(shim)], check=True, timeout=30)
     waylay.chmod(0o755)

@@ -8,11 +8,11 @@ import dataclasses
 import httpx
 import pytest
 
-from core.attach import attach
-from core.config import parse_config
-from core.target import parse_target
 from tests.integration.conftest import Bed, requires_root_netns
 from tests.netns import nat_rules
+from waylay.core.client.attach import attach
+from waylay.core.engine.config import parse_config
+from waylay.core.engine.target import parse_target
 
 pytestmark = [pytest.mark.integration, requires_root_netns]
 

@@ -75,7 +75,8 @@ def _runtime_for_others(shim_dir: Path) -> tuple[Path, Path] | str:
 
     The repository's venv, when others can reach it. Otherwise (a venv whose interpreter
     lives under a 0700 home, as pyenv's does under /root) a shim venv on the system's
-    Python 3.11 that sees the venv's packages and the repository through a .pth file:
+    Python 3.11 that sees the venv's packages (waylay's editable install among them)
+    through a .pth file:
     the same code and packages, an interpreter nobody may execute.
     """
     if all(_unreachable_for_others(p, execute=True) is None for p in (PYTHON, WAYLAY)):
@@ -90,10 +91,13 @@ def _runtime_for_others(shim_dir: Path) -> tuple[Path, Path] | str:
     subprocess.run([str(SYSTEM_PYTHON), "-m", "venv", "--without-pip", str(shim_dir)],
                    check=True, capture_output=True, timeout=PROBE_TIMEOUT_S)
     shim_site = next((shim_dir / "lib").glob("python3.*/site-packages"))
-    (shim_site / "waylay-under-test.pth").write_text(f"{site}\n{REPO}\n")
+    # addsitedir, not a plain path line: the venv's own .pth files must run too, since the
+    # editable install finds waylay.* through one of them.
+    (shim_site / "waylay-under-test.pth").write_text(
+        f"import site; site.addsitedir({str(site)!r})\n")
     waylay = shim_dir / "bin" / "waylay"
     waylay.write_text(f"#!{shim_dir / 'bin' / 'python'}\n"
-                      "import sys\nfrom cli.main import main\nsys.exit(main())\n")
+                      "import sys\nfrom waylay.cli.main import main\nsys.exit(main())\n")
     waylay.chmod(0o755)
     return shim_dir / "bin" / "python", waylay
 

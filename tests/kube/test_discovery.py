@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from core.kube_api import KubeApi
-from core.kube_discovery import NamespaceWatcher, namespaces, snapshot
-from core.kube_inventory import Inventory
 from tests.kube.fake_apiserver import FakeCluster
 from tests.kube.shop_manifests import NS, fill, pod, workload
+from waylay.core.kube.api import KubeApi
+from waylay.core.kube.discovery import NamespaceWatcher, namespaces, snapshot
+from waylay.core.kube.inventory import Inventory
 
 WAYLAY = str(Path(sys.executable).with_name("waylay"))
 WAIT_S = 15.0

@@ -1,8 +1,8 @@
 """The dashboard on a Kubernetes workload: every replica's traffic in one table (root).
 
 The app is started as `waylay ui -t deployment/web --context fake -n shop` would start it,
-with the real ``core.attach`` (agents deployed through the fake API server into the pod
-namespaces of ``kube_bed.py``). Requests go to the pod addresses with curl; the table
+with the real ``waylay.core.client.attach`` (agents deployed through the fake API server into the
+pod namespaces of ``kube_bed.py``). Requests go to the pod addresses with curl; the table
 must show each one with the pod that saw it, and quitting must leave no rule behind.
 """
 
@@ -12,12 +12,12 @@ import asyncio
 
 import pytest
 
-from core.config import parse_config
 from tests.integration.conftest import ROOT_REASON
 from tests.kube.kube_bed import ALICE, NAMESPACE, KubeBed, agents_gone, served_by
 from tests.tui.conftest import SIZE, wait_for
-from tui.app import WaylayApp
-from tui.cells import cell_text
+from waylay.core.engine.config import parse_config
+from waylay.tui.app import WaylayApp
+from waylay.tui.cells import cell_text
 
 pytestmark = pytest.mark.skipif(ROOT_REASON is not None, reason=ROOT_REASON or "")
 

@@ -18,9 +18,6 @@ from pathlib import Path
 
 import pytest
 
-from core.kube_agent import PodAgent, open_link
-from core.kube_api import PODS, KubeApi
-from core.kube_model import pod_from_api
 from tests.integration.conftest import (
     HTTP_APP,
     PYTHON,
@@ -43,6 +40,9 @@ from tests.kube.kube_bed import (
     served_by,
 )
 from tests.netns import nat_rules, ns_run
+from waylay.core.kube.agent import PodAgent, open_link
+from waylay.core.kube.api import PODS, KubeApi
+from waylay.core.kube.model import pod_from_api
 
 pytestmark = pytest.mark.skipif(ROOT_REASON is not None, reason=ROOT_REASON or "")
 

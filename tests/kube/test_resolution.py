@@ -1,6 +1,6 @@
 """Which pods a target means, through the official client and the fake API server.
 
-No agent here (no root needed): ``core.kube_attach.resolve_pods`` against the fake cluster,
+No agent here (no root needed): ``waylay.core.kube.attach.resolve_pods`` against the fake cluster,
 and `waylay run` failing before any agent is deployed.
 """
 
@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from core.errors import TargetError
-from core.kube_api import KubeApi
-from core.kube_attach import resolve_pods
-from core.target import parse_target
 from tests.integration.conftest import CLEAN_ENV, WAYLAY
 from tests.kube.fake_apiserver import FakeCluster
 from tests.kube.shop_manifests import NS, pod, workload
+from waylay.core.engine.errors import TargetError
+from waylay.core.engine.target import parse_target
+from waylay.core.kube.api import KubeApi
+from waylay.core.kube.attach import resolve_pods
 
 
 @pytest.fixture(scope="module")

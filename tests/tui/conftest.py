@@ -1,7 +1,7 @@
 """Shared pieces of the dashboard's tests: a fake agent, an app factory, a fixed clock.
 
 The app under test is the real one with its I/O seams replaced: ``attach_fn`` by
-``tui.fake_agent.FakeAgent.attach`` (a real core Session over a socket pair), the target
+``waylay.tui.fake_agent.FakeAgent.attach`` (a real core Session over a socket pair), the target
 list by a fixed one, and the clock by a constant, so snapshots never change with the time.
 """
 
@@ -19,10 +19,10 @@ import pytest
 from rich.console import Console
 from textual.pilot import Pilot
 
-from core.config import Config, parse_config
-from core.local_targets import LocalTarget
-from tui.app import WaylayApp
-from tui.fake_agent import FakeAgent, SyntheticRequest, synthetic
+from waylay.core.engine.config import Config, parse_config
+from waylay.core.system.local_targets import LocalTarget
+from waylay.tui.app import WaylayApp
+from waylay.tui.fake_agent import FakeAgent, SyntheticRequest, synthetic
 
 FIXED_NOW = 1_790_000_000.0  # 2026-09-21 14:13:20 UTC
 SIZE = (160, 45)

@@ -18,9 +18,9 @@ from tests.tui.conftest import (
     send,
     wait_for,
 )
-from tui.detail import DetailScreen
-from tui.export import to_curl
-from tui.fake_agent import FakeAgent
+from waylay.tui.detail import DetailScreen
+from waylay.tui.export import to_curl
+from waylay.tui.fake_agent import FakeAgent
 
 
 def text_of(screen: Any, selector: str) -> str:

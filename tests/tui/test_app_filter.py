@@ -7,8 +7,8 @@ from typing import Any
 from textual.widgets import Input, Select
 
 from tests.tui.conftest import SIZE, attached, make_app, requests, send, wait_for
-from tui.fake_agent import FakeAgent
-from tui.filter_editor import ClauseRow, FilterEditor
+from waylay.tui.fake_agent import FakeAgent
+from waylay.tui.filter_editor import ClauseRow, FilterEditor
 
 
 def editor(app: Any) -> FilterEditor:

@@ -5,18 +5,18 @@ from __future__ import annotations
 from textual.command import CommandPalette
 
 from tests.tui.conftest import SIZE, attached, make_app, plain, wait_for
-from tui.app import WaylayApp
-from tui.dialogs import HelpScreen
-from tui.fake_agent import FakeAgent
+from waylay.tui.app import WaylayApp
+from waylay.tui.dialogs import HelpScreen
+from waylay.tui.fake_agent import FakeAgent
 
 
 def test_every_binding_has_an_id() -> None:
     """Bindings carry ids so users can remap them in a keymap."""
-    from tui.detail import DetailScreen
-    from tui.dialogs import ModeScreen, PathScreen, PortsScreen
-    from tui.filter_editor import FilterEditor
-    from tui.targets_pane import TargetsPane
-    from tui.traffic_table import TrafficTable
+    from waylay.tui.detail import DetailScreen
+    from waylay.tui.dialogs import ModeScreen, PathScreen, PortsScreen
+    from waylay.tui.filter_editor import FilterEditor
+    from waylay.tui.targets_pane import TargetsPane
+    from waylay.tui.traffic_table import TrafficTable
 
     for owner in (WaylayApp, TrafficTable, FilterEditor, TargetsPane, DetailScreen,
                   ModeScreen, PortsScreen, PathScreen, HelpScreen):

@@ -6,13 +6,13 @@ from pathlib import Path
 
 from textual.widgets import Input, SelectionList, Tree
 
-from core.config import Mode
-from core.errors import PrivilegeError
 from tests.tui.conftest import SIZE, attached, make_app, requests, send, wait_for
-from tui.fake_agent import FakeAgent
-from tui.session_bar import Chip
-from tui.stats_panel import LogPanel
-from tui.targets_pane import TargetsPane
+from waylay.core.engine.config import Mode
+from waylay.core.engine.errors import PrivilegeError
+from waylay.tui.fake_agent import FakeAgent
+from waylay.tui.session_bar import Chip
+from waylay.tui.stats_panel import LogPanel
+from waylay.tui.targets_pane import TargetsPane
 
 
 def chip(app, name: str) -> str:  # type: ignore[no-untyped-def]

@@ -7,9 +7,9 @@ from typing import Any
 from textual import events
 
 from tests.tui.conftest import FIXED_NOW, SIZE, attached, make_app, requests, send, wait_for
-from tui.fake_agent import FakeAgent
-from tui.notices import WINDOW_S as NOTICE_WINDOW_S
-from tui.traffic_table import TrafficTable
+from waylay.tui.fake_agent import FakeAgent
+from waylay.tui.notices import WINDOW_S as NOTICE_WINDOW_S
+from waylay.tui.traffic_table import TrafficTable
 
 
 def table(app: Any) -> TrafficTable:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from cli.main import build_parser, main
+from waylay.cli.main import build_parser, main
 
 
 def test_ui_is_a_subcommand_with_run_like_options() -> None:

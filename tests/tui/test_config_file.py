@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from core.config import load_config, parse_config
-from core.errors import ConfigError
-from tui.config_file import save_config
+from waylay.core.engine.config import load_config, parse_config
+from waylay.core.engine.errors import ConfigError
+from waylay.tui.config_file import save_config
 
 INCOMING = ('{"mode": "steal", "http_filter": {"any_of": [{"header": "^x-user: alice$"}, '
             '{"method": "POST"}], "ports": [80]}, "port_mapping": [[8080, 80]], '

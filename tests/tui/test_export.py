@@ -5,7 +5,7 @@ from __future__ import annotations
 import shlex
 from typing import Any
 
-from tui.export import to_curl, to_har
+from waylay.tui.export import to_curl, to_har
 
 
 def ev(**kw: Any) -> dict[str, Any]:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from core.config import parse_config
-from tui.filter_draft import DraftError, FilterDraft
+from waylay.core.engine.config import parse_config
+from waylay.tui.filter_draft import DraftError, FilterDraft
 
 
 def test_no_filter_compiles_to_none() -> None:

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from tui.flows import FlowStore, FlowView, RowQuery
+from waylay.tui.flows import FlowStore, FlowView, RowQuery
 
 
 def ev(i: int, **kw: Any) -> dict[str, Any]:

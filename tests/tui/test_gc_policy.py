@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tui import app as app_module
+from waylay.tui import app as app_module
 
 
 @pytest.fixture

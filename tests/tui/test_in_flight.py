@@ -6,8 +6,8 @@ import asyncio
 from typing import Any
 
 from tests.tui.conftest import FIXED_NOW, SIZE, attached, make_app, wait_for
-from tui.cells import cell_text
-from tui.fake_agent import FakeAgent
+from waylay.tui.cells import cell_text
+from waylay.tui.fake_agent import FakeAgent
 
 
 class HangingApp:

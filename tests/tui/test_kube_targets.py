@@ -14,16 +14,16 @@ from textual.pilot import Pilot
 from textual.widgets import Tree
 from textual.widgets.tree import TreeNode
 
-from core.config import default_config
-from core.errors import TargetError
-from core.target import Target
 from tests.kube.fake_apiserver import FakeCluster
 from tests.kube.shop_manifests import NS, fill, pod
 from tests.tui.conftest import SIZE, attached, make_app, wait_for
-from tui.app import WaylayApp
-from tui.fake_agent import FakeAgent
-from tui.kube_tree import TreeItem
-from tui.targets_pane import TargetsPane
+from waylay.core.engine.config import default_config
+from waylay.core.engine.errors import TargetError
+from waylay.core.engine.target import Target
+from waylay.tui.app import WaylayApp
+from waylay.tui.fake_agent import FakeAgent
+from waylay.tui.kube_tree import TreeItem
+from waylay.tui.targets_pane import TargetsPane
 
 
 @pytest.fixture

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tui.notices import NoticeGate, Toast
+from waylay.tui.notices import NoticeGate, Toast
 
 
 def messages(toasts: list[Toast]) -> list[str]:

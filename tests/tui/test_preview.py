@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from core.config import IncomingConfig, Mode, parse_config
-from core.filters import HttpFilter
-from tui.fake_agent import FakeAgent, synthetic
-from tui.preview import Plan, decide, explain, preview
+from waylay.core.engine.config import IncomingConfig, Mode, parse_config
+from waylay.core.engine.filters import HttpFilter
+from waylay.tui.fake_agent import FakeAgent, synthetic
+from waylay.tui.preview import Plan, decide, explain, preview
 
 
 @dataclass
@@ -54,8 +54,8 @@ def test_routing_rules() -> None:
     '{"mode": "steal", "ports": [8080]}',
 ])
 def test_preview_agrees_with_the_routing(body: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The preview takes exactly what the agent's routing rule (core.registry, which the
-    fake agent routes by) steals with the same filter."""
+    """The preview takes exactly what the agent's routing rule (waylay.core.engine.registry, which
+    the fake agent routes by) steals with the same filter."""
     # The regex budget is wall time (20 ms); on a loaded machine a GC pause can spend it
     # for one side only. This test is about the matching rules, so give both sides room.
     evaluate = HttpFilter.evaluate

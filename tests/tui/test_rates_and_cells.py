@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from tui.cells import cell_text, fit, fmt_duration, fmt_size, layout
-from tui.rates import RateBuckets
+from waylay.tui.cells import cell_text, fit, fmt_duration, fmt_size, layout
+from waylay.tui.rates import RateBuckets
 
 
 def test_rates_per_second_over_a_bounded_window() -> None:

@@ -1,7 +1,7 @@
 """The dashboard driving a real agent in a real network namespace (needs root).
 
 A namespace gets an HTTP server on port 80 answering ``X-Served-By: remote``; a local one
-on host loopback answers ``local``. The app attaches with the real ``core.attach``;
+on host loopback answers ``local``. The app attaches with the real ``waylay.core.client.attach``;
 requests are sent with curl inside the namespace to 127.0.0.1:80 (the agent's OUTPUT
 ``-o lo`` rule catches them, as for a sidecar). Only loopback and this test's namespace
 see traffic.
@@ -24,10 +24,10 @@ from typing import Any
 import pytest
 from textual.widgets import Input
 
-from core.config import parse_config
 from tests.netns import have_root_netns, nat_rules, netns, ns_popen, ns_run
 from tests.tui.conftest import SIZE, wait_for
-from tui.app import WaylayApp
+from waylay.core.engine.config import parse_config
+from waylay.tui.app import WaylayApp
 
 REASON = have_root_netns()
 pytestmark = [pytest.mark.integration,

@@ -14,7 +14,7 @@ from textual.pilot import Pilot
 from textual.widgets import Input
 
 from tests.tui.conftest import SIZE, attached, make_app, requests, send, wait_for
-from tui.fake_agent import FakeAgent
+from waylay.tui.fake_agent import FakeAgent
 
 
 @pytest.fixture

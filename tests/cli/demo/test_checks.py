@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 
-from cli.demo.checks import judge, parse_report
-from core.config import IncomingConfig, parse_config
-from core.session import SessionStats
+from waylay.cli.demo.checks import judge, parse_report
+from waylay.core.client.session import SessionStats
+from waylay.core.engine.config import IncomingConfig, parse_config
 
 ALICE_STEAL = ('{"feature": {"network": {"incoming": {"mode": "steal", "http_filter": '
                '{"header_filter": "^x-user: alice$"}}}}}')

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from cli.demo import processes
-from cli.demo.processes import RunRecord, same_process, start_time
-from cli.demo.sandbox import SUBNET_POOL, free_subnet
+from waylay.cli.demo import processes
+from waylay.cli.demo.processes import RunRecord, same_process, start_time
+from waylay.cli.demo.sandbox import SUBNET_POOL, free_subnet
 
 
 def net(text: str) -> ipaddress.IPv4Network:

@@ -7,10 +7,10 @@ import json
 
 import pytest
 
-from cli.demo.http_io import HttpClient, HttpFailure, Response, serve
-from cli.demo.local_app import LOCAL
-from cli.demo.shop import REMOTE, Flavour, Shop
-from cli.demo.traffic import Generator, judge
+from waylay.cli.demo.http_io import HttpClient, HttpFailure, Response, serve
+from waylay.cli.demo.local_app import LOCAL
+from waylay.cli.demo.shop import REMOTE, Flavour, Shop
+from waylay.cli.demo.traffic import Generator, judge
 
 
 async def _with_shop(flavour: Flavour, requests: list[tuple[str, str, bytes]]

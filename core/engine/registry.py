@@ -1,0 +1,195 @@
+"""Who takes what: a table of subscriptions, and the routing decision per request (sans-I/O).
+
+This is the one routing rule (docs/architecture.md §2): the agent routes by it, the
+dashboard's fake agent and its filter preview use it too, so none of them can disagree.
+
+Precedence is deterministic: subscriptions on a port are consulted in the order they were
+made (earliest first); the first steal whose filter matches takes the request, and every
+matching mirror gets a copy. An unfiltered steal takes whole connections and so excludes
+any other unfiltered steal of that port; steals and mirrors coexist.
+Filters are immutable and the table is replaced, never edited in place, so a decision
+always sees one consistent state (the agent is single-threaded; this keeps it obvious).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from waylay.core.engine.errors import WaylayError
+from waylay.core.engine.filters import MATCH_BUDGET_S, HttpFilter, RequestView
+from waylay.core.engine.routing import PASS, Route
+
+# The "matched" text of traffic an unfiltered steal takes (whole connections, and the
+# requests of connections already routed one by one when it arrived).
+WHOLE_PORT = "whole port"
+
+
+class SubscriptionRefused(WaylayError):
+    """A subscription conflicts with another session's."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Subscription:
+    sub_id: int  # agent-wide unique id (the link maps it to the client's own id)
+    link_id: int  # the client connection that owns it
+    port: int
+    mode: str  # "steal" or "mirror"
+    http_filter: HttpFilter | None
+    capture: bool = False  # the session wants headers and body starts in flow records
+
+    @property
+    def takes_whole_connections(self) -> bool:
+        return self.mode == "steal" and self.http_filter is None
+
+
+class Registry:
+    """Subscriptions by port, in arrival order."""
+
+    def __init__(self, *, clock: Callable[[], float] | None = None,
+                 cpu_clock: Callable[[], float] | None = None,
+                 budget_s: float = MATCH_BUDGET_S) -> None:
+        """``clock`` and ``cpu_clock`` reach the filters (``HttpFilter.evaluate``): the
+        agent passes ``time.perf_counter`` and ``time.thread_time``; ``budget_s`` is the
+        regex time per request."""
+        self._clock = clock
+        self._cpu_clock = cpu_clock
+        self._budget_s = budget_s
+        self._by_port: dict[int, tuple[Subscription, ...]] = {}
+        # Read per request, so kept ready rather than computed each time.
+        self._capturing: frozenset[int] = frozenset()
+        self._link_ids: dict[int, tuple[int, ...]] = {}
+
+    def _set(self, port: int, subs: tuple[Subscription, ...]) -> None:
+        """The one place the table changes (a new dict each time: see the module doc)."""
+        by_port = dict(self._by_port)
+        if subs:
+            by_port[port] = subs
+        else:
+            by_port.pop(port, None)
+        self._by_port = by_port
+        self._capturing = frozenset(p for p, ss in by_port.items() if any(s.capture for s in ss))
+        self._link_ids = {p: tuple(sorted({s.link_id for s in ss})) for p, ss in by_port.items()}
+
+    def add(self, sub: Subscription) -> None:
+        current = self._by_port.get(sub.port, ())
+        if sub.takes_whole_connections:
+            for other in current:
+                if other.takes_whole_connections:
+                    raise SubscriptionRefused(
+                        f"port {sub.port} is already stolen without a filter by another "
+                        "session; add an http_filter to share it"
+                    )
+        self._set(sub.port, (*current, sub))
+
+    def replace(self, sub: Subscription) -> None:
+        """Swap a subscription's mode and filter in place, keeping its precedence."""
+        subs = self._by_port.get(sub.port, ())
+        if not any(s.sub_id == sub.sub_id for s in subs):
+            raise SubscriptionRefused(f"no subscription {sub.sub_id} on port {sub.port}")
+        if sub.takes_whole_connections and any(
+            s.takes_whole_connections and s.sub_id != sub.sub_id for s in subs
+        ):
+            raise SubscriptionRefused(
+                f"port {sub.port} is already stolen without a filter by another session; "
+                "add an http_filter to share it")
+        self._set(sub.port, tuple(sub if s.sub_id == sub.sub_id else s for s in subs))
+
+    def remove(self, sub_id: int) -> Subscription | None:
+        for port, subs in self._by_port.items():
+            for sub in subs:
+                if sub.sub_id == sub_id:
+                    self._set(port, tuple(s for s in subs if s.sub_id != sub_id))
+                    return sub
+        return None
+
+    def remove_link(self, link_id: int) -> list[Subscription]:
+        gone = [s for subs in self._by_port.values() for s in subs if s.link_id == link_id]
+        for sub in gone:
+            self.remove(sub.sub_id)
+        return gone
+
+    def get(self, sub_id: int) -> Subscription | None:
+        for subs in self._by_port.values():
+            for sub in subs:
+                if sub.sub_id == sub_id:
+                    return sub
+        return None
+
+    def ports(self) -> frozenset[int]:
+        return frozenset(self._by_port)
+
+    def subscriptions(self, port: int) -> tuple[Subscription, ...]:
+        return self._by_port.get(port, ())
+
+    def whole_connection_owner(self, port: int) -> Subscription | None:
+        for sub in self._by_port.get(port, ()):
+            if sub.takes_whole_connections:
+                return sub
+        return None
+
+    def capturing(self, port: int) -> bool:
+        return port in self._capturing
+
+    def link_ids(self, port: int) -> tuple[int, ...]:
+        """The sessions (links) subscribed to ``port``, in link order."""
+        return self._link_ids.get(port, ())
+
+    def whole_mirrors(self, port: int) -> list[Subscription]:
+        """Unfiltered mirrors: they copy connections that are not HTTP, too."""
+        return [s for s in self._by_port.get(port, ())
+                if s.mode == "mirror" and s.http_filter is None]
+
+    def decide(self, port: int, request: RequestView) -> Route:
+        """Route one HTTP request arriving on ``port`` (see the module doc for precedence).
+
+        The earliest matching steal takes it; later matching steals are reported as
+        shadowed (their sessions are told, never shown the request); every matching mirror
+        gets a copy. An unfiltered mirror matches everything; so does an unfiltered steal
+        (it takes new connections whole; here it takes the requests of connections that
+        were already routed one by one when it arrived).
+        """
+        subs = self._by_port.get(port, ())
+        only_filter = subs[0].http_filter if len(subs) == 1 else None
+        if only_filter is not None and subs[0].mode == "steal":
+            only = subs[0]  # the common case, kept cheap
+            result = only_filter.evaluate(request, budget_s=self._budget_s, clock=self._clock,
+                                          cpu_clock=self._cpu_clock)
+            if result.matched:
+                return Route(steal_by=only.sub_id, clause=result.clause,
+                             timed_out=result.timed_out)
+            return Route(steal_by=None, timed_out=result.timed_out) if result.timed_out else PASS
+        steal_by: int | None = None
+        clause: str | None = None
+        timed_out: list[str] = []
+        mirrors: list[int] = []
+        mirror_clauses: list[str | None] = []
+        shadowed: list[int] = []
+        for sub in subs:
+            if sub.http_filter is None:
+                if sub.mode == "mirror":
+                    mirrors.append(sub.sub_id)
+                    mirror_clauses.append(None)
+                elif steal_by is None:
+                    # New connections go to it whole; this takes the requests of
+                    # connections that were already being routed one by one.
+                    steal_by, clause = sub.sub_id, WHOLE_PORT
+                continue
+            result = sub.http_filter.evaluate(request, budget_s=self._budget_s,
+                                              clock=self._clock, cpu_clock=self._cpu_clock)
+            timed_out.extend(result.timed_out)
+            if not result.matched:
+                continue
+            if sub.mode == "mirror":
+                mirrors.append(sub.sub_id)
+                mirror_clauses.append(result.clause)
+                clause = clause or result.clause
+            elif steal_by is None:
+                steal_by, clause = sub.sub_id, result.clause
+            else:
+                shadowed.append(sub.sub_id)
+        if steal_by is None and not mirrors and not timed_out:
+            return PASS
+        return Route(steal_by=steal_by, clause=clause, timed_out=tuple(timed_out),
+                     mirror_to=tuple(mirrors), mirror_clauses=tuple(mirror_clauses),
+                     shadowed=tuple(shadowed))
