@@ -2,7 +2,7 @@
 
     .venv/bin/python screenshots/render.py            # writes screenshots/*.svg and *.png
 
-The real app runs headless at 160x45 against ``tui.fake_agent.FakeAgent`` (the real
+The real app runs headless at 160x45 against ``waylay.tui.fake_agent.FakeAgent`` (the real
 session and wire protocol, synthetic traffic routed by the engine's filters), with
 traffic streaming at 300 requests/s while the pictures are taken, so the rates and
 sparklines are live. Three pictures:
@@ -29,10 +29,10 @@ sys.path.insert(0, str(HERE.parent))
 import cairosvg  # noqa: E402
 from textual.widgets import Input  # noqa: E402
 
-from core.config import parse_config  # noqa: E402
-from core.local_targets import LocalTarget  # noqa: E402
-from tui.app import WaylayApp  # noqa: E402
-from tui.fake_agent import FakeAgent, synthetic  # noqa: E402
+from waylay.core.engine.config import parse_config  # noqa: E402
+from waylay.core.system.local_targets import LocalTarget  # noqa: E402
+from waylay.tui.app import WaylayApp  # noqa: E402
+from waylay.tui.fake_agent import FakeAgent, synthetic  # noqa: E402
 
 SIZE = (160, 45)
 CONFIG = ('{"feature": {"network": {"incoming": {"mode": "steal", '

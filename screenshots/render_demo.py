@@ -19,10 +19,10 @@ sys.path.insert(0, str(HERE.parent))
 
 from render import SIZE, save, wait  # noqa: E402
 
-from cli.demo.runner import Demo  # noqa: E402
-from cli.demo.sandbox import SHOP_PORT  # noqa: E402
-from core.config import load_config  # noqa: E402
-from tui.app import WaylayApp  # noqa: E402
+from waylay.cli.demo.runner import Demo  # noqa: E402
+from waylay.cli.demo.sandbox import SHOP_PORT  # noqa: E402
+from waylay.core.engine.config import load_config  # noqa: E402
+from waylay.tui.app import WaylayApp  # noqa: E402
 
 CONFIG = HERE.parent / "examples" / "steal-alice.json"
 

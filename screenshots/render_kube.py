@@ -26,9 +26,9 @@ sys.path.insert(0, str(HERE.parent))
 
 from render import SIZE, save, wait  # noqa: E402
 
-from core.config import parse_config  # noqa: E402
 from tests.kube.kube_bed import ALICE, NAMESPACE, KubeBed, kube_bed  # noqa: E402
-from tui.app import WaylayApp  # noqa: E402
+from waylay.core.engine.config import parse_config  # noqa: E402
+from waylay.tui.app import WaylayApp  # noqa: E402
 
 USERS = ("alice", "bob", "carol", "alice", "dave")
 PATHS = ("/api/orders", "/api/cart", "/web/home", "/api/orders/7", "/health")
