@@ -89,19 +89,22 @@ class FilterEditor(Vertical):
         self.error: DraftError | None = None
 
     def compose(self) -> ComposeResult:
+        # Fields in reading order, which is also Tab's order: kind, then its value (or the
+        # clauses), then the ports the filter applies to.
         with Horizontal(classes="editor-row"):
             yield Label("kind", classes="editor-label")
             yield Select([(KIND_LABELS[k], k) for k in KINDS], value=NONE, allow_blank=False,
                          compact=True, id="filter-kind")
-            yield Label("ports", classes="editor-label")
-            yield Input(placeholder="http_filter.ports: empty = every intercepted port",
-                        compact=True, id="filter-ports")
         with Horizontal(classes="editor-row", id="single-row"):
             yield Label("value", classes="editor-label")
             yield Input(compact=True, id="filter-value")
         yield Vertical(id="clauses")
         with Horizontal(classes="editor-row", id="clause-buttons"):
             yield Button("+ clause", compact=True, id="add-clause")
+        with Horizontal(classes="editor-row"):
+            yield Label("ports", classes="editor-label")
+            yield Input(placeholder="http_filter.ports: empty = every intercepted port",
+                        compact=True, id="filter-ports")
         yield Static("", id="filter-status", markup=False)
         yield Static("", id="filter-json", markup=False)
         yield Static("", id="filter-preview", markup=False)

@@ -188,3 +188,19 @@ async def test_the_preview_says_when_headers_were_not_captured(fake: FakeAgent) 
                        "the note")
         expected = sum(1 for r in app.store if r.get("authority") == "api.shop.local")
         assert app.last_preview is not None and app.last_preview.taken == expected
+
+
+async def test_tab_follows_reading_order_kind_value_ports(fake: FakeAgent) -> None:
+    """After choosing a kind, Tab lands in its value, and the next Tab in the ports."""
+    app = make_app(fake)
+    async with app.run_test(size=SIZE) as pilot:
+        await attached(pilot)
+        await pilot.press("f")
+        await pick(pilot, editor(app).query_one("#filter-kind", Select), "path_filter")
+        await pilot.press("tab")
+        await pilot.pause()
+        assert app.focused is editor(app).query_one("#filter-value", Input)
+        await pilot.press(*"^/api", "tab")
+        await pilot.pause()
+        assert app.focused is editor(app).query_one("#filter-ports", Input)
+        assert editor(app).query_one("#filter-value", Input).value == "^/api"
