@@ -2,13 +2,14 @@
 
 The session's hot path (asyncio, no task per request). A stolen or mirrored request
 arrives as ``RequestStart``, ``Data``*, ``Trailers``?, ``End``; ``Http1Delivery`` writes it
-to a connection to the local app taken from ``LocalHttp1Pool`` (most recently used first)
-and turns the app's answer into ``ResponseStart``, ``Data``*, ``End`` for the agent. The
-connections are ``asyncio.Protocol`` objects: the app's bytes are parsed in
-``data_received`` by the same strict framing code the agent forwards responses with
-(``waylay.core.engine.http1_framing``), and the request goes out as one write per batch of frames
-(the session calls ``flush`` once the frames of one read are handed over). Only opening a new
-connection takes a task.
+to a connection to the local app taken from ``LocalHttp1Pool`` (most recently used first,
+``waylay.core.client.local_http1_pool``) and turns the app's answer into ``ResponseStart``,
+``Data``*, ``End`` for the agent. The connections are ``asyncio.Protocol`` objects: the
+app's bytes are parsed in ``data_received`` by the same strict framing code the agent
+forwards responses with (``waylay.core.engine.http1_framing``), and the request goes out as
+one write per batch of frames (the session calls ``flush`` once the frames of one read are
+handed over). Only opening a new connection takes a task. The heads' translation between
+the wire's text and HTTP/1.1 bytes is ``waylay.core.client.local_http1_heads``.
 
 What HTTP/1.1 asks of a client (RFC 9112), as h11 did here before:
 
@@ -29,16 +30,21 @@ the local app was too slow) closes the connection: the app sees the request aban
 from __future__ import annotations
 
 import asyncio
-import re
-import time
 from collections.abc import Callable
-from typing import Final, Protocol, cast
+from typing import Final, Protocol
 
+from waylay.core.client.local_http1_heads import (
+    FIELD_TEXT,
+    OWS,
+    LocalRequestError,
+    field_tokens,
+    request_head_bytes,
+    wire_headers,
+)
+from waylay.core.client.local_http1_pool import WRITE_HIGH_WATER, LocalConnection, LocalHttp1Pool
 from waylay.core.engine.http1_framing import (
-    FAST_RESPONSE,
     LAST_CHUNK,
     NO_BODY,
-    TOKEN_PATTERN,
     BodyReader,
     HttpParseError,
     ResponseHead,
@@ -56,37 +62,12 @@ from waylay.core.engine.wire import (
     Trailers,
     encode_data,
     headers_from_wire,
-    headers_to_wire,
 )
-from waylay.core.system.pool import (
-    CONNECT_TIMEOUT_S,
-    IDLE_TIMEOUT_S,
-    MAX_IDLE_PER_DESTINATION,
-    Destination,
-    tune,
-)
+from waylay.core.system.pool import Destination
 
 # A response body up to this size, complete when its head is parsed, rides in the
 # ResponseStart frame (one frame instead of three); larger ones stream as DATA frames.
 INLINE_BODY_MAX: Final = 64 * 1024
-# Request bytes held for a connection still being opened, or queued in a connection's
-# transport, before the link stops handing over frames: bounds the session's memory when
-# the local app reads a big upload slowly.
-WRITE_HIGH_WATER: Final = 256 * 1024
-
-# The request head's parts, as the wire's latin-1 text (RFC 9110 §5.6.2 token, §5.5
-# field-vchar; a request-target without CTL or space). A head that fails them is not sent:
-# it could split into two requests at the local app. Names and values are each checked
-# joined, in one C-level match: CR and LF are in neither class.
-_TOKEN_CHARS: Final = "[!#$%&'*+\\-.^_`|~0-9A-Za-z]"
-_TOKEN_TEXT: Final = re.compile(_TOKEN_CHARS + "+")
-_TOKENS_TEXT: Final = re.compile(_TOKEN_CHARS + "*")
-_TARGET_TEXT: Final = re.compile("[!-~\x80-\xff]+")
-_VALUES_TEXT: Final = re.compile("[\t\x20-\x7e\x80-\xff]*")
-_OWS: Final = " \t"
-# One field line of a head FAST_RESPONSE accepted, as text: name, and value without its
-# leading OWS (trailing OWS, rare, is taken off where it is found).
-_FIELD_TEXT: Final = re.compile("\n(" + TOKEN_PATTERN.decode() + "):[ \t]*([^\r]*)")
 
 
 class DeliveryLink(Protocol):
@@ -108,175 +89,12 @@ _WHOLE: Final = ResponseHead(status=200, reason=b"", version=b"1.1", raw=b"", fr
                              keep_alive=True)
 
 
-class LocalRequestError(Exception):
-    """The request cannot be sent as HTTP/1.1 (the agent sent something no app should get)."""
-
-
-def request_head_bytes(method: str, target: str, headers: tuple[tuple[str, str], ...]) -> bytes:
-    """An HTTP/1.1 request head, through its empty line, from the wire's text; refuses what
-    could split it into two requests at the local app (RFC 9112 §3, RFC 9110 §5)."""
-    names = [name for name, _ in headers]
-    if (_TOKEN_TEXT.fullmatch(method) is None or _TARGET_TEXT.fullmatch(target) is None
-            or not all(names) or _TOKENS_TEXT.fullmatch("".join(names)) is None
-            or _VALUES_TEXT.fullmatch("".join([value for _, value in headers])) is None):
-        raise LocalRequestError(_head_problem(method, target, headers))
-    lines = [f"{method} {target} HTTP/1.1\r\n"]
-    lines += [f"{name}: {value}\r\n" for name, value in headers]
-    lines.append("\r\n")
-    return "".join(lines).encode("latin-1")
-
-
-def _head_problem(method: str, target: str, headers: tuple[tuple[str, str], ...]) -> str:
-    if _TOKEN_TEXT.fullmatch(method) is None:
-        return f"invalid method {method[:32]!r}"
-    if _TARGET_TEXT.fullmatch(target) is None:
-        return f"invalid request target {target[:64]!r}"
-    name = next((n for n, v in headers if _TOKEN_TEXT.fullmatch(n) is None
-                 or _VALUES_TEXT.fullmatch(v) is None), "?")
-    return f"invalid header field {name[:64]!r} (RFC 9110 §5)"
-
-
-def wire_headers(head: ResponseHead) -> tuple[tuple[str, str], ...]:
-    """The head's fields as the wire carries them (latin-1 text): for the usual head one
-    decode and one C-level scan, the same fields ``head.headers`` gives."""
-    raw = head.raw
-    if FAST_RESPONSE.fullmatch(raw) is None:
-        return headers_to_wire(head.headers)
-    text = raw.decode("latin-1")
-    fields: list[tuple[str, str]] = _FIELD_TEXT.findall(text)
-    if " \r" in text or "\t\r" in text:
-        fields = [(name, value.rstrip(" \t")) for name, value in fields]
-    return tuple(fields)
-
-
-def _tokens(value: str) -> list[str]:
-    return [t.strip(_OWS).lower() for t in value.split(",")]
-
-
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
     if isinstance(exc, TimeoutError):
         return "connection timed out"
     return str(exc) or type(exc).__name__
-
-
-class LocalConnection(asyncio.Protocol):
-    """One TCP connection to the local app: idle in its pool, or serving one delivery."""
-
-    def __init__(self, destination: Destination) -> None:
-        self.destination = destination
-        self.transport: asyncio.Transport | None = None
-        self.delivery: Http1Delivery | None = None
-        self.closed = False
-        self.write_paused = False
-        self.idle_since = 0.0
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            tune(sock)
-        self.transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
-
-    def data_received(self, data: bytes) -> None:
-        delivery = self.delivery
-        if delivery is not None:
-            delivery.local_data(data)
-        else:
-            self.close()  # bytes nobody asked for: this connection cannot be trusted
-
-    def eof_received(self) -> bool:
-        delivery = self.delivery
-        if delivery is not None:
-            return delivery.local_eof()
-        return False
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-        self.write_paused = False
-        delivery, self.delivery = self.delivery, None
-        if delivery is not None:
-            delivery.local_lost(exc)
-
-    def pause_writing(self) -> None:
-        self.write_paused = True
-
-    def resume_writing(self) -> None:
-        self.write_paused = False
-        if self.delivery is not None:
-            self.delivery.local_writable()
-
-    def write(self, data: bytes) -> None:
-        if self.transport is not None and not self.closed:
-            self.transport.write(data)
-
-    def close(self) -> None:
-        if not self.closed:
-            self.closed = True
-            if self.transport is not None:
-                self.transport.close()
-
-
-class LocalHttp1Pool:
-    """Idle keep-alive connections to the local app, by address."""
-
-    def __init__(self) -> None:
-        self._idle: dict[Destination, list[LocalConnection]] = {}
-        self._busy: set[LocalConnection] = set()
-        self.opened = 0
-        self.reused = 0
-
-    def take(self, destination: Destination) -> LocalConnection | None:
-        """The most recently used idle connection to ``destination`` (the least likely to
-        have been closed by the app), or None."""
-        idle = self._idle.get(destination)
-        if not idle:
-            return None
-        now = time.monotonic()
-        while idle:
-            conn = idle.pop()
-            if not conn.closed and now - conn.idle_since < IDLE_TIMEOUT_S:
-                self.reused += 1
-                self._busy.add(conn)
-                return conn
-            conn.close()
-        return None
-
-    async def open(self, destination: Destination) -> LocalConnection:
-        """A new connection (TCP_NODELAY); raises OSError or TimeoutError."""
-        loop = asyncio.get_running_loop()
-        _, conn = await asyncio.wait_for(
-            loop.create_connection(lambda: LocalConnection(destination), *destination),
-            CONNECT_TIMEOUT_S)
-        self.opened += 1
-        self._busy.add(conn)
-        return conn
-
-    def put(self, conn: LocalConnection) -> None:
-        self._busy.discard(conn)
-        conn.delivery = None
-        if conn.closed:
-            return
-        idle = self._idle.setdefault(conn.destination, [])
-        if len(idle) >= MAX_IDLE_PER_DESTINATION:
-            idle.pop(0).close()
-        conn.idle_since = time.monotonic()
-        idle.append(conn)
-
-    def discard(self, conn: LocalConnection) -> None:
-        self._busy.discard(conn)
-        conn.delivery = None
-        conn.close()
-
-    def close(self) -> None:
-        for idle in self._idle.values():
-            for conn in idle:
-                conn.close()
-        self._idle.clear()
-        for conn in list(self._busy):
-            conn.close()
-        self._busy.clear()
 
 
 class Http1Delivery:
@@ -344,11 +162,11 @@ class Http1Delivery:
         for name, value in headers:
             lowered = name.lower()
             if lowered == "transfer-encoding":
-                codings = _tokens(value) if codings is None else codings + _tokens(value)
+                codings = field_tokens(value) if codings is None else codings + field_tokens(value)
             elif lowered == "content-length":
-                length = value.strip(_OWS)
+                length = value.strip(OWS)
             elif lowered == "connection":
-                tokens = _tokens(value)
+                tokens = field_tokens(value)
                 if "close" in tokens:
                     self._keep_alive = False
                 if "upgrade" in tokens:
@@ -504,7 +322,7 @@ class Http1Delivery:
             return False
         head_end = data.find(b"\r\n\r\n") + 4
         text = data[:head_end].decode("latin-1")
-        fields: list[tuple[str, str]] = _FIELD_TEXT.findall(text)
+        fields: list[tuple[str, str]] = FIELD_TEXT.findall(text)
         if " \r" in text or "\t\r" in text:
             fields = [(name, value.rstrip(" \t")) for name, value in fields]
         line_end = text.find("\r\n")  # "HTTP/1.1 200[ reason]"
@@ -728,4 +546,5 @@ class Http1Delivery:
         self._on_done(self.sid)
 
 
-__all__ = ["Http1Delivery", "LocalConnection", "LocalHttp1Pool", "request_head_bytes"]
+# The session takes the delivery and the pool it draws on from here.
+__all__ = ["Http1Delivery", "LocalHttp1Pool"]

@@ -1,6 +1,6 @@
 """Stolen HTTP/1.x requests delivered to a real local app on loopback
-(waylay.core.client.local_http1): the frames the agent gets back, the bytes the app gets, pooling,
-failures, upgrades."""
+(waylay.core.client.local_http1, with its heads and pool): the frames the agent gets back,
+the bytes the app gets, pooling, failures, upgrades."""
 
 from __future__ import annotations
 
@@ -12,9 +12,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from waylay.core.client.local_http1 import (
-    Http1Delivery,
-    LocalHttp1Pool,
+from waylay.core.client.local_http1 import Http1Delivery, LocalHttp1Pool
+from waylay.core.client.local_http1_heads import (
     LocalRequestError,
     request_head_bytes,
     wire_headers,
