@@ -38,6 +38,11 @@ MATCH_BUDGET_S = 0.02
 
 FILTER_KEYS = ("header_filter", "path_filter", "method_filter", "all_of", "any_of")
 _INNER_KEYS = ("header", "path", "method")
+# A header value of visible ASCII only (and tabs): mirrord reads a value as text only if it
+# is (the http crate's HeaderValue::to_str), and leaves any other header out of header
+# matching, so "x-filter: y" does not match "x-filter: yés" (docs/architecture.md §2).
+# str.isascii() and str.isprintable() decide the usual value at C speed; this is for tabs.
+_visible = regex.compile(r"[\t\x20-\x7e]*").fullmatch
 _TOKEN = regex.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 §5.6.2 token
 
 
@@ -182,6 +187,9 @@ class HttpFilter:
         for index in range(total):
             if index < len(headers):
                 name, value = headers[index]
+                if not (value.isascii() and value.isprintable()) and not _visible(value):
+                    left -= 1
+                    continue
                 line = f"{name.lower()}: {value}"
             else:
                 line = f"host: {authority}"
@@ -243,7 +251,8 @@ class _Run:
     @functools.cached_property
     def header_lines(self) -> list[str]:
         """``name: value`` per header, name lower-cased; rendered only if a clause needs it."""
-        lines = [f"{name.lower()}: {value}" for name, value in self.request.headers]
+        lines = [f"{name.lower()}: {value}" for name, value in self.request.headers
+                 if value.isascii() and value.isprintable() or _visible(value)]
         if self.request.authority is not None:
             lines.append(f"host: {self.request.authority}")
         return lines

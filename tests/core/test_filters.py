@@ -70,10 +70,12 @@ def test_header_filter_sees_h2_authority_as_host() -> None:
 
 
 def test_header_filter_supports_lookaround_and_unicode_classes() -> None:
-    """Lookahead, lookbehind and \\p{..} classes work (the `regex` package)."""
-    f = hf(header_filter=r"(?<=x-name: )\p{Greek}+$")
-    assert f.evaluate(req(headers=(("X-Name", "αβγ"),))).matched
-    assert not f.evaluate(req(headers=(("X-Name", "abc"),))).matched
+    """Lookahead, lookbehind and \\p{..} classes work (the `regex` package); a value that
+    is not visible ASCII is never matched (see the tests at the end)."""
+    f = hf(header_filter=r"(?<=x-name: )\p{Latin}+$")
+    assert f.evaluate(req(headers=(("X-Name", "abc"),))).matched
+    assert not f.evaluate(req(headers=(("X-Name", "123"),))).matched
+    assert not f.evaluate(req(headers=(("X-Name", "abcé"),))).matched
 
 
 # -- path_filter -----------------------------------------------------------------------
@@ -374,3 +376,28 @@ def test_any_pattern_compiles_or_raises_config_error(pattern: str) -> None:
     except ConfigError:
         return
     f.evaluate(req("/x?y"), budget_s=0.01)
+
+
+# -- header values that are not visible ASCII (mirrord leaves them out) ----------------------
+
+UTF8_AS_LATIN1 = "yés".encode().decode("latin-1")  # how the HTTP/1 parser hands it over
+
+
+@pytest.mark.parametrize("value", ["yés", UTF8_AS_LATIN1, "y\x01", "y\x7f"])
+@pytest.mark.parametrize("shape", ["header_filter", "any_of"])
+def test_a_header_value_that_is_not_visible_ascii_is_left_out(value: str, shape: str) -> None:
+    """`x-filter: y` does not match `x-filter: yés`: mirrord cannot read it as text."""
+    http_filter = hf(header_filter="x-filter: y") if shape == "header_filter" else \
+        hf(any_of=[{"header": "x-filter: y"}, {"path": "^/never$"}])
+    assert not http_filter.evaluate(req(headers=(("X-Filter", value),))).matched
+    # The other headers of the same request still count.
+    both = (("X-Filter", value), ("X-Other", "1"), ("x-filter", "yes"))
+    assert http_filter.evaluate(req(headers=both)).matched
+
+
+@pytest.mark.parametrize("shape", ["header_filter", "all_of"])
+def test_a_header_value_with_a_tab_is_visible_ascii(shape: str) -> None:
+    """A tab is allowed in a header value, as in the http crate's HeaderValue::to_str."""
+    http_filter = hf(header_filter="x-filter: a\tb") if shape == "header_filter" else \
+        hf(all_of=[{"header": "x-filter: a\tb"}, {"method": "GET"}])
+    assert http_filter.evaluate(req(headers=(("X-Filter", "a\tb"),))).matched
