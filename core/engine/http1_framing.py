@@ -16,7 +16,7 @@ boundaries (RFC 9112) and hands back the exact bytes consumed, to forward verbat
 
 The head parsers hold no state between calls (only a bounded memo of field names already
 validated); ``BodyReader`` is the only state machine (for chunked bodies
-``_SIZE -> _DATA -> _DATA_END -> _SIZE ... -> _TRAILER -> _DONE``).
+``ChunkState``: ``SIZE -> DATA -> DATA_END -> SIZE ... -> TRAILER -> DONE``).
 
 Strictness follows h11 where leniency would let two parsers disagree about where a
 message ends (request smuggling, RFC 9112 §11.2): a forwarded message is one that both
@@ -31,7 +31,8 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Final, Literal
+from enum import IntEnum
+from typing import Final, Literal, assert_never
 
 __all__ = [
     "CHUNKED",
@@ -42,6 +43,7 @@ __all__ = [
     "NO_BODY",
     "UNTIL_CLOSE",
     "BodyReader",
+    "ChunkState",
     "Framing",
     "HttpParseError",
     "RequestHead",
@@ -710,13 +712,37 @@ def _tokens(value: bytes) -> list[bytes]:
 
 # --- bodies ------------------------------------------------------------------------------
 
-# Chunked body states (RFC 9112 §7.1): a size line, its data, the CRLF after the data, and
-# after the last chunk the trailer section; then done.
-_SIZE: Final = 0
-_DATA: Final = 1
-_DATA_END: Final = 2
-_TRAILER: Final = 3
-_DONE: Final = 4
+
+class ChunkState(IntEnum):
+    """Where a chunked body stands (RFC 9112 §7.1). Legal transitions, one per input:
+
+    ========  ==========================  ========
+    state     input                       next
+    ========  ==========================  ========
+    SIZE      a size line, size > 0       DATA
+    SIZE      a size line, size 0         TRAILER
+    DATA      the chunk's last byte       DATA_END
+    DATA_END  CRLF                        SIZE
+    TRAILER   a trailer field line        TRAILER
+    TRAILER   an empty line               DONE
+    ========  ==========================  ========
+
+    Anything else is an ``HttpParseError``; DONE takes no input.
+    """
+
+    SIZE = 0
+    DATA = 1
+    DATA_END = 2
+    TRAILER = 3
+    DONE = 4
+
+
+# Module names for the per-byte loop: a global lookup, compared by identity.
+_SIZE: Final = ChunkState.SIZE
+_DATA: Final = ChunkState.DATA
+_DATA_END: Final = ChunkState.DATA_END
+_TRAILER: Final = ChunkState.TRAILER
+_DONE: Final = ChunkState.DONE
 
 
 class BodyReader:
@@ -742,7 +768,7 @@ class BodyReader:
         self._kind = framing.kind
         self._remaining = framing.length  # "length": bytes left; "chunked": of this chunk
         self._received = 0
-        self._state = _SIZE
+        self._state: ChunkState = _SIZE
         self._trailer_bytes = 0
         self.done = framing.kind == "none" or (framing.kind == "length" and not framing.length)
         self.trailers: list[tuple[bytes, bytes]] = []
@@ -784,21 +810,21 @@ class BodyReader:
         pos, n, state = 0, len(buf), self._state
         spans: list[tuple[int, int]] = []
         while pos < n:
-            if state == _DATA:
+            if state is _DATA:
                 take = min(self._remaining, n - pos)
                 spans.append((pos, pos + take))
                 pos += take
                 self._remaining -= take
                 if not self._remaining:
                     state = _DATA_END
-            elif state == _SIZE:
+            elif state is _SIZE:
                 end = _line_end(buf, pos, MAX_CHUNK_LINE_BYTES, "chunk-size line", 400)
                 if end < 0:
                     break
                 self._remaining = _chunk_size(bytes(buf[pos:end]))
                 pos = end + 2
                 state = _DATA if self._remaining else _TRAILER
-            elif state == _DATA_END:
+            elif state is _DATA_END:
                 if buf[pos] != 0x0D or (pos + 1 < n and buf[pos + 1] != 0x0A):
                     raise HttpParseError(
                         f"chunk data not followed by CRLF: {bytes(buf[pos : pos + 2])!r} "
@@ -808,7 +834,7 @@ class BodyReader:
                     break
                 pos += 2
                 state = _SIZE
-            elif state == _TRAILER:
+            elif state is _TRAILER:
                 budget = MAX_HEAD_BYTES - self._trailer_bytes
                 end = _line_end(buf, pos, budget, "trailer section", 431)
                 if end < 0:
@@ -822,10 +848,12 @@ class BodyReader:
                 self.trailers.append(_trailer_field(line))
                 if len(self.trailers) > MAX_HEADERS:
                     raise HttpParseError(f"more than {MAX_HEADERS} trailer fields", 431)
-            else:  # pragma: no cover - _DONE exits the loop above
+            elif state is _DONE:  # pragma: no cover - DONE exits the loop above
                 raise AssertionError(state)
+            else:
+                assert_never(state)
         self._state = state
-        self.done = state == _DONE
+        self.done = state is _DONE
         if not pos:
             return b"", b""
         view = memoryview(buf)

@@ -103,7 +103,7 @@ def test_module_is_sans_io() -> None:
             imported.update(alias.name.split(".")[0] for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module:
             imported.add(node.module.split(".")[0])
-    assert imported <= {"__future__", "dataclasses", "re", "typing"}
+    assert imported <= {"__future__", "dataclasses", "enum", "re", "typing"}
 
 
 # --- request line -------------------------------------------------------------------------
