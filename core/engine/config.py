@@ -497,8 +497,18 @@ class _Builder:
             return
         if config.mode is Mode.OFF:
             self.warn("has no effect while mode is off", (*path, "http_filter"))
+        remote_of = {local: remote for remote, local in config.port_mapping.items()
+                     if local != remote}
         for port in sorted(config.filter_ports or ()):
-            if not config.intercepts(port) and config.mode is not Mode.OFF:
+            if port in remote_of and port not in config.port_mapping:
+                # mirrord's filter ports are the target's (remote) ports, which port_mapping
+                # users often get the wrong way round (mirrord issue 2397).
+                self.warn(
+                    f"port {port} is a local port of port_mapping; the filter's ports are "
+                    f"the target's ports (remote port {remote_of[port]} maps to {port})",
+                    (*path, "http_filter", "ports"),
+                )
+            elif not config.intercepts(port) and config.mode is not Mode.OFF:
                 self.warn(
                     f"port {port} is not intercepted (see ports / ignore_ports), "
                     "so the filter never applies there",

@@ -563,3 +563,20 @@ def test_any_incoming_value_loads_or_raises_config_error(
         odd = {"feature": {"network": {"incoming": {**incoming, **odd_keys}}}}
         with contextlib.suppress(ConfigError):
             parse_config(yaml.safe_dump(odd), fmt="yaml")
+
+
+def test_filter_ports_are_remote_ports_and_a_local_one_is_pointed_out() -> None:
+    """With port_mapping, http_filter.ports name the target's ports (mirrord issue 2397)."""
+    text = ('{"feature": {"network": {"incoming": {"mode": "steal", '
+            '"port_mapping": [[9333, 80]], '
+            '"http_filter": {"header_filter": "x", "ports": [%d]}}}}}')
+    remote = json_config(text % 80)
+    assert remote.warnings == ()
+    assert remote.incoming.filter_for(80) is not None
+    assert remote.incoming.local_port(80) == 9333
+    local = json_config(text % 9333)
+    assert local.incoming.filter_for(80) is None  # port 80 is taken whole, as in mirrord
+    assert len(local.warnings) == 1
+    assert "port 9333 is a local port of port_mapping" in local.warnings[0]
+    assert "remote port 80 maps to 9333" in local.warnings[0]
+    assert "http_filter.ports" in local.warnings[0]

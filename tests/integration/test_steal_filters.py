@@ -150,3 +150,20 @@ def test_mirrord_guide_config_routes_each_request_as_the_guide_says(
     assert counts["stolen"] == len(case.stolen), run.stderr
     assert counts["passed"] == len(REQUESTS) - len(case.stolen), run.stderr
     assert counts["errors"] == 0, run.stderr
+
+
+def test_filter_ports_are_the_remote_ports_under_port_mapping(bed: Bed, waylay: StartWaylay
+                                                              ) -> None:
+    """port_mapping sends remote 80 to the local app; the filter's ports: [80] is remote."""
+    config = ('{"feature": {"network": {"incoming": {"mode": "steal", "ports": [80], '
+              f'"port_mapping": [[{bed.local_http}, 80]], '
+              '"http_filter": {"header_filter": "^x-take: yes$", "ports": [80]}}}}}')
+    run = waylay(config, ports=[], wait=False)
+    assert run.wait_for(lambda evs: any(e.get("type") == "subscribed" for e in evs), 30), \
+        run.stderr
+    assert [(e["port"], e["mode"]) for e in run.of_type("subscribed")] == [(80, "steal")]
+    taken = curl(bed.url("/mapped"), "-H", "x-take: yes")
+    passed = curl(bed.url("/mapped"))
+    assert (taken.served_by, passed.served_by) == ("local", "remote")
+    events = run.wait_requests(2)
+    assert [e["verdict"] for e in events] == ["stolen", "passed"], events
