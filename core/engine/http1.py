@@ -31,38 +31,34 @@ it answers by calling an ``Http1Sink`` (docs/architecture.md, "The hot path"): n
 or command objects per request. ``handle`` is the same engine behind the shared
 event/command vocabulary of ``waylay.core.engine.routing``, for playbook tests and readers: it
 records the sink calls as commands.
+
+This module reads the remote client's requests and routes them; the answers going back
+(relayed from the original app, or framed from the local app's) are
+``waylay.core.engine.http1_responses``; the sink and its recorder ``http1_sink``; the state
+of the request in flight ``http1_exchange``.
 """
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Callable
-from typing import Protocol
+from typing import assert_never
 
 from waylay.core.engine.filters import request_view
-from waylay.core.engine.flow import FlowRecord, FlowRow, Verdict
+from waylay.core.engine.flow import FlowRecord, Verdict
+from waylay.core.engine.http1_exchange import Exchange, Lane, Tunnel
 from waylay.core.engine.http1_framing import (
-    CHUNKED,
-    LAST_CHUNK,
     MAX_HEAD_BYTES,
     NO_BODY,
-    UNTIL_CLOSE,
-    BodyReader,
-    Framing,
     HttpParseError,
     RequestHead,
-    ResponseHead,
-    chunk,
-    length,
     parse_request_head,
-    parse_response_head,
     response_head_bytes,
 )
+from waylay.core.engine.http1_responses import Http1Responses
 from waylay.core.engine.http1_simple import SimpleRequest, simple_request, simple_response
+from waylay.core.engine.http1_sink import CommandRecorder, Http1Sink
 from waylay.core.engine.routing import (
-    CloseDownstream,
     Command,
-    ConnectUpstream,
     Decide,
     DownstreamClosed,
     DownstreamData,
@@ -72,17 +68,8 @@ from waylay.core.engine.routing import (
     LocalEnd,
     LocalResponse,
     LocalTrailers,
-    MirrorData,
-    MirrorEnd,
     MirrorStart,
-    RecordFlow,
-    ReleaseUpstream,
     Route,
-    SendDownstream,
-    SendUpstream,
-    StealAbort,
-    StealData,
-    StealEnd,
     StealStart,
     UpstreamClosed,
     UpstreamData,
@@ -91,135 +78,12 @@ from waylay.core.engine.routing import (
 # Pipelined bytes held while a response is in flight before the driver stops reading.
 MAX_BUFFERED_DOWNSTREAM = 256 * 1024
 
-# Hop-by-hop fields of the local app's response (RFC 9110 §7.6.1): they describe the
-# session's connection to the local app, not ours to the remote client.
-_HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection",
-                         b"transfer-encoding", b"te", b"trailer", b"upgrade"})
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
-class Tunnel(enum.Enum):
-    """What the connection is after a 101: still HTTP, or raw bytes to one side."""
-
-    NONE = "none"
-    UPSTREAM = "upstream"  # a passed upgrade: bytes relayed to the original app
-    LOCAL = "local"  # a stolen upgrade: bytes relayed to the session's local app
-
-
-class Http1Sink(Protocol):
-    """What the engine asks of its driver: the commands of ``waylay.core.engine.routing``, as
-    calls."""
-
-    def send_downstream(self, data: bytes) -> None: ...
-    def close_downstream(self) -> None: ...
-    def connect_upstream(self) -> None: ...
-    def send_upstream(self, data: bytes) -> None: ...
-    def release_upstream(self, reusable: bool) -> None: ...
-    def steal_start(self, command: StealStart) -> None: ...
-    def steal_data(self, data: bytes) -> None: ...
-    def steal_end(self) -> None: ...
-    def steal_abort(self, reason: str) -> None: ...
-    def mirror_start(self, command: MirrorStart) -> None: ...
-    def mirror_data(self, data: bytes) -> None: ...
-    def mirror_end(self) -> None: ...
-    def record_flow(self, record: FlowRecord, owner: int | None,
-                    timed_out: tuple[str, ...]) -> None: ...
-    def record_row(self, row: FlowRow, timed_out: tuple[str, ...]) -> None:
-        """A passed request's record, already in wire form (the fast lane's)."""
-
-
-class CommandRecorder:
-    """An ``Http1Sink`` that writes each call down as a ``waylay.core.engine.routing`` command."""
-
-    def __init__(self) -> None:
-        self.commands: list[Command] = []
-
-    def take(self) -> list[Command]:
-        commands, self.commands = self.commands, []
-        return _coalesce(commands)
-
-    def send_downstream(self, data: bytes) -> None:
-        self.commands.append(SendDownstream(data=data))
-
-    def close_downstream(self) -> None:
-        self.commands.append(CloseDownstream())
-
-    def connect_upstream(self) -> None:
-        self.commands.append(ConnectUpstream())
-
-    def send_upstream(self, data: bytes) -> None:
-        self.commands.append(SendUpstream(data=data))
-
-    def release_upstream(self, reusable: bool) -> None:
-        self.commands.append(ReleaseUpstream(reusable=reusable))
-
-    def steal_start(self, command: StealStart) -> None:
-        self.commands.append(command)
-
-    def steal_data(self, data: bytes) -> None:
-        self.commands.append(StealData(data=data))
-
-    def steal_end(self) -> None:
-        self.commands.append(StealEnd())
-
-    def steal_abort(self, reason: str) -> None:
-        self.commands.append(StealAbort(reason=reason))
-
-    def mirror_start(self, command: MirrorStart) -> None:
-        self.commands.append(command)
-
-    def mirror_data(self, data: bytes) -> None:
-        self.commands.append(MirrorData(data=data))
-
-    def mirror_end(self) -> None:
-        self.commands.append(MirrorEnd())
-
-    def record_flow(self, record: FlowRecord, owner: int | None,
-                    timed_out: tuple[str, ...]) -> None:
-        self.commands.append(RecordFlow(record=record, owner=owner, timed_out=timed_out))
-
-    def record_row(self, row: FlowRow, timed_out: tuple[str, ...]) -> None:
-        self.record_flow(FlowRecord.from_row(row), None, timed_out)
-
-
-class _Exchange:
-    """The request in flight and what has happened to it so far."""
-
-    __slots__ = ("close_after", "record", "request", "request_body", "request_done",
-                 "response", "response_body", "response_done", "response_started",
-                 "route", "stolen", "stolen_framing")
-
-    def __init__(self, request: RequestHead, record: FlowRecord, route: Route) -> None:
-        self.request = request
-        self.record = record
-        self.route = route
-        self.stolen = route.steal_by is not None
-        self.request_body = BodyReader(request.framing)
-        self.request_done = False
-        self.response: ResponseHead | None = None  # passed requests: the upstream head
-        self.response_body: BodyReader | None = None
-        self.response_started = False
-        self.response_done = False
-        self.stolen_framing: Framing = NO_BODY  # stolen requests: how we frame the answer
-        self.close_after = not request.keep_alive
-
-
-class _Lane:
-    """A simple request sent upstream whole, awaiting its response (the fast lane)."""
-
-    __slots__ = ("keep_alive", "method", "raw", "route", "row")
-
-    def __init__(self, raw: bytes, method: str, row: FlowRow, route: Route,
-                 keep_alive: bool) -> None:
-        self.raw = raw
-        self.method = method
-        self.row = row  # its flow record, as a wire row (ts: the start, unrounded)
-        self.route = route
-        self.keep_alive = keep_alive
-
-
-class Http1Router:
-    """Routes the requests of one downstream HTTP/1.1 connection; see the module doc.
+class Http1Router(Http1Responses):
+    """Routes the requests of one downstream HTTP/1.1 connection; see the module doc. The
+    responses' half of its methods is ``Http1Responses`` (``waylay.core.engine.http1_responses``).
 
     Without a ``sink`` the router records commands for ``handle`` (playbook tests).
     """
@@ -247,8 +111,8 @@ class Http1Router:
         self._awaiting_head = False  # a partial head is buffered (see downstream_data)
         self._has_upstream = False
         self._tunnel = Tunnel.NONE
-        self._exchange: _Exchange | None = None
-        self._lane: _Lane | None = None  # a simple request in the fast lane
+        self._exchange: Exchange | None = None
+        self._lane: Lane | None = None  # a simple request in the fast lane
         self._route_ahead: Route | None = None  # decided by the lane, for _start
         self._now = 0.0
         self.closed = False
@@ -287,7 +151,7 @@ class Http1Router:
             case LocalTrailers():
                 pass  # an HTTP/1.1 client gets a stolen answer without its trailers
             case _:
-                raise AssertionError(f"unhandled event {event!r}")
+                assert_never(event)
         return recorder.take()
 
     # --- the driver's calls ------------------------------------------------------------
@@ -398,7 +262,7 @@ class Http1Router:
         row = [self._next_id(), self._now, self._port, "http/1.1", simple.method,
                simple.host, simple.target, "passed", None, None, 0, 0, route.clause, None]
         self.requests += 1
-        self._lane = _Lane(data, simple.method, row, route, simple.keep_alive)
+        self._lane = Lane(data, simple.method, row, route, simple.keep_alive)
         sink = self._sink
         if not self._has_upstream:
             self._has_upstream = True
@@ -420,7 +284,7 @@ class Http1Router:
                             protocol="http/1.1", verdict=Verdict.STOLEN, method=simple.method,
                             authority=simple.host, path=simple.target, matched=route.clause)
         self.requests += 1
-        exchange = _Exchange(head, record, route)
+        exchange = Exchange(head, record, route)
         exchange.request_done = True
         self._exchange = exchange
         if simple.host is None:  # HTTP/1.0 without Host: the local app gets one
@@ -431,7 +295,7 @@ class Http1Router:
                                     http_version=simple.version, headers=headers))
         sink.steal_end()
 
-    def _finish_simple(self, lane: _Lane, data: bytes) -> bool:
+    def _finish_simple(self, lane: Lane, data: bytes) -> bool:
         """The whole response to the lane's request in ``data``: pass it on; True if so."""
         simple = simple_response(data, lane.method)
         if simple is None:
@@ -458,7 +322,7 @@ class Http1Router:
         assert lane is not None
         head = parse_request_head(bytearray(lane.raw))
         assert head is not None
-        exchange = _Exchange(head, FlowRecord.from_row(lane.row), lane.route)
+        exchange = Exchange(head, FlowRecord.from_row(lane.row), lane.route)
         exchange.request_done = True  # bodiless, and already sent upstream
         self._exchange = exchange
 
@@ -530,7 +394,7 @@ class Http1Router:
             if not self._finish_if_done(exchange):
                 return
 
-    def _start(self, head: RequestHead) -> _Exchange:
+    def _start(self, head: RequestHead) -> Exchange:
         sink = self._sink
         method = head.method.decode("latin-1")
         target = head.target.decode("latin-1")
@@ -555,7 +419,7 @@ class Http1Router:
             record.request_body = bytearray()
             record.response_body = bytearray()
         self.requests += 1
-        exchange = _Exchange(head, record, route)
+        exchange = Exchange(head, record, route)
         self._exchange = exchange
         if route.mirror_to:
             copy = [(n, v) for n, v in head.headers if n.lower() != b"expect"]
@@ -593,218 +457,9 @@ class Http1Router:
             self._send_simple(exc.status_hint, body)
         self._close()
 
-    # --- upstream: the original app's responses to passed requests ---------------------
-
-    def _pump_upstream(self) -> None:
-        # Everything this call sends downstream goes out as one write.
-        out: list[bytes] = []
-        try:
-            self._pump_upstream_into(out)
-        finally:
-            if out:
-                self._sink.send_downstream(out[0] if len(out) == 1 else b"".join(out))
-
-    def _pump_upstream_into(self, out: list[bytes]) -> None:
-        up = self._up
-        while not self.closed and up:
-            if self._tunnel is Tunnel.UPSTREAM:
-                out.append(bytes(up))
-                up.clear()
-                return
-            exchange = self._exchange
-            if exchange is None or exchange.stolen or exchange.response_done:
-                # Bytes nobody asked for: this connection can't be trusted any more.
-                up.clear()
-                self._release_upstream(False)
-                return
-            record = exchange.record
-            if exchange.response is None:
-                try:
-                    head = parse_response_head(up, request_method=exchange.request.method)
-                except HttpParseError as exc:
-                    self._release_upstream(False)
-                    self._flush(out)
-                    self._fail(f"waylay: the original app sent a bad response: {exc.message}")
-                    return
-                if head is None:
-                    return
-                out.append(head.raw)
-                if head.status < 200:  # informational: another head follows
-                    if head.status == 101:
-                        self._flush(out)
-                        self._switch_protocols(exchange)
-                    continue
-                exchange.response = head
-                if record.request_headers is not None:
-                    record.response_headers = head.headers
-                exchange.response_body = BodyReader(head.framing)
-                exchange.response_started = True
-                record.status = head.status
-                if not head.keep_alive:
-                    exchange.close_after = True
-            body = exchange.response_body
-            assert body is not None
-            if not body.done:
-                try:
-                    raw, decoded = body.read(up)
-                except HttpParseError:
-                    self._flush(out)
-                    self._abort()
-                    return
-                if raw:
-                    out.append(raw)
-                if decoded:
-                    record.bytes_out += len(decoded)
-                    if record.response_body is not None:
-                        record.capture_response_body(decoded)
-                if not body.done:
-                    return
-            exchange.response_done = True
-            if up:  # bytes after the response: not a connection to reuse
-                up.clear()
-                exchange.close_after = True
-            self._flush(out)
-            self._finish_if_done(exchange)
-            if self._exchange is None:
-                self._pump_downstream()
-            return
-
-    def _flush(self, out: list[bytes]) -> None:
-        """Send what ``_pump_upstream`` collected now: something else is sent next."""
-        if out:
-            self._sink.send_downstream(out[0] if len(out) == 1 else b"".join(out))
-            out.clear()
-
-    def _switch_protocols(self, exchange: _Exchange) -> None:
-        """101 to a passed upgrade: from now on bytes flow untouched both ways."""
-        self._tunnel = Tunnel.UPSTREAM
-        exchange.record.status = 101
-        exchange.response_started = exchange.response_done = True
-        exchange.request_done = True
-        self._record(exchange)
-        self._exchange = None
-        if self._down:
-            self._sink.send_upstream(bytes(self._down))
-            self._down.clear()
-
-    def _upstream_closed(self, reason: str | None) -> None:
-        if not self._has_upstream:
-            return
-        self._has_upstream = False
-        self._sink.release_upstream(False)
-        if self._tunnel is Tunnel.UPSTREAM:
-            self._close()
-            return
-        exchange = self._exchange
-        if exchange is None or exchange.stolen or exchange.response_done:
-            return
-        body = exchange.response_body
-        if body is not None and exchange.response is not None and (
-            exchange.response.framing.kind == "close"
-        ):
-            body.eof()
-            exchange.response_done = True
-            exchange.close_after = True
-            self._finish_if_done(exchange)
-            return
-        why = reason or "it closed the connection before the response was complete"
-        self._fail(f"waylay: the original app failed: {why}")
-
-    def _release_upstream(self, reusable: bool) -> None:
-        if self._has_upstream:
-            self._has_upstream = False
-            self._up.clear()
-            self._sink.release_upstream(reusable)
-
-    # --- the local app's response to a stolen request ----------------------------------
-
-    def _local_head(self, status: int, reason: bytes,
-                    headers: list[tuple[bytes, bytes]]) -> None:
-        exchange = self._exchange
-        if exchange is None or not exchange.stolen or exchange.response_started:
-            return
-        request = exchange.request
-        if status == 101 and request.upgrade:
-            self._local_switch(exchange, reason, headers)
-            return
-        kept = []
-        value: bytes | None = None  # the first Content-Length
-        for name, field in headers:  # one pass: this runs for every stolen answer
-            lower = name.lower()
-            if lower not in _HOP_BY_HOP:
-                if value is None and lower == b"content-length":
-                    value = field
-                kept.append((name, field))
-        if request.method == b"HEAD" or status in (204, 304) or 100 <= status < 200:
-            framing = NO_BODY
-        elif value is not None:
-            framing = length(int(value)) if value.strip().isdigit() else UNTIL_CLOSE
-        elif request.version == b"1.1":
-            framing = CHUNKED
-            kept.append((b"Transfer-Encoding", b"chunked"))
-        else:
-            framing = UNTIL_CLOSE  # HTTP/1.0 client: the end of the body is the close
-        if framing is UNTIL_CLOSE:
-            exchange.close_after = True
-        if exchange.close_after:
-            kept.append((b"Connection", b"close"))
-        elif request.version == b"1.0":
-            kept.append((b"Connection", b"keep-alive"))
-        exchange.stolen_framing = framing
-        if exchange.record.request_headers is not None:
-            exchange.record.response_headers = kept
-        exchange.response_started = True
-        exchange.record.status = status
-        self._sink.send_downstream(response_head_bytes(status, reason, kept))
-
-    def _local_switch(self, exchange: _Exchange, reason: bytes,
-                      headers: list[tuple[bytes, bytes]]) -> None:
-        """The local app accepted a stolen upgrade (RFC 9110 §7.8): the connection is its
-        now, both ways, byte for byte (a WebSocket to the local app)."""
-        kept = [(n, v) for n, v in headers
-                if n.lower() not in (b"content-length", b"transfer-encoding")]
-        self._sink.send_downstream(response_head_bytes(101, reason, kept))
-        self._tunnel = Tunnel.LOCAL
-        exchange.record.status = 101
-        exchange.response_started = exchange.response_done = True
-        self._record(exchange)
-        self._exchange = None
-        self._pump_downstream()  # bytes the client sent right behind its request
-
-    def _local_data(self, data: bytes) -> None:
-        if self._tunnel is Tunnel.LOCAL:
-            self._sink.send_downstream(data)
-            return
-        exchange = self._exchange
-        if (exchange is None or not exchange.stolen or not exchange.response_started
-                or exchange.response_done or not data):
-            return
-        framing = exchange.stolen_framing
-        if framing.kind == "none":
-            return
-        exchange.record.bytes_out += len(data)
-        if exchange.record.response_body is not None:
-            exchange.record.capture_response_body(data)
-        self._sink.send_downstream(chunk(data) if framing is CHUNKED else data)
-
-    def _local_end(self) -> None:
-        if self._tunnel is Tunnel.LOCAL:
-            self._close()  # the local app ended the upgraded connection
-            return
-        exchange = self._exchange
-        if (exchange is None or not exchange.stolen or not exchange.response_started
-                or exchange.response_done):
-            return
-        if exchange.stolen_framing is CHUNKED:
-            self._sink.send_downstream(LAST_CHUNK)
-        exchange.response_done = True
-        self._finish_if_done(exchange)
-        if self._exchange is None:
-            self._pump_downstream()
-
     # --- endings ------------------------------------------------------------------------
 
-    def _finish_if_done(self, exchange: _Exchange) -> bool:
+    def _finish_if_done(self, exchange: Exchange) -> bool:
         """Close the books on a complete exchange; True if the next request may follow."""
         if not exchange.response_done:
             return False
@@ -847,7 +502,7 @@ class Http1Router:
         ])
         self._sink.send_downstream(head + body)
 
-    def _record(self, exchange: _Exchange) -> None:
+    def _record(self, exchange: Exchange) -> None:
         exchange.record.finish(self._now)
         route = exchange.route
         self._sink.record_flow(exchange.record, route.steal_by, route.timed_out)
@@ -871,20 +526,4 @@ class Http1Router:
         sink.close_downstream()
 
 
-def _coalesce(commands: list[Command]) -> list[Command]:
-    """Merge adjacent sends to the same peer, as the driver writes them."""
-    if len(commands) < 2:
-        return commands
-    merged: list[Command] = []
-    for command in commands:
-        last = merged[-1] if merged else None
-        if isinstance(command, SendDownstream) and isinstance(last, SendDownstream):
-            merged[-1] = SendDownstream(data=last.data + command.data)
-        elif isinstance(command, SendUpstream) and isinstance(last, SendUpstream):
-            merged[-1] = SendUpstream(data=last.data + command.data)
-        else:
-            merged.append(command)
-    return merged
-
-
-__all__ = ["CommandRecorder", "Http1Router", "Http1Sink", "Tunnel"]
+__all__ = ["MAX_BUFFERED_DOWNSTREAM", "Http1Router"]
