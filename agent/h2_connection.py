@@ -8,8 +8,9 @@ callbacks (``asyncio.Protocol``), with no task per connection or per stream: a t
 exists only while the upstream connection is being opened, or while a congested
 session's link is waited for.
 
-The upstream connection is always a fresh marked one (``SO_MARK`` = ``PASSTHROUGH_MARK``,
-so the agent's own redirect lets it through): HTTP/2 state (HPACK tables, stream ids,
+The upstream connection is always a fresh one, opened by the agent's ``Connector``
+(``waylay.agent.upstream``: marked ``SO_MARK`` = ``PASSTHROUGH_MARK``, so the agent's own
+redirect lets it through): HTTP/2 state (HPACK tables, stream ids,
 settings) lives with the connection, so a pooled HTTP/1.1 keep-alive connection cannot
 carry it, and an h2 connection is not given back to the pool either. One upstream
 connection serves every passed stream of the downstream one.
@@ -30,13 +31,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import socket
+import enum
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, assert_never, cast
 
-from waylay.agent.iptables import PASSTHROUGH_MARK
 from waylay.agent.link import copy_to_mirrors
+from waylay.agent.upstream import Connector, connect_marked
 from waylay.core.engine.filters import RequestView
 from waylay.core.engine.h2_router import MAX_LOCAL_BACKLOG, H2Router
 from waylay.core.engine.routing import (
@@ -68,10 +69,9 @@ from waylay.core.engine.routing import (
     UpstreamClosed,
     UpstreamData,
 )
-from waylay.core.system.pool import CONNECT_TIMEOUT_S, tune
 
 if TYPE_CHECKING:
-    from waylay.agent.link import ClientLink, MirrorStream, Stream
+    from waylay.agent.link import ClientLink, LocalEvent, MirrorStream, Stream
     from waylay.agent.worker import Agent
 
 # Bytes queued on a transport before the side feeding it stops being read: the
@@ -81,7 +81,16 @@ WRITE_HIGH_WATER = 256 * 1024
 # is reset: the wait holds up the session's link (every stream on it), and the session's
 # pings, which the agent needs to see within 15 s.
 STALL_TIMEOUT_S = 8.0
-SO_MARK = getattr(socket, "SO_MARK", 36)
+
+
+class Hold(enum.Enum):
+    """Why the client is not being read; several can hold at once (a set of them). Each is
+    added when its buffer passes its bound and removed when it drains; the client is read
+    again once none holds."""
+
+    CLIENT_FULL = "the client's transport is over its write-buffer bound"
+    UPSTREAM_FULL = "the original app's transport is over its write-buffer bound"
+    LINK_FULL = "a session's link that stolen bodies go to is congested"
 
 
 class _StolenStream:
@@ -92,7 +101,7 @@ class _StolenStream:
         self._stream = stream
         self.peer = conn.peer
 
-    def on_local(self, event: Event) -> None:
+    def on_local(self, event: LocalEvent) -> None:
         self._conn.on_local(self._stream, event)
 
     def congested(self) -> bool:
@@ -146,10 +155,10 @@ class _Upstream(asyncio.Protocol):
         self._conn.upstream_event(self, UpstreamClosed(reason=str(exc) if exc else None))
 
     def pause_writing(self) -> None:
-        self._conn.pause_downstream("upstream full")
+        self._conn.pause_downstream(Hold.UPSTREAM_FULL)
 
     def resume_writing(self) -> None:
-        self._conn.resume_downstream("upstream full")
+        self._conn.resume_downstream(Hold.UPSTREAM_FULL)
 
 
 class H2Interception(asyncio.Protocol):
@@ -157,9 +166,9 @@ class H2Interception(asyncio.Protocol):
 
     def __init__(self, agent: Agent, transport: asyncio.Transport,
                  destination: tuple[str, int], *, peer: str, decide: Decide,
-                 mark: int | None = PASSTHROUGH_MARK) -> None:
+                 connect: Connector = connect_marked) -> None:
         self._agent = agent
-        self._mark = mark
+        self._connect = connect
         self._down = transport
         self._destination = destination
         self.peer = peer
@@ -172,7 +181,7 @@ class H2Interception(asyncio.Protocol):
         self._up_pending: list[bytes] | None = None  # writes queued while connecting
         self._stolen: dict[int, Stream] = {}  # h2 stream id -> its wire stream
         self._mirrors: dict[int, list[MirrorStream]] = {}  # h2 stream id -> its copies
-        self._paused: set[str] = set()  # why the client is not being read
+        self._paused: set[Hold] = set()  # why the client is not being read
         self._down_full = False  # the client's transport is over its write-buffer bound
         self._link_wait: asyncio.Task[None] | None = None
         self._progress = asyncio.Event()  # the router moved: backlogs may have shrunk
@@ -207,23 +216,23 @@ class H2Interception(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self._down_full = True
-        self.pause_downstream("client full")
+        self.pause_downstream(Hold.CLIENT_FULL)
         if self._up is not None and self._up.transport is not None:
             self._up.transport.pause_reading()
 
     def resume_writing(self) -> None:
         self._down_full = False
-        self.resume_downstream("client full")
+        self.resume_downstream(Hold.CLIENT_FULL)
         if self._up is not None and self._up.transport is not None:
             self._up.transport.resume_reading()
         self._progress.set()
 
-    def pause_downstream(self, reason: str) -> None:
+    def pause_downstream(self, reason: Hold) -> None:
         if not self._paused and not self._down.is_closing():
             self._down.pause_reading()
         self._paused.add(reason)
 
-    def resume_downstream(self, reason: str) -> None:
+    def resume_downstream(self, reason: Hold) -> None:
         self._paused.discard(reason)
         if not self._paused and not self._down.is_closing():
             self._down.resume_reading()
@@ -234,7 +243,7 @@ class H2Interception(asyncio.Protocol):
             return
         congested = {s.link for s in self._stolen.values() if s.link.congested}
         if congested:
-            self.pause_downstream("link full")
+            self.pause_downstream(Hold.LINK_FULL)
             self._link_wait = asyncio.create_task(self._drain_links(congested),
                                                   name="h2-link-drain")
 
@@ -244,7 +253,7 @@ class H2Interception(asyncio.Protocol):
                 await link.drain()
         finally:
             self._link_wait = None
-            self.resume_downstream("link full")
+            self.resume_downstream(Hold.LINK_FULL)
 
     # --- events into the router -------------------------------------------------------
 
@@ -259,13 +268,13 @@ class H2Interception(asyncio.Protocol):
         if up is self._up:
             self._feed(event)
 
-    def on_local(self, stream: int, event: Event) -> None:
+    def on_local(self, stream: int, event: LocalEvent) -> None:
         """An event from the session that owns stolen ``stream``."""
         match event:
             case LocalResponse() | LocalData() | LocalTrailers() | LocalEnd() | LocalAborted():
                 self._feed(dataclasses.replace(event, stream=stream))
             case _:
-                raise AssertionError(f"not a local event: {event!r}")
+                assert_never(event)
 
     def stream_backlog(self, stream: int) -> int:
         """Bytes of the stolen ``stream``'s answer waiting for the client."""
@@ -333,27 +342,12 @@ class H2Interception(asyncio.Protocol):
 
     async def _open_upstream(self, up: _Upstream) -> None:
         host, port = self._destination
-        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET,
-                             socket.SOCK_STREAM)
-        loop = asyncio.get_running_loop()
         try:
-            if self._mark is not None:
-                # Marked, so the agent's own redirect lets it through to the original app.
-                sock.setsockopt(socket.SOL_SOCKET, SO_MARK, self._mark)
-            tune(sock)
-            sock.setblocking(False)
-            await asyncio.wait_for(loop.sock_connect(sock, self._destination),
-                                   CONNECT_TIMEOUT_S)
-            await loop.create_connection(lambda: up, sock=sock)
+            await self._connect(self._destination, up)
         except (TimeoutError, OSError) as exc:
-            sock.close()
             self._up_pending = None
             self.upstream_event(up, UpstreamClosed(
                 reason=f"cannot connect to {host}:{port}: {exc or type(exc).__name__}"))
-            return
-        except BaseException:
-            sock.close()
-            raise
         finally:
             self._up_task = None
 
@@ -385,7 +379,7 @@ class H2Interception(asyncio.Protocol):
             task.cancel()
         if up is not None and up.transport is not None:
             up.transport.close()
-        self.resume_downstream("upstream full")
+        self.resume_downstream(Hold.UPSTREAM_FULL)
 
     # --- the router's commands --------------------------------------------------------
 
@@ -458,14 +452,14 @@ class H2Interception(asyncio.Protocol):
 
 def start_h2(agent: Agent, transport: asyncio.Transport, destination: tuple[str, int],
              head: bytes, *, peer: str, decide: Callable[[RequestView], Route],
-             mark: int | None = PASSTHROUGH_MARK) -> H2Interception:
+             connect: Connector = connect_marked) -> H2Interception:
     """Take over the downstream transport of a connection detected as HTTP/2 prior
     knowledge: the returned protocol is set on it, and ``head`` (the bytes already read)
     is processed as the first data. The connection is served until it closes (the
-    protocol's ``closed`` future). ``mark`` is the upstream socket's ``SO_MARK`` (None:
-    unmarked, for tests without the privilege)."""
+    protocol's ``closed`` future). ``connect`` opens the upstream connection (the
+    agent's pool's connector)."""
     conn = H2Interception(agent, transport, destination, peer=peer, decide=decide,
-                          mark=mark)
+                          connect=connect)
     transport.set_protocol(conn)
     conn.start(head)
     return conn
@@ -473,14 +467,15 @@ def start_h2(agent: Agent, transport: asyncio.Transport, destination: tuple[str,
 
 async def serve_h2(agent: Agent, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                    destination: tuple[str, int], head: bytes, *, peer: str,
-                   decide: Decide) -> None:
+                   decide: Decide, connect: Connector = connect_marked) -> None:
     """Route an HTTP/2 prior-knowledge connection per stream until it closes.
 
     A bridge for a stream-based caller: the transport under ``writer`` is taken over
     (``start_h2``); what ``reader`` still buffered comes first.
     """
     transport = cast(asyncio.Transport, writer.transport)
-    conn = H2Interception(agent, transport, destination, peer=peer, decide=decide)
+    conn = H2Interception(agent, transport, destination, peer=peer, decide=decide,
+                          connect=connect)
     transport.set_protocol(conn)
     reader.feed_eof()  # nothing more arrives there: what it holds is all it will give
     rest = await reader.read()

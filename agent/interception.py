@@ -23,7 +23,8 @@ import enum
 import socket
 import struct
 import time
-from typing import TYPE_CHECKING, cast
+from collections.abc import Callable
+from typing import TYPE_CHECKING, assert_never, cast
 
 from waylay.agent import h2_connection
 from waylay.agent.link import copy_to_mirrors
@@ -35,7 +36,6 @@ from waylay.core.engine.http1 import Http1Router
 from waylay.core.engine.observer import Http1Observer
 from waylay.core.engine.registry import WHOLE_PORT
 from waylay.core.engine.routing import (
-    Event,
     LocalAborted,
     LocalData,
     LocalEnd,
@@ -45,10 +45,10 @@ from waylay.core.engine.routing import (
     Route,
     StealStart,
 )
-from waylay.core.system.pool import tune
+from waylay.core.system.pool import Destination, tune
 
 if TYPE_CHECKING:
-    from waylay.agent.link import MirrorStream, Stream
+    from waylay.agent.link import LocalEvent, MirrorStream, Stream
     from waylay.agent.worker import Agent
 
 SO_ORIGINAL_DST = 80  # linux/netfilter_ipv4.h
@@ -60,7 +60,12 @@ WRITE_HIGH_WATER = 256 * 1024
 MAX_DETECT_BYTES = 64 * 1024
 
 
-def original_destination(sock: socket.socket) -> tuple[str, int] | None:
+DestinationLookup = Callable[[socket.socket], Destination | None]
+"""Where an accepted connection was going (None: it was not redirected); the agent's is
+``original_destination``, a test without iptables gives its own (``tests/agent/harness.py``)."""
+
+
+def original_destination(sock: socket.socket) -> Destination | None:
     """Where the client meant to connect before iptables REDIRECT (None if not redirected)."""
     try:
         raw = sock.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, 16)
@@ -71,7 +76,19 @@ def original_destination(sock: socket.socket) -> tuple[str, int] | None:
 
 
 class Mode(enum.Enum):
-    """What a connection turned out to be; DETECT until its first bytes say."""
+    """What a connection turned out to be; DETECT until its first bytes say.
+
+    Transitions (any other is a bug)::
+
+        DETECT --HTTP/1.x head-------------> HTTP
+        DETECT --h2 preface----------------> H2      (the transport changes hands)
+        DETECT --other bytes, the app spoke
+                 first, or the client's EOF-> RELAY
+        (accept) --unfiltered steal--------> WHOLE   (never detected: the session's)
+        any --connection lost--------------> CLOSED  (final; also a direct connection)
+
+    HTTP stays HTTP: an upgrade becomes a tunnel inside the engine, not a new mode.
+    """
 
     DETECT = "detect"
     HTTP = "http"  # routed per request by waylay.core.engine.http1
@@ -138,8 +155,8 @@ class InterceptedConnection(asyncio.Protocol):
         self._transport = transport
         self._loop = asyncio.get_running_loop()
         sock: socket.socket | None = transport.get_extra_info("socket")
-        destination = original_destination(sock) if sock is not None else None
         agent = self._agent
+        destination = agent.find_destination(sock) if sock is not None else None
         if destination is None or destination[1] == agent.proxy_port:
             self.mode = Mode.CLOSED
             transport.close()  # someone connected to the listener directly: nothing to do
@@ -170,6 +187,10 @@ class InterceptedConnection(asyncio.Protocol):
             self._relay_from_client(data)
         elif mode is Mode.WHOLE:
             self._whole_from_client(data)
+        elif mode is Mode.H2 or mode is Mode.CLOSED:
+            pass  # H2: the h2 driver reads this transport now; CLOSED: too late
+        else:
+            assert_never(mode)
 
     def eof_received(self) -> bool:
         self._client_eof = True
@@ -194,7 +215,7 @@ class InterceptedConnection(asyncio.Protocol):
                     self._observer.from_client(b"", time.time())
                 self._stream.end()
         else:
-            return False
+            return False  # H2 (the h2 driver's now) or CLOSED: nothing to pass on
         if self._far_eof:
             self._close_transport()  # both ways are closed now: the connection is done
         return True
@@ -298,8 +319,10 @@ class InterceptedConnection(asyncio.Protocol):
         self.drop_upstream(reusable=not self._up_sent)
         transport = self._transport
         assert transport is not None
-        h2_connection.start_h2(self._agent, transport, self._destination, head,
-                               peer=self.peer, decide=self._decide)
+        agent = self._agent
+        h2_connection.start_h2(agent, transport, self._destination, head,
+                               peer=self.peer, decide=self._decide,
+                               connect=agent.pool.connector)
 
     def _decide(self, view: RequestView) -> Route:
         route = self._agent.registry.decide(self.port, view)
@@ -438,6 +461,10 @@ class InterceptedConnection(asyncio.Protocol):
             self._start_relay(self._head)  # the server spoke first
             self._head = b""
             self.upstream_data(data)
+        elif mode is Mode.WHOLE or mode is Mode.H2 or mode is Mode.CLOSED:
+            pass  # the connection never uses (or no longer uses) this upstream
+        else:
+            assert_never(mode)
 
     def upstream_eof(self) -> None:
         mode = self.mode
@@ -452,6 +479,10 @@ class InterceptedConnection(asyncio.Protocol):
                 self._close_transport()
         elif mode is Mode.DETECT:
             self.drop_upstream(reusable=False)  # the next send connects again
+        elif mode is Mode.WHOLE or mode is Mode.H2 or mode is Mode.CLOSED:
+            pass
+        else:
+            assert_never(mode)
 
     def upstream_lost(self, exc: Exception | None) -> None:
         # Only the connection serving us calls this (a released one has no owner), also
@@ -551,7 +582,7 @@ class InterceptedConnection(asyncio.Protocol):
 
     # --- the session's side (StreamOwner of waylay.agent.link) -------------------------------
 
-    def on_local(self, event: Event) -> None:
+    def on_local(self, event: LocalEvent) -> None:
         """An event from the session that owns the stolen request in flight."""
         router = self._router
         if router is None or router.closed:
@@ -570,7 +601,7 @@ class InterceptedConnection(asyncio.Protocol):
             case LocalTrailers():
                 pass  # an HTTP/1.1 client gets a stolen answer without its trailers
             case _:
-                raise AssertionError(f"unexpected local event {event!r}")
+                assert_never(event)
         self._after_router()
 
     def congested(self) -> bool:

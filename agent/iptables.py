@@ -156,6 +156,18 @@ def _check_port(port: int) -> None:
         raise ValueError(f"port out of range: {port}")
 
 
+class PortRedirector(Protocol):
+    """What the agent's worker needs of the namespace's redirect (``Redirector``; a test
+    without iptables gives a fake)."""
+
+    def redirect(self, port: int, to_port: int) -> None: ...
+    def unredirect(self, port: int) -> None: ...
+    def reset_connections(self, port: int) -> int:
+        """Reset the established connections to ``port``; how many. Raises OSError or
+        subprocess.SubprocessError when that cannot be done."""
+        ...
+
+
 class Redirector:
     """One agent session's chain: install it, redirect ports to the agent, remove it."""
 
@@ -236,6 +248,13 @@ class Redirector:
         """Delete the jumps, flush and delete the chain; parts already gone are fine."""
         self._targets.clear()
         remove_chain(self.chain, self._run)
+
+    def reset_connections(self, port: int) -> int:
+        """Reset the connections to ``port`` established before its redirect (NAT decides at
+        a connection's first packet, so they would bypass it); how many were reset."""
+        argv = ["ss", "-K", "-H", "state", "established", f"( sport = :{port} )"]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+        return len([line for line in done.stdout.splitlines() if line.strip()])
 
 
 @dataclass(frozen=True)

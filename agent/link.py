@@ -21,14 +21,13 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, TypeAlias
 
 from waylay.core.engine.errors import ConfigError
 from waylay.core.engine.filters import compile_http_filter
 from waylay.core.engine.flow import MirrorResult
 from waylay.core.engine.registry import Subscription, SubscriptionRefused
 from waylay.core.engine.routing import (
-    Event,
     LocalAborted,
     LocalData,
     LocalEnd,
@@ -86,6 +85,10 @@ FLOW_BATCH_MAX = 200
 # Counted warnings (dropped mirror copies, shadowed requests) go out at most this often.
 NOTES_DELAY_S = 1.0
 
+
+LocalEvent: TypeAlias = LocalResponse | LocalData | LocalTrailers | LocalEnd | LocalAborted
+"""What the session's local app says on a stolen request's stream (the engine's events
+from the session's side)."""
 
 # The frames that belong to a stream the agent opened (the rest are the link's own).
 _STREAM_FRAMES = frozenset({ResponseStart, Data, End, Reset, Trailers})
@@ -186,7 +189,7 @@ class StreamOwner(Protocol):
 
     peer: str
 
-    def on_local(self, event: Event) -> None: ...
+    def on_local(self, event: LocalEvent) -> None: ...
     def congested(self) -> bool:
         """Too much of the local app's answer is queued towards the remote client."""
     def backlog(self) -> int:

@@ -7,7 +7,11 @@ reaches the app instead of coming back to the agent.
 HTTP/1.1 and relayed connections use ``Upstream``, an ``asyncio.Protocol`` that hands
 every callback to its current owner (the ``InterceptedConnection`` it serves) with no task
 or stream in between, and ``UpstreamPool`` keeps idle ones for the next owner. HTTP/2
-opens marked connections of its own (``waylay.agent.h2_connection``: its state cannot be pooled).
+opens connections of its own (``waylay.agent.h2_connection``: its state cannot be pooled).
+
+Both open them through a ``Connector``, given once to the pool: ``connect_marked`` in the
+agent; a test without the privilege to set ``SO_MARK`` (and without a redirect to bypass)
+gives a plain loopback one (``tests/agent/harness.py``).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import asyncio
 import socket
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable
 from typing import Protocol, cast
 
 from waylay.agent.iptables import PASSTHROUGH_MARK
@@ -126,6 +131,11 @@ class Upstream(asyncio.Protocol):
             self.transport.close()
 
 
+Connector = Callable[[Destination, asyncio.Protocol], Awaitable[object]]
+"""Connects ``protocol`` to the original app at a destination (its ``connection_made`` runs
+before the await returns); raises OSError or TimeoutError."""
+
+
 def _marked_socket(destination: Destination) -> socket.socket:
     family = socket.AF_INET6 if ":" in destination[0] else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -139,19 +149,17 @@ def _marked_socket(destination: Destination) -> socket.socket:
     return sock
 
 
-async def connect_upstream(destination: Destination,
-                           owner: UpstreamOwner | None = None) -> Upstream:
-    """A new marked connection serving ``owner``; raises OSError or TimeoutError."""
+async def connect_marked(destination: Destination, protocol: asyncio.Protocol) -> None:
+    """The agent's ``Connector``: a socket marked ``PASSTHROUGH_MARK``, so the agent's own
+    redirect lets it through to the original app (TCP_NODELAY, bounded connect)."""
     loop = asyncio.get_running_loop()
     sock = _marked_socket(destination)
     try:
         await asyncio.wait_for(loop.sock_connect(sock, destination), CONNECT_TIMEOUT_S)
-        _, upstream = await loop.create_connection(lambda: Upstream(destination, owner),
-                                                   sock=sock)
+        await loop.create_connection(lambda: protocol, sock=sock)
     except BaseException:
         sock.close()
         raise
-    return upstream
 
 
 class UpstreamPool:
@@ -159,7 +167,8 @@ class UpstreamPool:
     likely to have been closed by the app); idle ones expire before common keep-alive
     timeouts (``waylay.core.system.pool.IDLE_TIMEOUT_S``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, connector: Connector = connect_marked) -> None:
+        self.connector = connector  # how new connections are opened (h2 uses it too)
         self._idle: dict[Destination, deque[Upstream]] = {}
         self.opened = 0
         self.reused = 0
@@ -180,7 +189,9 @@ class UpstreamPool:
 
     async def connect(self, destination: Destination,
                       owner: UpstreamOwner | None = None) -> Upstream:
-        up = await connect_upstream(destination, owner)
+        """A new connection serving ``owner``; raises OSError or TimeoutError."""
+        up = Upstream(destination, owner)
+        await self.connector(destination, up)
         self.opened += 1
         return up
 
@@ -207,7 +218,3 @@ class UpstreamPool:
             for up in idle:
                 up.close()
         self._idle.clear()
-
-
-def upstream_pool() -> UpstreamPool:
-    return UpstreamPool()

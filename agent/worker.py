@@ -24,10 +24,10 @@ import traceback
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
-from waylay.agent.interception import serve_connection
-from waylay.agent.iptables import Redirector
+from waylay.agent.interception import DestinationLookup, original_destination, serve_connection
+from waylay.agent.iptables import PortRedirector, Redirector
 from waylay.agent.link import ClientLink, MirrorStream, Stream
-from waylay.agent.upstream import upstream_pool
+from waylay.agent.upstream import Connector, UpstreamPool, connect_marked
 from waylay.core.engine.flow import FlowRecord, FlowRow, MirrorResult, Verdict
 from waylay.core.engine.registry import Registry, Subscription
 from waylay.core.engine.wire import ConnectionStart, Notice, headers_to_wire
@@ -59,14 +59,23 @@ def emit(event: dict[str, object]) -> None:
 
 
 class Agent:
-    """The state of one agent process (single-threaded; driven by asyncio)."""
+    """The state of one agent process (single-threaded; driven by asyncio).
 
-    def __init__(self, *, token: str, chain: str, redirector: Redirector, ttl: float,
-                 linger: float = 0.0) -> None:
+    What needs root is given here, once: ``redirector`` (the iptables REDIRECT rules and
+    the reset of connections that bypass them), ``find_destination`` (``SO_ORIGINAL_DST``
+    of a redirected connection) and ``connect`` (marked sockets to the original app). A
+    test without root gives its own (``tests/agent/harness.py``) and drives the rest as it is.
+    """
+
+    def __init__(self, *, token: str, chain: str, redirector: PortRedirector, ttl: float,
+                 linger: float = 0.0,
+                 find_destination: DestinationLookup = original_destination,
+                 connect: Connector = connect_marked) -> None:
         self.token = token
         self.chain = chain
         self.name = f"waylay-agent/{os.getpid()}"
         self.redirector = redirector
+        self.find_destination = find_destination
         self.ttl = ttl  # how long to wait for a first session
         self.linger = linger  # how long to stay once the last session left
         self._ever_attached = False
@@ -75,7 +84,7 @@ class Agent:
         self._tasks: set[asyncio.Task[None]] = set()
         self._handshakes = 0  # control connections not yet authenticated
         self.registry = Registry(clock=time.perf_counter, cpu_clock=time.thread_time)
-        self.pool = upstream_pool()
+        self.pool = UpstreamPool(connect)
         self.links: dict[int, ClientLink] = {}
         self.proxy_port = 0
         self.next_flow_id = itertools.count(1).__next__
@@ -149,15 +158,12 @@ class Agent:
         clients reconnect, through the agent. Mirror never does this (it must not disturb).
         """
         self.pool.drop(port)  # our own idle connections to the app would be reset too
-        argv = ["ss", "-K", "-H", "state", "established", f"( sport = :{port} )"]
         try:
-            done = await asyncio.to_thread(subprocess.run, argv, capture_output=True,
-                                           text=True, timeout=10)
+            killed = await asyncio.to_thread(self.redirector.reset_connections, port)
         except (OSError, subprocess.SubprocessError) as exc:
             self._warn_all(f"could not reset the connections open before the steal of port "
                            f"{port} ({exc}); they keep reaching the original app")
             return
-        killed = len([line for line in done.stdout.splitlines() if line.strip()])
         if killed:
             self._warn_all(f"reset {killed} connection(s) to port {port} opened before the "
                            "steal began; their clients reconnect through waylay")

@@ -22,6 +22,7 @@ from h2.events import (
     TrailersReceived,
 )
 
+from tests.agent.harness import connect_loopback
 from waylay.agent.h2_connection import H2Interception, serve_h2, start_h2
 from waylay.core.engine.filters import RequestView
 from waylay.core.engine.routing import (
@@ -200,14 +201,15 @@ async def with_bed(test: Callable[[Client, FakeAgent, H2Interception], Awaitable
             a_reader, a_writer = await asyncio.open_connection(sock=agent_side)
             head = await a_reader.read(24)
             task = asyncio.create_task(serve_h2(agent, a_reader, a_writer, ("127.0.0.1", port),
-                                                head, peer="test", decide=steal_if_header))
+                                                head, peer="test", decide=steal_if_header,
+                                                connect=connect_loopback))
             await asyncio.sleep(0)
             conn = None
         else:
             transport, _ = await loop.connect_accepted_socket(asyncio.Protocol, agent_side)
             # The preface comes after the hand-over: the placeholder protocol drops data.
             conn = start_h2(agent, transport, ("127.0.0.1", port), b"", peer="test",  # type: ignore[arg-type]
-                            decide=steal_if_header, mark=None)
+                            decide=steal_if_header, connect=connect_loopback)
             writer.write(client.preface())
         await test(client, agent, conn)  # type: ignore[arg-type]
         writer.close()

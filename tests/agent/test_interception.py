@@ -21,11 +21,11 @@ import pytest
 import uvloop
 
 import waylay.agent.h2_connection as h2_connection
-import waylay.agent.interception as interception
 from waylay.agent.interception import WRITE_HIGH_WATER, InterceptedConnection, Mode
 from waylay.agent.upstream import UPSTREAM_HIGH_WATER, Upstream, UpstreamPool
+from waylay.core.engine.events import request_event, to_json
 from waylay.core.engine.filters import compile_http_filter
-from waylay.core.engine.flow import FlowRecord, FlowRow, event_from_row
+from waylay.core.engine.flow import FlowRecord, FlowRow
 from waylay.core.engine.registry import Registry, Subscription
 from waylay.core.engine.routing import LocalData, LocalEnd, LocalResponse, MirrorStart, StealStart
 from waylay.core.system.pool import Destination
@@ -161,6 +161,7 @@ class FakeAgent:
         self.registry = Registry()
         self.pool = LoopbackPool()
         self.proxy_port = 0
+        self.find_destination: Callable[[object], tuple[str, int] | None] = lambda sock: None
         self.next_flow_id = itertools.count(1).__next__
         self.flows: list[dict[str, Any]] = []  # request events, in the order reported
         self.owners: list[int | None] = []
@@ -195,12 +196,12 @@ class FakeAgent:
         return copy
 
     def record(self, record: FlowRecord, owner: int | None, timed_out: tuple[str, ...]) -> None:
-        self.flows.append(record.to_event())
+        self.flows.append(to_json(request_event(record.to_row())))
         self.owners.append(owner)
 
     def record_row(self, port: int, row: FlowRow, timed_out: tuple[str, ...]) -> None:
         assert row[2] == port
-        self.flows.append(event_from_row(row))
+        self.flows.append(to_json(request_event(row)))
         self.owners.append(None)
 
 
@@ -422,7 +423,7 @@ def with_bed(monkeypatch: pytest.MonkeyPatch, app: HttpApp | None,
             assert server is not None
             dest = ("127.0.0.1", port_of(server))
         bed = Bed(dest)
-        monkeypatch.setattr(interception, "original_destination", bed.original_destination)
+        bed.agent.find_destination = bed.original_destination  # the injected SO_ORIGINAL_DST
         await bed.start()
         try:
             await test(bed)
