@@ -162,8 +162,8 @@ class OriginApp:
     """A real HTTP/1.1 keep-alive server on loopback (the original app).
 
     Each request is answered by ``answer`` (``app_answer`` by default: the method, the
-    target and the body's length); a request with ``Connection: close`` is answered, then
-    the connection closed. Requests are parsed by the test's own minimal reader
+    target and the body's length); when the request or the answer says ``Connection:
+    close``, the connection is closed after the answer. Requests are parsed by the test's own minimal reader
     (Content-Length bodies only).
     """
 
@@ -201,9 +201,12 @@ class OriginApp:
                 conn.received += body
                 request = AppRequest(method, target, headers, body)
                 conn.requests.append(request)
-                writer.write(self.answer(request))
+                answer = self.answer(request)
+                writer.write(answer)
                 await writer.drain()
-                if headers.get(b"connection", b"").lower() == b"close":
+                said = answer.partition(b"\r\n\r\n")[0].lower() + b"\r\n"
+                if (headers.get(b"connection", b"").lower() == b"close"
+                        or b"\r\nconnection: close\r\n" in said):
                     break
         finally:
             conn.closed = True
