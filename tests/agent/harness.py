@@ -163,8 +163,8 @@ class OriginApp:
 
     Each request is answered by ``answer`` (``app_answer`` by default: the method, the
     target and the body's length); when the request or the answer says ``Connection:
-    close``, the connection is closed after the answer. Requests are parsed by the test's own minimal reader
-    (Content-Length bodies only).
+    close``, the connection is closed after the answer. Requests are parsed by the
+    test's own minimal reader (Content-Length bodies only).
     """
 
     def __init__(self, answer: Callable[[AppRequest], bytes] = app_answer) -> None:
@@ -397,6 +397,15 @@ class SessionStub:
         status, headers, body = answer
         self.send(ResponseStart(stream=request.head.stream, status=status, reason="OK",
                                 headers=tuple(headers), body=body, end=True))
+
+    def stop_reading(self) -> None:
+        """A slow session: read nothing more from the agent until ``go_on_reading``."""
+        assert self._writer is not None
+        self._writer.transport.pause_reading()
+
+    def go_on_reading(self) -> None:
+        assert self._writer is not None
+        self._writer.transport.resume_reading()
 
     def warnings(self) -> list[str]:
         return [n.message for n in self.of(Notice)]

@@ -223,3 +223,27 @@ def test_a_slow_client_pauses_the_app_and_bounds_what_the_agent_holds() -> None:
         assert not conn.congested()
 
     with_harness(test, app=OriginApp(big_answer))
+
+
+def test_a_slow_session_pauses_the_client_of_a_stolen_upload() -> None:
+    """While the session reads nothing, a stolen upload stops being read from its client
+    once the session's link is over its bound; when the session reads again, the whole
+    body arrives and the client gets the answer."""
+    async def test(h: Harness) -> None:
+        session = await h.session()
+        await session.subscribe(h.port, "steal", STEAL)
+        session.stop_reading()
+        client = await h.connect()
+        head = get("/up", "x-steal: yes", f"Content-Length: {BIG}")
+        client.send(head + b"u" * BIG)
+        [link] = h.agent.links.values()
+        await until(lambda: link.congested, "the link over its bound")
+        await until(lambda: client.writer.transport.get_write_buffer_size() > 0,
+                    "the client's upload held back")
+        session.go_on_reading()
+        _, body = await client.read_response()
+        assert body == b"local GET /up %d" % BIG
+        [request] = session.requests.values()
+        assert len(request.body) == BIG and request.ended
+
+    with_harness(test)
