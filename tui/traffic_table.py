@@ -299,12 +299,16 @@ class TrafficTable(ScrollView, can_focus=True):
             # Assigning virtual_size asks for a layout of the whole screen (the reactive
             # has layout=True), five times a second under traffic. The scrollbar is
             # always shown (overflow-y: scroll), so nothing outside this widget moves:
-            # set the value quietly and update the scrollbar only.
+            # set the value quietly and update the scrollbar only (through its public
+            # reactives, as Textual's own size update does).
             self.set_reactive(TrafficTable.virtual_size, size)
             if self.is_mounted:
+                bar = self.vertical_scrollbar
+                bar.window_virtual_size = size.height
+                bar.window_size = self.container_size.height - self.scrollbar_size_horizontal
                 self._auto_scroll = True  # a clamped scroll_y is not the user scrolling
                 try:
-                    self._scroll_update(size)
+                    self.scroll_y = self.validate_scroll_y(self.scroll_y)
                 finally:
                     self._auto_scroll = False
         self._update_subtitle()

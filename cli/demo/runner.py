@@ -270,33 +270,24 @@ class Demo:
     # --- the dashboard ------------------------------------------------------------------
 
     def _dashboard(self) -> int:
-        from waylay.tui.app import WaylayApp
+        from waylay.cli.demo.dashboard import DemoApp
 
         assert self.sandbox is not None
         self._start_generator(self.seconds or DASHBOARD_SECONDS)
         progress(f"opening the dashboard on {self.sandbox.target} ...")
-        app = WaylayApp(target=self.sandbox.target, config=self.config,
-                        config_path=self.config_path,
-                        cli_ports={SHOP_PORT: self.local_port})
-        # In the demo Ctrl-C quits too (Textual's own ctrl+c only says how to quit): a
-        # priority binding is checked before the app's and the focused widget's.
-        app._bindings.bind("ctrl+c", "quit", show=False, priority=True)
-        # Quitting stops the traffic first: requests in flight when the session (and its
-        # agent) goes would be cut off, and counted as failures in the generator's view.
-        app_quit = app.action_quit
 
-        async def quit_demo() -> None:
-            app.notify("stopping the traffic generator…", timeout=3)
+        async def stop_generator() -> None:
             self.report = await asyncio.to_thread(self._finish_generator)
-            await app_quit()
 
-        app.action_quit = quit_demo  # type: ignore[method-assign]
+        app = DemoApp(before_quit=stop_generator, target=self.sandbox.target,
+                      config=self.config, config_path=self.config_path,
+                      cli_ports={SHOP_PORT: self.local_port})
         seconds = self.seconds
         quitting: set[asyncio.Task[None]] = set()
 
         def quit_soon() -> None:
             if not quitting:
-                quitting.add(asyncio.get_running_loop().create_task(quit_demo()))
+                quitting.add(asyncio.get_running_loop().create_task(app.action_quit()))
 
         async def start(pilot: Any) -> None:
             loop = asyncio.get_running_loop()

@@ -31,7 +31,15 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from hpack import Decoder, HeaderTuple, NeverIndexedHeaderTuple
-from hpack.table import HeaderTable, table_entry_size
+
+# hpack's table class is not part of its public API (hpack exports Encoder, Decoder and the
+# header tuples), and no public hook tells when a decoder's dynamic table changed. The
+# memo needs exactly that, so ``_VersionedTable`` extends it; hpack is bounded to <5 in
+# pyproject.toml and tests/test_private_apis.py fails, naming what changed, if hpack's
+# decoder stops using the table this way.
+from hpack.table import HeaderTable
+
+from waylay.core.engine.hpack_static import STATIC_TABLE, entry_size
 
 if TYPE_CHECKING:
     from waylay.core.engine.h2_streams import RequestHead
@@ -45,7 +53,7 @@ MAX_HEADER_LIST_SIZE = 64 * 1024
 
 _STATIC: dict[tuple[bytes, bytes], int] = {}
 _STATIC_NAMES: dict[bytes, int] = {}
-for _index, (_name, _value) in enumerate(HeaderTable.STATIC_TABLE, start=1):
+for _index, (_name, _value) in enumerate(STATIC_TABLE, start=1):
     _STATIC.setdefault((_name, _value), _index)
     _STATIC_NAMES.setdefault(_name, _index)
 
@@ -143,7 +151,7 @@ class _VersionedTable(HeaderTable):
         # An entry larger than the table empties it (RFC 7541 §4.4): into an empty table
         # that changes nothing. nginx, told to use a table of 0, still sends "with
         # incremental indexing" literals, and its blocks stay memoisable that way.
-        if self.dynamic_entries or table_entry_size(name, value) <= self.maxsize:
+        if self.dynamic_entries or entry_size(name, value) <= self.maxsize:
             self.version += 1
         super().add(name, value)
 

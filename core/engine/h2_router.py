@@ -48,6 +48,7 @@ HPACK inflation are bounded in ``waylay.core.engine.h2_peer`` and ``waylay.core.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import assert_never
 
 from waylay.core.engine import h2_frames as f
 from waylay.core.engine.flow import FlowRecord, Verdict
@@ -174,7 +175,7 @@ class H2Router(StreamRelay):
                                status=status)
                     self._finish(aborted, out)
             case _:
-                raise AssertionError(f"unhandled event {event!r}")
+                assert_never(event)
         if self.closed:
             return out
         if self._draining and not self._streams:
