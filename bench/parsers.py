@@ -26,7 +26,8 @@ from collections.abc import Callable
 import h11
 import httptools
 
-from waylay.core.engine.http1_framing import BodyReader, parse_request_head, parse_response_head
+from waylay.core.engine.http1_body import BodyReader
+from waylay.core.engine.http1_framing import parse_request_head, parse_response_head
 from waylay.core.engine.http1_simple import simple_request, simple_response
 
 WRK_GET = b"GET / HTTP/1.1\r\nHost: 10.200.0.2\r\n\r\n"

@@ -42,16 +42,10 @@ from waylay.core.client.local_http1_heads import (
     wire_headers,
 )
 from waylay.core.client.local_http1_pool import WRITE_HIGH_WATER, LocalConnection, LocalHttp1Pool
-from waylay.core.engine.http1_framing import (
-    LAST_CHUNK,
-    NO_BODY,
-    BodyReader,
-    HttpParseError,
-    ResponseHead,
-    chunk,
-    parse_response_head,
-)
+from waylay.core.engine.http1_body import LAST_CHUNK, BodyReader, chunk
+from waylay.core.engine.http1_framing import NO_BODY, ResponseHead, parse_response_head
 from waylay.core.engine.http1_simple import simple_response
+from waylay.core.engine.http1_syntax import HttpParseError
 from waylay.core.engine.wire import (
     Data,
     End,

@@ -11,7 +11,8 @@ from __future__ import annotations
 import re
 from typing import Final
 
-from waylay.core.engine.http1_framing import FAST_RESPONSE, TOKEN_PATTERN, ResponseHead
+from waylay.core.engine.http1_framing import ResponseHead
+from waylay.core.engine.http1_syntax import FAST_RESPONSE, TOKEN_PATTERN
 from waylay.core.engine.wire import headers_to_wire
 
 # The request head's parts, as the wire's latin-1 text (RFC 9110 §5.6.2 token, §5.5

@@ -47,9 +47,7 @@ from waylay.core.engine.filters import request_view
 from waylay.core.engine.flow import FlowRecord, Verdict
 from waylay.core.engine.http1_exchange import Exchange, Lane, Tunnel
 from waylay.core.engine.http1_framing import (
-    MAX_HEAD_BYTES,
     NO_BODY,
-    HttpParseError,
     RequestHead,
     parse_request_head,
     response_head_bytes,
@@ -57,6 +55,7 @@ from waylay.core.engine.http1_framing import (
 from waylay.core.engine.http1_responses import Http1Responses
 from waylay.core.engine.http1_simple import SimpleRequest, simple_request, simple_response
 from waylay.core.engine.http1_sink import CommandRecorder, Http1Sink
+from waylay.core.engine.http1_syntax import MAX_HEAD_BYTES, HttpParseError
 from waylay.core.engine.routing import (
     Command,
     Decide,

@@ -8,13 +8,8 @@ from __future__ import annotations
 import enum
 
 from waylay.core.engine.flow import FlowRecord, FlowRow
-from waylay.core.engine.http1_framing import (
-    NO_BODY,
-    BodyReader,
-    Framing,
-    RequestHead,
-    ResponseHead,
-)
+from waylay.core.engine.http1_body import BodyReader
+from waylay.core.engine.http1_framing import NO_BODY, Framing, RequestHead, ResponseHead
 from waylay.core.engine.routing import Route
 
 

@@ -9,20 +9,18 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from waylay.core.engine.http1_body import LAST_CHUNK, BodyReader, chunk
 from waylay.core.engine.http1_exchange import Exchange, Tunnel
 from waylay.core.engine.http1_framing import (
     CHUNKED,
-    LAST_CHUNK,
     NO_BODY,
     UNTIL_CLOSE,
-    BodyReader,
-    HttpParseError,
-    chunk,
     length,
     parse_response_head,
     response_head_bytes,
 )
 from waylay.core.engine.http1_sink import Http1Sink
+from waylay.core.engine.http1_syntax import HttpParseError
 
 # Hop-by-hop fields of the local app's response (RFC 9110 §7.6.1): they describe the
 # session's connection to the local app, not ours to the remote client.

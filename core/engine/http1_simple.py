@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from typing import Final, NamedTuple
 
-from waylay.core.engine.http1_framing import (
+from waylay.core.engine.http1_syntax import (
     FAST_REQUEST,
     FAST_RESPONSE,
     FAST_RESPONSE_TRACKED,

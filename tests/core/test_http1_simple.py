@@ -16,19 +16,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from waylay.core.engine.http1_framing import (
-    MAX_HEADERS,
-    BodyReader,
-    HttpParseError,
-    parse_request_head,
-    parse_response_head,
-)
+from waylay.core.engine.http1_body import BodyReader
+from waylay.core.engine.http1_framing import parse_request_head, parse_response_head
 from waylay.core.engine.http1_simple import (
     SimpleRequest,
     SimpleResponse,
     simple_request,
     simple_response,
 )
+from waylay.core.engine.http1_syntax import MAX_HEADERS, HttpParseError
 
 TCHAR = "!#$%&'*+-.^_`|~" + string.digits + string.ascii_letters
 VCHAR = bytes(range(0x21, 0x7F))
