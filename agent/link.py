@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, TypeAlias
 
+from waylay.core.engine.config import Mode
 from waylay.core.engine.errors import ConfigError
 from waylay.core.engine.filters import compile_http_filter
 from waylay.core.engine.flow import MirrorResult
@@ -636,7 +637,7 @@ class ClientLink:
             existing = next((mine for mine, theirs in self.client_subs.items()
                              if theirs == message.sub_id), None)
             sub = Subscription(sub_id=existing or self.agent.next_sub_id(),
-                               link_id=self.link_id, port=message.port, mode=message.mode,
+                               link_id=self.link_id, port=message.port, mode=Mode(message.mode),
                                http_filter=http_filter, capture=message.capture)
             if existing is None:
                 await self.agent.subscribe(sub)

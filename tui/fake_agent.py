@@ -32,7 +32,7 @@ from typing import Any
 
 from waylay.core.client.attach import AttachedSession
 from waylay.core.client.session import EventSink, Session
-from waylay.core.engine.config import AgentConfig, IncomingConfig
+from waylay.core.engine.config import AgentConfig, IncomingConfig, Mode
 from waylay.core.engine.errors import ConfigError
 from waylay.core.engine.filters import HttpFilter, RequestView, compile_http_filter
 from waylay.core.engine.flow import row_from_event
@@ -192,7 +192,7 @@ class FakeAgent:
         """Subscribe as a session would, without a session (tests of the routing)."""
         with self._lock:
             self._registry.add(Subscription(sub_id=next(self._ids) + 1_000_000, link_id=0,
-                                            port=port, mode=mode, http_filter=http_filter,
+                                            port=port, mode=Mode(mode), http_filter=http_filter,
                                             capture=capture))
 
     def send(self, requests: Iterable[SyntheticRequest]) -> None:
@@ -354,7 +354,7 @@ class FakeAgent:
         with self._lock:
             known = sub_id in client_subs
             mine = client_subs.setdefault(sub_id, next(self._ids) + 1_000_000)
-            sub = Subscription(sub_id=mine, link_id=1, port=port, mode=mode,
+            sub = Subscription(sub_id=mine, link_id=1, port=port, mode=Mode(mode),
                                http_filter=http_filter, capture=capture)
             try:
                 if known:

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from waylay.core.engine.config import Mode
 from waylay.core.engine.errors import WaylayError
 from waylay.core.engine.filters import MATCH_BUDGET_S, HttpFilter, RequestView
 from waylay.core.engine.routing import PASS, Route
@@ -23,6 +24,10 @@ from waylay.core.engine.routing import PASS, Route
 # The "matched" text of traffic an unfiltered steal takes (whole connections, and the
 # requests of connections already routed one by one when it arrived).
 WHOLE_PORT = "whole port"
+# The two modes a subscription has, as module names: the per-request loop compares by
+# identity (``Subscription`` turns the wire's strings into these members).
+STEAL = Mode.STEAL
+MIRROR = Mode.MIRROR
 
 
 class SubscriptionRefused(WaylayError):
@@ -31,16 +36,30 @@ class SubscriptionRefused(WaylayError):
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Subscription:
+    """One session's claim on a port.
+
+    ``mode`` is STEAL or MIRROR (never OFF: a session that intercepts nothing does not
+    subscribe); a plain "steal"/"mirror" string is turned into the member. A subscription
+    is immutable: ``Registry.replace`` swaps it for one with the other mode or filter, and
+    either mode may follow either (steal <-> mirror, in place, keeping its precedence).
+    """
+
     sub_id: int  # agent-wide unique id (the link maps it to the client's own id)
     link_id: int  # the client connection that owns it
     port: int
-    mode: str  # "steal" or "mirror"
+    mode: Mode
     http_filter: HttpFilter | None
     capture: bool = False  # the session wants headers and body starts in flow records
 
+    def __post_init__(self) -> None:
+        mode = Mode(self.mode)
+        if mode is Mode.OFF:
+            raise ValueError("a subscription steals or mirrors; mode off subscribes nothing")
+        object.__setattr__(self, "mode", mode)
+
     @property
     def takes_whole_connections(self) -> bool:
-        return self.mode == "steal" and self.http_filter is None
+        return self.mode is STEAL and self.http_filter is None
 
 
 class Registry:
@@ -138,7 +157,7 @@ class Registry:
     def whole_mirrors(self, port: int) -> list[Subscription]:
         """Unfiltered mirrors: they copy connections that are not HTTP, too."""
         return [s for s in self._by_port.get(port, ())
-                if s.mode == "mirror" and s.http_filter is None]
+                if s.mode is MIRROR and s.http_filter is None]
 
     def decide(self, port: int, request: RequestView) -> Route:
         """Route one HTTP request arriving on ``port`` (see the module doc for precedence).
@@ -151,7 +170,7 @@ class Registry:
         """
         subs = self._by_port.get(port, ())
         only_filter = subs[0].http_filter if len(subs) == 1 else None
-        if only_filter is not None and subs[0].mode == "steal":
+        if only_filter is not None and subs[0].mode is STEAL:
             only = subs[0]  # the common case, kept cheap
             result = only_filter.evaluate(request, budget_s=self._budget_s, clock=self._clock,
                                           cpu_clock=self._cpu_clock)
@@ -167,7 +186,7 @@ class Registry:
         shadowed: list[int] = []
         for sub in subs:
             if sub.http_filter is None:
-                if sub.mode == "mirror":
+                if sub.mode is MIRROR:
                     mirrors.append(sub.sub_id)
                     mirror_clauses.append(None)
                 elif steal_by is None:
@@ -180,7 +199,7 @@ class Registry:
             timed_out.extend(result.timed_out)
             if not result.matched:
                 continue
-            if sub.mode == "mirror":
+            if sub.mode is MIRROR:
                 mirrors.append(sub.sub_id)
                 mirror_clauses.append(result.clause)
                 clause = clause or result.clause
