@@ -32,7 +32,10 @@ class Http1Responses:
     """The response half of ``Http1Router``: its state and the rest of its methods are the
     router's (declared here for the type checker only)."""
 
-    __slots__ = ()
+    # No slots of its own (the state is the router's), hidden from the type checker: it
+    # would check the router's assignments in these methods against them.
+    if not TYPE_CHECKING:
+        __slots__ = ()
 
     if TYPE_CHECKING:
         closed: bool
