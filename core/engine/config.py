@@ -73,6 +73,14 @@ class IncomingConfig:
         return self.port_mapping.get(remote, remote)
 
 
+# mirrord's defaults for the body buffer of JSON body filters: 64 KiB - 1 bytes and 1 s.
+DEFAULT_BODY_BUFFER_SIZE = 65_535
+DEFAULT_BODY_BUFFER_TIMEOUT_MS = 1_000
+# The largest body buffer a config may ask for: the agent holds one such buffer per
+# request in flight on a port with a body filter, so a typo must not make it 16 GiB.
+MAX_BODY_BUFFER_SIZE = 16 * 1024 * 1024
+
+
 # The image `waylay run` deploys into pods unless ``agent.image`` says otherwise: what
 # `docker build -t waylay-agent:0.1 -f agent/Dockerfile .` makes. Push it where the cluster
 # can pull it and name that in ``agent.image``.
@@ -82,7 +90,8 @@ DEFAULT_AGENT_IMAGE = "waylay-agent:0.1"
 @dataclass(frozen=True, kw_only=True)
 class AgentConfig:
     """mirrord's ``agent`` section, the part that applies to waylay's agent (Kubernetes
-    only, except ``local_response_timeout``, which every agent applies)."""
+    only, except ``local_response_timeout`` and the body buffer's bounds, which every
+    agent applies)."""
 
     image: str = DEFAULT_AGENT_IMAGE
     namespace: str | None = None  # where a Job agent runs (default: the target's namespace)
@@ -92,6 +101,11 @@ class AgentConfig:
     # Seconds a local app has to start answering a stolen request (its response head);
     # past that the remote caller gets a 504 naming the local app, and an error event.
     local_response_timeout: int = DEFAULT_RESPONSE_TIMEOUT_S
+    # How much of a request's body (bytes) and how long (milliseconds) the agent waits
+    # for it when a body filter needs it to decide; past either the request is passed to
+    # the original app as it came, and its event says why.
+    max_body_buffer_size: int = DEFAULT_BODY_BUFFER_SIZE
+    max_body_buffer_timeout: int = DEFAULT_BODY_BUFFER_TIMEOUT_MS
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -325,6 +339,12 @@ class _Builder:
             local_response_timeout=self.seconds(
                 value.get("local_response_timeout"), (*path, "local_response_timeout"),
                 defaults.local_response_timeout),
+            max_body_buffer_size=self.whole(
+                value.get("max_body_buffer_size"), (*path, "max_body_buffer_size"),
+                defaults.max_body_buffer_size, 1, MAX_BODY_BUFFER_SIZE, "bytes"),
+            max_body_buffer_timeout=self.whole(
+                value.get("max_body_buffer_timeout"), (*path, "max_body_buffer_timeout"),
+                defaults.max_body_buffer_timeout, 1, 60_000, "milliseconds"),
         )
 
     def image(self, value: object, path: KeyPath) -> str | None:
@@ -345,6 +365,16 @@ class _Builder:
         shown = str(value) if isinstance(value, int | float) and not isinstance(value, bool) \
             else describe_type(value)
         raise self.where.error(f"expected whole seconds 1..86400, got {shown}", path)
+
+    def whole(self, value: object, path: KeyPath, default: int, low: int, high: int,
+              unit: str) -> int:
+        if value is None:
+            return default
+        if isinstance(value, int) and not isinstance(value, bool) and low <= value <= high:
+            return value
+        shown = str(value) if isinstance(value, int | float) and not isinstance(value, bool) \
+            else describe_type(value)
+        raise self.where.error(f"expected whole {unit} {low}..{high}, got {shown}", path)
 
     def optional_text(self, value: object, path: KeyPath) -> str | None:
         if value is None:

@@ -68,3 +68,33 @@ def test_local_response_timeout_defaults_to_a_minute_and_is_read() -> None:
     assert config.agent.local_response_timeout == 5
     toml = parse_config("[agent]\nlocal_response_timeout = 300\n", fmt="toml")
     assert toml.agent.local_response_timeout == 300
+
+
+def test_body_buffer_bounds_default_to_mirrords() -> None:
+    """Without the keys, the body buffer is mirrord's 65535 bytes and 1000 ms."""
+    agent = parse_config("{}", fmt="json").agent
+    assert (agent.max_body_buffer_size, agent.max_body_buffer_timeout) == (65535, 1000)
+
+
+def test_body_buffer_bounds_load_in_mirrords_form() -> None:
+    """agent.max_body_buffer_size (bytes) and max_body_buffer_timeout (ms) load as written."""
+    text = '{"agent": {"max_body_buffer_size": 1024, "max_body_buffer_timeout": 250,},}'
+    agent = parse_config(text, fmt="json", source="m.json").agent
+    assert (agent.max_body_buffer_size, agent.max_body_buffer_timeout) == (1024, 250)
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ('{"agent": {"max_body_buffer_size": 0}}',
+     "agent.max_body_buffer_size: expected whole bytes 1..16777216, got 0"),
+    ('{"agent": {"max_body_buffer_size": 99999999}}',
+     "agent.max_body_buffer_size: expected whole bytes 1..16777216, got 99999999"),
+    ('{"agent": {"max_body_buffer_timeout": 1.5}}',
+     "agent.max_body_buffer_timeout: expected whole milliseconds 1..60000, got 1.5"),
+    ('{"agent": {"max_body_buffer_timeout": "1s"}}',
+     "agent.max_body_buffer_timeout: expected whole milliseconds 1..60000, got a string"),
+])
+def test_bad_body_buffer_bounds_name_the_key(text: str, message: str) -> None:
+    """A body buffer bound out of range is an error naming its key."""
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, fmt="json", source="m.json")
+    assert message in str(info.value)

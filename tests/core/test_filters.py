@@ -8,11 +8,11 @@ from hypothesis import strategies as st
 
 from waylay.core.engine import jsonc
 from waylay.core.engine.errors import ConfigError
+from waylay.core.engine.filter_clauses import RegexClause
 from waylay.core.engine.filters import (
     HttpFilter,
     MatchResult,
     RequestView,
-    _Regex,
     compile_http_filter,
 )
 
@@ -211,7 +211,7 @@ class _SpendsItsShare:
 
 
 def _spending_filter(pattern: _SpendsItsShare) -> HttpFilter:
-    return HttpFilter(_Regex(kind="header", pattern="(a+)+$", text="header_filter: (a+)+$",
+    return HttpFilter(RegexClause(kind="header", pattern="(a+)+$", text="header_filter: (a+)+$",
                              compiled=pattern))
 
 
@@ -247,7 +247,7 @@ class _PreemptedOnce:
 def test_a_search_descheduled_on_a_busy_machine_is_not_a_timeout() -> None:
     """A wall-clock timeout with no CPU time spent is retried: the request still matches."""
     pattern = _PreemptedOnce()
-    f = HttpFilter(_Regex(kind="header", pattern="^x: 1$", text="header_filter: ^x: 1$",
+    f = HttpFilter(RegexClause(kind="header", pattern="^x: 1$", text="header_filter: ^x: 1$",
                           compiled=pattern))
     result = f.evaluate(req(headers=(("X", "1"),)), cpu_clock=lambda: 0.0)
     assert result.matched and result.timed_out == () and pattern.calls == 2
@@ -307,14 +307,6 @@ def test_error_unknown_key_suggests_the_close_one() -> None:
     err = compile_error({"header_fliter": "a"})
     assert err.key_path == "feature.network.incoming.http_filter.header_fliter"
     assert "did you mean 'header_filter'" in err.message
-
-
-def test_error_body_filter_is_not_supported() -> None:
-    """mirrord's body filters are refused rather than silently ignored."""
-    err = compile_error({"body_filter": {"body": "json", "query": "$.a", "matches": "x"}})
-    assert "not supported" in err.message
-    err = compile_error({"any_of": [{"body": "json"}]})
-    assert err.key_path == "feature.network.incoming.http_filter.any_of[0].body"
 
 
 @pytest.mark.parametrize(
