@@ -30,7 +30,18 @@ from waylay.core.engine import h2_frames as f
 from waylay.core.engine.h2_codec import MAX_HEADER_LIST_SIZE, HeaderBlock, encoded
 from waylay.core.engine.h2_frames import ErrorCode
 from waylay.core.engine.h2_peer import H2Error, H2Peer, decode_error
-from waylay.core.engine.h2_streams import CONNECTION_WINDOW, STREAM_WINDOW, StreamState, status_of
+from waylay.core.engine.h2_streams import (
+    ANS_COMPLETE,
+    ANS_HEAD,
+    ANS_NONE,
+    CONNECTION_WINDOW,
+    REQ_ENDED,
+    REQ_OPEN,
+    REQ_SENT,
+    STREAM_WINDOW,
+    StreamState,
+    status_of,
+)
 from waylay.core.engine.routing import (
     CloseDownstream,
     Command,
@@ -87,7 +98,7 @@ class StreamRelay:
     def _ack_client(self, s: StreamState, length: int) -> None:
         """Return ``length`` bytes of ``s`` to the client's windows."""
         self._down.ack(length)
-        if not s.req_ended:
+        if s.req is REQ_OPEN:
             owed = s.down_unacked + length
             if owed >= STREAM_ACK_AT:
                 self._down.out += f.window_update(s.down_id, owed)
@@ -116,14 +127,15 @@ class StreamRelay:
         self._next_up += 2
         s.up_id = up_id
         self._by_up[up_id] = s
-        ends = s.req_ended and not s.req_buf and s.req_trailers is None
+        ends = s.req is not REQ_OPEN and not s.req_buf and s.req_trailers is None
         head = s.head
         block = head.encoded
         if block is None:  # once per distinct request block: the head is memoised
             block = head.encoded = up.encoder.fields(head.fields)
         up.headers(up_id, block, end_stream=ends)
-        s.req_sent_end = ends
-        if not ends and (s.req_buf or s.req_ended):
+        if ends:
+            s.req = REQ_SENT
+        elif s.req_buf or s.req is REQ_ENDED:
             self._flush_request(s)
 
     def _start_waiting(self, out: list[Command]) -> None:
@@ -188,7 +200,7 @@ class StreamRelay:
             return
         ended = bool(flags & f.END_STREAM)
         fields = encoded(block, self._down.encoder)
-        if not s.resp_started:
+        if s.resp is ANS_NONE:
             status = status_of(block.fields)
             if status is not None and status < 200 and not ended:
                 self._down.headers(s.down_id, fields, end_stream=False)  # 1xx: forwarded
@@ -196,16 +208,16 @@ class StreamRelay:
             s.record.status = status
             if s.record.request_headers is not None:
                 s.record.response_headers = list(block.fields)
-            s.resp_started = True
+            s.resp = ANS_HEAD
             # A HEADERS frame that ends the stream stays one (gRPC's Trailers-Only).
             self._down.headers(s.down_id, fields, end_stream=ended)
             if ended:
-                s.resp_ended = s.resp_done = True
+                s.resp, s.resp_done = ANS_COMPLETE, True
                 self._finished_upstream.append(s)
             return
         # Trailers: after the body still waiting for the client's window, if any.
         s.resp_trailers = fields
-        s.resp_ended = True
+        s.resp = ANS_COMPLETE
         self._flush_response(s)
         if s.resp_done:
             self._finished_upstream.append(s)
@@ -214,7 +226,7 @@ class StreamRelay:
         up = self._up
         assert up is not None
         s = self._by_up.get(up_id)
-        if s is None or s.resp_done or not s.resp_started:
+        if s is None or s.resp_done or s.resp is ANS_NONE:
             up.ack(flow_len)
             return
         s.up_recv -= flow_len
@@ -227,7 +239,7 @@ class StreamRelay:
             self._ack_app(s, padding)
         ended = bool(flags & f.END_STREAM)
         if ended:
-            s.resp_ended = True
+            s.resp = ANS_COMPLETE
         if size:
             record = s.record
             record.bytes_out += size
@@ -266,7 +278,7 @@ class StreamRelay:
         if up is None:
             return
         up.ack(length)
-        if not s.resp_ended and s.up_id is not None:
+        if s.resp is not ANS_COMPLETE and s.up_id is not None:
             owed = s.up_unacked + length
             if owed >= STREAM_ACK_AT:
                 up.out += f.window_update(s.up_id, owed)
@@ -281,7 +293,7 @@ class StreamRelay:
             return
         self._up_going_away = True
         for up_id, s in list(self._by_up.items()):
-            if up_id > last and not s.resp_started:
+            if up_id > last and s.resp is ANS_NONE:
                 del self._by_up[up_id]
                 s.up_id = None
                 self._refuse(s)
@@ -307,7 +319,7 @@ class StreamRelay:
         self._req_blocked.clear()
         for s in lost:
             s.up_id = None
-            if s.resp_done or s.resp_ended:
+            if s.resp_done or s.resp is ANS_COMPLETE:
                 # Complete already: what is buffered still goes to the client, and the
                 # rest of an upload has nowhere to go.
                 self._discard_request(s)
@@ -321,7 +333,7 @@ class StreamRelay:
             return
         self._by_up.pop(up_id, None)
         self._req_blocked.pop(s.down_id, None)
-        if self._up is not None and not (s.req_sent_end and s.resp_ended):
+        if self._up is not None and not (s.req is REQ_SENT and s.resp is ANS_COMPLETE):
             self._up.out += f.rst_stream(up_id, code)
 
     # --- moving bytes within the windows --------------------------------------------------
@@ -339,26 +351,26 @@ class StreamRelay:
         """Send what the original app's windows take of ``s``'s request body, then its end."""
         up = self._up
         up_id = s.up_id
-        if up is None or up_id is None or s.req_sent_end:
+        if up is None or up_id is None or s.req is REQ_SENT:
             return
         buf = s.req_buf
         if buf:
             sent = self._send_data(up, up_id, buf, s.up_credit,
-                                   end=s.req_ended and s.req_trailers is None)
+                                   end=s.req is not REQ_OPEN and s.req_trailers is None)
             s.up_credit -= sent
             if sent:
                 self._ack_client(s, sent)
             if buf:
                 self._req_blocked[s.down_id] = s
                 return
-            if s.req_ended and s.req_trailers is None:
-                s.req_sent_end = True
-        if s.req_ended and not s.req_sent_end:
+            if s.req is not REQ_OPEN and s.req_trailers is None:
+                s.req = REQ_SENT
+        if s.req is REQ_ENDED:
             if s.req_trailers is not None:
                 up.headers(up_id, s.req_trailers, end_stream=True)
             else:
                 up.out += f.head(0, f.DATA, f.END_STREAM, up_id)
-            s.req_sent_end = True
+            s.req = REQ_SENT
         self._req_blocked.pop(s.down_id, None)
 
     def _flush_response(self, s: StreamState) -> None:
@@ -368,10 +380,10 @@ class StreamRelay:
             return
         down = self._down
         if s.resp_head is not None:
-            if not (s.resp_ended or s.resp_buf or s.resp_trailers):
+            if not (s.resp is ANS_COMPLETE or s.resp_buf or s.resp_trailers):
                 return  # the end of a Trailers-Only answer is still to come
             head, s.resp_head = s.resp_head, None
-            ended = s.resp_ended and not s.resp_buf and not s.resp_trailers
+            ended = s.resp is ANS_COMPLETE and not s.resp_buf and not s.resp_trailers
             down.headers(s.down_id, head, end_stream=ended)
             if ended:
                 s.resp_done = True
@@ -379,16 +391,16 @@ class StreamRelay:
         buf = s.resp_buf
         if buf:
             sent = self._send_data(down, s.down_id, buf, s.down_credit,
-                                   end=s.resp_ended and s.resp_trailers is None)
+                                   end=s.resp is ANS_COMPLETE and s.resp_trailers is None)
             s.down_credit -= sent
             if sent and not s.stolen:
                 self._ack_app(s, sent)
             if buf:
                 self._resp_blocked[s.down_id] = s
                 return
-            if s.resp_ended and s.resp_trailers is None:
+            if s.resp is ANS_COMPLETE and s.resp_trailers is None:
                 s.resp_done = True
-        if s.resp_ended and not s.resp_done:
+        if s.resp is ANS_COMPLETE and not s.resp_done:
             if s.resp_trailers is not None:
                 down.headers(s.down_id, s.resp_trailers, end_stream=True)
             else:
@@ -424,15 +436,15 @@ class StreamRelay:
         """Answer ``status`` if no response started yet, otherwise reset the stream."""
         if s.resp_done:
             return
-        if s.stolen and not s.req_ended:
+        if s.stolen and s.req is REQ_OPEN:
             out.append(StealAbort(stream=s.down_id, reason="the stream failed"))
         self._discard_request(s)
-        if s.resp_started:
+        if s.resp is not ANS_NONE:
             self._reset_downstream(s, ErrorCode.INTERNAL_ERROR)
             return
         body = (message + "\n").encode("utf-8", "replace")
         s.record.status = status
-        s.resp_started = True
+        s.resp = ANS_HEAD
         s.resp_head = None
         self._down.headers(s.down_id, self._down.encoder.fields([
             (b":status", str(status).encode()),
@@ -443,7 +455,7 @@ class StreamRelay:
             s.resp_done = True
         else:
             s.resp_buf[:] = body
-            s.resp_ended = True
+            s.resp = ANS_COMPLETE
             s.resp_trailers = None
             self._flush_response(s)
 
@@ -455,9 +467,11 @@ class StreamRelay:
     def _reset_downstream(self, s: StreamState, code: int) -> None:
         """Reset the client's stream (also after a complete answer, if the client is still
         sending: RFC 9113 §8.1 lets a server stop an upload that way)."""
-        if not (s.resp_done and s.req_ended):
+        if not (s.resp_done and s.req is not REQ_OPEN):
             self._down.out += f.rst_stream(s.down_id, code)
-        s.resp_done = s.req_ended = True
+        s.resp_done = True
+        if s.req is REQ_OPEN:
+            s.req = REQ_ENDED
         self._discard_request(s)
         self._discard_response(s)
 
@@ -489,9 +503,9 @@ class StreamRelay:
             s.record.finish(self._now)
             out.append(RecordFlow(record=s.record, owner=s.route.steal_by,
                                   timed_out=s.route.timed_out, stream=s.down_id))
-        over = s.req_ended or s.req_discard
+        over = s.req is not REQ_OPEN or s.req_discard
         if over and self._streams.pop(s.down_id, None) is not None and s.up_id is not None:
-            if not s.req_sent_end:
+            if s.req is not REQ_SENT:
                 self._reset_upstream(s, ErrorCode.CANCEL)
             else:
                 self._by_up.pop(s.up_id, None)

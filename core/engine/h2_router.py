@@ -57,9 +57,14 @@ from waylay.core.engine.h2_frames import ErrorCode
 from waylay.core.engine.h2_peer import H2Error, H2Peer
 from waylay.core.engine.h2_relay import StreamRelay
 from waylay.core.engine.h2_streams import (
+    ANS_COMPLETE,
+    ANS_HEAD,
+    ANS_NONE,
     CONNECTION_WINDOW,
     MAX_CONCURRENT_STREAMS,
     NO_BODY_STATUS,
+    REQ_ENDED,
+    REQ_OPEN,
     STREAM_WINDOW,
     Headers,
     MalformedHead,
@@ -156,7 +161,7 @@ class H2Router(StreamRelay):
                 # will be; answers to complete ones may still go out (a half-close).
                 self._down_eof = self._draining = True
                 for s in list(self._streams.values()):
-                    if not s.req_ended:
+                    if s.req is REQ_OPEN:
                         self._client_reset(s, ErrorCode.CANCEL, out, counted=False)
             case UpstreamClosed(reason=reason):
                 self._upstream_lost(reason or "it closed the connection", out)
@@ -271,7 +276,8 @@ class H2Router(StreamRelay):
         s = StreamState(sid, route, record, head)
         self._streams[sid] = s
         if steal_by is None and not route.mirror_to:
-            s.req_ended = ended  # END_STREAM rides on the HEADERS upstream too
+            if ended:  # END_STREAM rides on the HEADERS upstream too
+                s.req = REQ_ENDED
             if ended and s.req_left:
                 self._stream_error(s, ErrorCode.PROTOCOL_ERROR, out)
                 return
@@ -286,7 +292,8 @@ class H2Router(StreamRelay):
                                    target=head.path, http_version="2", headers=wire,
                                    record=record))
         if steal_by is None:
-            s.req_ended = ended
+            if ended:
+                s.req = REQ_ENDED
             self._open_upstream_stream(s, out)
         else:
             if head.expect_continue:
@@ -301,7 +308,7 @@ class H2Router(StreamRelay):
 
     def _client_trailers(self, s: StreamState, flags: int, block: HeaderBlock,
                          out: list[Command]) -> None:
-        if s.req_ended:
+        if s.req is not REQ_OPEN:
             self._stream_error(s, ErrorCode.STREAM_CLOSED, out)
             return
         try:
@@ -323,7 +330,7 @@ class H2Router(StreamRelay):
         if s.req_left:
             self._stream_error(s, ErrorCode.PROTOCOL_ERROR, out)  # RFC 9113 §8.1.1
             return
-        s.req_ended = True
+        s.req = REQ_ENDED
         if s.req_discard:
             self._finish(s, out)
             return
@@ -339,7 +346,7 @@ class H2Router(StreamRelay):
                      out: list[Command]) -> None:
         down = self._down
         s = self._streams.get(sid)
-        if s is None or s.req_ended:
+        if s is None or s.req is not REQ_OPEN:
             down.ack(flow_len)
             if sid > self._highest_in or not sid & 1:
                 raise H2Error(ErrorCode.PROTOCOL_ERROR, f"DATA on idle stream {sid}")
@@ -404,9 +411,11 @@ class H2Router(StreamRelay):
     def _client_reset(self, s: StreamState, code: int, out: list[Command], *,
                       counted: bool) -> None:
         """The client reset a stream: pass the reset on and forget the stream."""
-        if counted and not s.resp_started:
+        if counted and s.resp is ANS_NONE:
             self._spend_reset_budget()
-        s.req_ended = s.resp_done = True
+        s.resp_done = True
+        if s.req is REQ_OPEN:
+            s.req = REQ_ENDED
         self._discard_request(s)
         self._discard_response(s)
         if s.stolen:
@@ -441,14 +450,14 @@ class H2Router(StreamRelay):
     def _local_head(self, sid: int, status: int, headers: Headers,
                     out: list[Command]) -> None:
         s = self._streams.get(sid)
-        if s is None or not s.stolen or s.resp_started or s.resp_done or status < 200:
+        if s is None or not s.stolen or s.resp is not ANS_NONE or s.resp_done or status < 200:
             return
         fields = response_fields(status, headers)
         s.record.status = status
         if s.record.request_headers is not None:
             s.record.response_headers = fields
         s.head_only = s.head_only or status in NO_BODY_STATUS
-        s.resp_started = True
+        s.resp = ANS_HEAD
         block = self._down.encoder.fields(fields)
         if any(n == b"grpc-status" for n, _ in fields):
             # gRPC's Trailers-Only response: the status must end the stream in the same
@@ -459,7 +468,7 @@ class H2Router(StreamRelay):
 
     def _local_data(self, sid: int, data: bytes, out: list[Command]) -> None:
         s = self._streams.get(sid)
-        if s is None or not s.stolen or not s.resp_started or s.resp_ended or s.head_only:
+        if s is None or not s.stolen or s.resp is not ANS_HEAD or s.head_only:
             return
         s.record.bytes_out += len(data)
         if s.record.response_body is not None:
@@ -470,14 +479,14 @@ class H2Router(StreamRelay):
 
     def _local_trailers(self, sid: int, headers: Headers) -> None:
         s = self._streams.get(sid)
-        if s is None or not s.stolen or not s.resp_started or s.resp_ended:
+        if s is None or not s.stolen or s.resp is not ANS_HEAD:
             return
         s.resp_trailers = self._down.encoder.fields(trailer_fields(headers)) or None
 
     def _local_end(self, sid: int, out: list[Command]) -> None:
         s = self._streams.get(sid)
-        if s is not None and s.stolen and s.resp_started and not s.resp_ended:
-            s.resp_ended = True
+        if s is not None and s.stolen and s.resp is ANS_HEAD:
+            s.resp = ANS_COMPLETE
             self._flush_response(s)
             self._finish(s, out)
 

@@ -10,6 +10,8 @@ between an h2 stream and a session's request or response head.
 from __future__ import annotations
 
 import re
+from enum import IntEnum
+from typing import Final
 
 from hpack import HeaderTuple
 
@@ -148,8 +150,47 @@ def trailer_fields(headers: Headers) -> Headers:
             if not n.startswith(b":") and n.lower() not in HOP_BY_HOP]
 
 
+class Upload(IntEnum):
+    """Where a stream's request stands (``StreamState.req``)."""
+
+    OPEN = 0  # the client may send more of it
+    ENDED = 1  # the client sent END_STREAM
+    SENT = 2  # passed streams: the end (END_STREAM or trailers) went upstream too
+
+
+class Answer(IntEnum):
+    """Where a stream's response stands, as its source gave it (``StreamState.resp``)."""
+
+    NONE = 0  # no final head yet (1xx heads are forwarded without a state change)
+    HEAD = 1  # the final head came (sent, or held for a Trailers-Only answer)
+    COMPLETE = 2  # the body and any trailers came (buffered or sent)
+
+
+# Module names for the per-frame paths: a global lookup, compared by identity.
+REQ_OPEN: Final = Upload.OPEN
+REQ_ENDED: Final = Upload.ENDED
+REQ_SENT: Final = Upload.SENT
+ANS_NONE: Final = Answer.NONE
+ANS_HEAD: Final = Answer.HEAD
+ANS_COMPLETE: Final = Answer.COMPLETE
+
+
 class StreamState:
     """One downstream stream and where it stands in each direction.
+
+    Each direction moves forward only, one step per event; a missing row is a bug::
+
+        req   OPEN  -> ENDED     the client's END_STREAM (on HEADERS, DATA or trailers),
+                                 or the stream reset (either side): nothing more is read
+              ENDED -> SENT      passed: the request's end went upstream
+              OPEN  -> SENT      passed: HEADERS with END_STREAM opened it upstream
+        resp  NONE  -> HEAD      the final head (from the app, the local app or a 502/504)
+              HEAD  -> COMPLETE  END_STREAM from the app, LocalEnd, or a whole error body
+
+    Two flags cut a direction short at any point: ``req_discard`` (the answer is over, or
+    failed: request bytes still coming are acknowledged and dropped) and ``resp_done``
+    (END_STREAM or RST_STREAM went to the client: nothing more is sent there). A reset
+    before the answer completed leaves ``resp`` where it was, with ``resp_done`` set.
 
     Windows are kept as *credit*: a stream's send window towards a peer is that peer's
     current SETTINGS_INITIAL_WINDOW_SIZE plus the credit, so a settings change applies to
@@ -166,17 +207,15 @@ class StreamState:
         "mirrored",
         "record",
         "recorded",
+        "req",
         "req_buf",
         "req_discard",
-        "req_ended",
         "req_left",
-        "req_sent_end",
         "req_trailers",
+        "resp",
         "resp_buf",
         "resp_done",
-        "resp_ended",
         "resp_head",
-        "resp_started",
         "resp_trailers",
         "route",
         "stolen",
@@ -200,9 +239,8 @@ class StreamState:
         self.down_unacked = 0  # handed on, not yet returned to the client
         self.req_left = head.content_length  # body bytes still announced (RFC 9113 §8.1.1)
         self.req_buf = bytearray()  # passed: waiting for the upstream window
-        self.req_ended = False  # the client sent END_STREAM
+        self.req: Upload = REQ_OPEN
         self.req_trailers: bytes | None = None  # passed: the encoded trailer block
-        self.req_sent_end = False  # we ended the request upstream
         self.req_discard = False  # the answer is complete: further body is dropped
         self.up_credit = 0  # send window towards the original app, beyond its initial one
         # original app or local app -> client
@@ -210,9 +248,8 @@ class StreamState:
         self.up_unacked = 0
         self.down_credit = 0  # send window towards the client, beyond its initial one
         self.resp_buf = bytearray()  # waiting for the client's window
-        self.resp_started = False
+        self.resp: Answer = ANS_NONE
         self.resp_head: bytes | None = None  # an encoded head held until the answer ends
-        self.resp_ended = False  # the response body is complete (buffered or sent)
         self.resp_trailers: bytes | None = None  # encoded, sent after the body
         self.resp_done = False  # END_STREAM or RST_STREAM went to the client
         self.head_only = head.method == "HEAD"  # no body may follow (RFC 9110 §6.4.1)
