@@ -9,11 +9,20 @@ import json
 import signal
 import sys
 from collections.abc import Callable, Coroutine
-from typing import IO, Any
+from typing import IO, Any, assert_never
 
 from waylay.core.client.attach import Attachment, attach
 from waylay.core.engine.config import Config, Mode, default_config, load_config
 from waylay.core.engine.errors import AgentError, UsageError, WaylayError
+from waylay.core.engine.events import (
+    ErrorEvent,
+    Event,
+    RequestEvent,
+    StartedEvent,
+    SubscribedEvent,
+    WarningEvent,
+    to_json,
+)
 from waylay.core.engine.target import parse_target
 
 # One encoder for every line (json.dumps with options builds a new one per call).
@@ -28,16 +37,15 @@ class EventWriter:
         self._human = human
         self._flush_pending = False
 
-    def __call__(self, event: dict[str, Any]) -> None:
+    def __call__(self, event: Event) -> None:
         if self._sink is not None:
-            self._sink.write(_JSON.encode(event) + "\n")
+            self._sink.write(_JSON.encode(to_json(event)) + "\n")
             self._flush_soon()
-        kind = event.get("type")
         # "started" lines are for --events and the dashboard; the human line comes at
         # the end of each request (an error event names one that hangs).
-        if (self._human and kind != "started") or kind in ("error", "warning"):
+        if isinstance(event, ErrorEvent | WarningEvent) or (
+                self._human and not isinstance(event, StartedEvent)):
             print(_human_line(event), file=sys.stderr, flush=True)
-
 
     def _flush_soon(self) -> None:
         """Lines written in one turn of the event loop reach the file together (a busy
@@ -58,29 +66,35 @@ class EventWriter:
             self._sink.flush()
 
 
-def _human_line(event: dict[str, Any]) -> str:
+def _human_line(event: Event) -> str:
     """One line for stderr; events of a multi-pod target start with their pod."""
     line = _describe(event)
-    pod = event.get("pod")
+    pod = event.pod
     if pod and not line.startswith("waylay: "):
         return f"[{pod}] {line}"
     return f"waylay: [{pod}] {line[len('waylay: '):]}" if pod else line
 
 
-def _describe(event: dict[str, Any]) -> str:
-    kind = event.get("type")
-    if kind == "request":
-        status = event.get("status") or "-"
-        what = (f"{event.get('method')} {event.get('path')}" if event.get("method")
-                else "TCP connection")
-        took = event.get("duration_ms")
-        matched = f"  [{event['matched']}]" if event.get("matched") else ""
-        return (f"{str(event.get('verdict')).upper():8} :{event.get('port')} {what} -> "
-                f"{status} ({took} ms){matched}")
-    if kind == "subscribed":
-        flt = f" filter {event['filter']}" if event.get("filter") else " (whole port)"
-        return f"waylay: {event.get('mode')} port {event.get('port')}{flt}"
-    return f"waylay: {kind}: {event.get('message')}"
+def _describe(event: Event) -> str:
+    match event:
+        case RequestEvent():
+            status = event.status or "-"
+            what = f"{event.method} {event.path}" if event.method else "TCP connection"
+            matched = f"  [{event.matched}]" if event.matched else ""
+            return (f"{str(event.verdict).upper():8} :{event.port} {what} -> "
+                    f"{status} ({event.duration_ms} ms){matched}")
+        case StartedEvent():
+            what = f"{event.method} {event.path}" if event.method else "TCP connection"
+            return f"{str(event.verdict).upper():8} :{event.port} {what} in flight"
+        case SubscribedEvent():
+            flt = f" filter {event.filter}" if event.filter else " (whole port)"
+            return f"waylay: {event.mode} port {event.port}{flt}"
+        case WarningEvent():
+            return f"waylay: warning: {event.message}"
+        case ErrorEvent():
+            return f"waylay: error: {event.message}"
+        case _:
+            assert_never(event)
 
 
 def _load(args: argparse.Namespace) -> Config:
@@ -152,7 +166,7 @@ async def _run(args: argparse.Namespace, config: Config, target_text: str,
         await attached.run()
         return 0
     except AgentError as exc:
-        events({"type": "error", "message": str(exc)})
+        events(ErrorEvent(message=str(exc)))
         return exc.exit_code
     finally:
         print(f"waylay: {attached.session.stats.summary()}", file=sys.stderr, flush=True)
@@ -165,14 +179,13 @@ async def _reload(args: argparse.Namespace, attached: Attachment,
     A broken file is reported and changes nothing: the session keeps its current filter.
     """
     if not args.config:
-        events({"type": "warning", "message": "SIGHUP: no config file (-f) to reload"})
+        events(WarningEvent(message="SIGHUP: no config file (-f) to reload"))
         return
     try:
         config = _load(args)
     except WaylayError as exc:
-        events({"type": "error", "message": f"reload refused, filter unchanged: {exc}"})
+        events(ErrorEvent(message=f"reload refused, filter unchanged: {exc}"))
         return
     accepted = await attached.update(config.incoming, cli_ports)
-    events({"type": "warning" if accepted else "error",
-            "message": f"reloaded {args.config}" if accepted else
-            f"the agent refused part of {args.config}; see the errors above"})
+    events(WarningEvent(message=f"reloaded {args.config}") if accepted else
+           ErrorEvent(message=f"the agent refused part of {args.config}; see the errors above"))

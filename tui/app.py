@@ -21,7 +21,7 @@ import dataclasses
 import gc
 import time
 from collections.abc import Callable, Iterable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, assert_never
 
 from textual import on, work
 from textual.app import App, ComposeResult, SystemCommand
@@ -34,6 +34,14 @@ from textual.widgets import Footer, Header, Input
 
 from waylay.core.engine.config import Config, IncomingConfig, Mode, default_config
 from waylay.core.engine.errors import WaylayError
+from waylay.core.engine.events import (
+    ErrorEvent,
+    Event,
+    RequestEvent,
+    StartedEvent,
+    SubscribedEvent,
+    WarningEvent,
+)
 from waylay.core.engine.target import Target, parse_target
 from waylay.core.system.local_targets import LocalTarget, list_local_targets
 from waylay.tui.client import AttachFn, SessionClient
@@ -42,7 +50,7 @@ from waylay.tui.detail import DetailScreen
 from waylay.tui.dialogs import HelpScreen, ModeScreen, PortsScreen
 from waylay.tui.file_actions import FileActions
 from waylay.tui.filter_editor import FilterEditor
-from waylay.tui.flows import CAPACITY, REQUEST_TYPES, FlowRow, FlowStore, FlowView, RowQuery
+from waylay.tui.flows import CAPACITY, FlowRow, FlowStore, FlowView, RowQuery
 from waylay.tui.kube_browser import KubeBrowser
 from waylay.tui.kube_tree import kube_place
 from waylay.tui.messages import (
@@ -304,25 +312,24 @@ class WaylayApp(FileActions, App[int]):
     def on_traffic_batch(self, message: TrafficBatch) -> None:
         self.ingest(message.events, message.session)
 
-    def ingest(self, events: list[dict[str, Any]], session: int = 0) -> None:
+    def ingest(self, events: list[Event], session: int = 0) -> None:
         """Fold a batch of engine events into the store, table, stats and log."""
         ingested = self.store.ingest(events, session)
         gained, lost = self.view.sync(ingested)
         if ingested.added:
-            now = self.clock()
-            self.rates.add_all((row.event.get("ts") or now, row.verdict)
-                               for row in ingested.added)
+            self.rates.add_all((row.event.ts, row.verdict) for row in ingested.added)
         self.table.rows_changed(gained, ingested.updated, lost)
-        notices = []
+        notices: list[WarningEvent | ErrorEvent] = []
         for event in events:
-            kind = event.get("type")
-            if kind in REQUEST_TYPES:
-                continue
-            if kind == "error" or kind == "warning":
-                notices.append(event)
-            elif kind == "subscribed":
-                flt = event.get("filter") or "whole port"
-                self._record("info", f"{event.get('mode')} port {event.get('port')}: {flt}")
+            match event:
+                case RequestEvent() | StartedEvent():
+                    pass  # rows of the store
+                case WarningEvent() | ErrorEvent():
+                    notices.append(event)
+                case SubscribedEvent(port=port, mode=mode, filter=flt):
+                    self._record("info", f"{mode} port {port}: {flt or 'whole port'}")
+                case _:
+                    assert_never(event)
         if notices:
             self._notices(notices)
         if self._draft_incoming is not None and ingested.added:
@@ -330,19 +337,19 @@ class WaylayApp(FileActions, App[int]):
             if now - self._preview_at >= PREVIEW_REFRESH_S:
                 self._start_preview(self._draft_incoming)
 
-    def _notices(self, notices: list[dict[str, Any]]) -> None:
+    def _notices(self, notices: list[WarningEvent | ErrorEvent]) -> None:
         # Each one is logged and counted; toasts go through the gate (a flood of errors
         # becomes a few toasts and one summary per window, waylay.tui.notices).
         now = self.clock()
         for event in notices:
-            level = str(event.get("type"))
-            if level == "error":
+            if isinstance(event, ErrorEvent):
+                level = "error"
                 self.errors += 1
             else:
+                level = "warning"
                 self.warnings += 1
-            message = str(event.get("message"))
-            self._record(level, message)
-            self._toast(self.notice_gate.offer(level, message, now))
+            self._record(level, event.message)
+            self._toast(self.notice_gate.offer(level, event.message, now))
 
     def flush_notices(self) -> None:
         """Sum up the notices the gate held back, once their window is over (the app
@@ -389,8 +396,7 @@ class WaylayApp(FileActions, App[int]):
     def current_plan(self, incoming: IncomingConfig | None = None) -> Plan:
         """How the session (would) intercept ports, for previews and "why"."""
         listening: Iterable[int] = self.client.listening or sorted(
-            {p for p in (r.get("port") for r in self.store.recent(PREVIEW_WINDOW))
-             if isinstance(p, int)})
+            {r.event.port for r in self.store.recent(PREVIEW_WINDOW)})
         return Plan.of(incoming or self.client.incoming, self.client.cli_ports,
                        list(listening))
 

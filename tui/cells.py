@@ -5,11 +5,14 @@ from __future__ import annotations
 import functools
 import time
 from dataclasses import dataclass
-from typing import Any
 
 from rich.cells import cell_len, set_cell_size
 
-VERDICT_LABEL = {"stolen": "STOLEN", "passed": "PASSED", "mirrored": "MIRRORED"}
+from waylay.core.engine.events import FlowEvent, RequestEvent
+from waylay.core.engine.flow import Verdict
+
+VERDICT_LABEL = {Verdict.STOLEN: "STOLEN", Verdict.PASSED: "PASSED",
+                 Verdict.MIRRORED: "MIRRORED"}
 PROTOCOL_LABEL = {"http/1.1": "h1", "h2": "h2", "tcp": "tcp"}
 
 
@@ -74,15 +77,15 @@ def fit(text: str, width: int, right: bool = False) -> str:
     return pad + text if right else text + pad
 
 
-def fmt_time(ts: Any) -> str:
-    if not isinstance(ts, int | float):
+def fmt_time(ts: float | None) -> str:
+    if ts is None:
         return ""
     local = time.localtime(ts)
     return f"{time.strftime('%H:%M:%S', local)}.{int(ts * 1000) % 1000:03d}"
 
 
-def fmt_duration(ms: Any) -> str:
-    if not isinstance(ms, int | float):
+def fmt_duration(ms: float | None) -> str:
+    if ms is None:
         return ""
     if ms < 1:
         return f"{ms * 1000:.0f} µs"
@@ -91,8 +94,8 @@ def fmt_duration(ms: Any) -> str:
     return f"{ms / 1000:.2f} s"
 
 
-def fmt_size(n: Any) -> str:
-    if not isinstance(n, int | float):
+def fmt_size(n: float | None) -> str:
+    if n is None:
         return ""
     if n < 1024:
         return f"{int(n)} B"
@@ -103,40 +106,62 @@ def fmt_size(n: Any) -> str:
     return ""
 
 
-def cell_text(name: str, event: dict[str, Any]) -> str:
-    """The text of column ``name`` for a request event."""
+def cell_text(name: str, event: FlowEvent) -> str:
+    """The text of column ``name`` for a request (finished or in flight)."""
+    done = event if isinstance(event, RequestEvent) else None
     if name == "time":
-        return fmt_time(event.get("ts"))
+        return fmt_time(event.ts)
     if name == "verdict":
-        verdict = event.get("verdict")
-        return VERDICT_LABEL.get(verdict, "…") if verdict else "…"
+        return VERDICT_LABEL[event.verdict]
     if name == "protocol":
-        proto = str(event.get("protocol") or "")
-        return PROTOCOL_LABEL.get(proto, proto)
+        return PROTOCOL_LABEL.get(event.protocol, event.protocol)
     if name == "method":
-        return str(event.get("method") or ("TCP" if event.get("protocol") == "tcp" else ""))
+        return event.method or ("TCP" if event.protocol == "tcp" else "")
     if name == "host":
-        host = str(event.get("authority") or f":{event.get('port')}")
+        host = event.authority or f":{event.port}"
         # Every replica of a workload is intercepted: say which pod answered or passed.
-        return f"{event['pod']} · {host}" if event.get("pod") else host
+        return f"{event.pod} · {host}" if event.pod else host
     if name == "path":
-        return str(event.get("path") or "")
+        return event.path or ""
     if name == "status":
-        status = event.get("status")
-        if event.get("verdict") == "mirrored":
+        if done is None:
+            return "…"  # in flight: the local app has not answered yet
+        if done.verdict is Verdict.MIRRORED:
             # Mirrored: the remote's answer, then your app's when it differs.
-            remote = event.get("remote_status")
-            local = "err" if event.get("mirror_error") else status
+            remote = done.mirror.remote_status if done.mirror else None
+            local = "err" if done.mirror and done.mirror.error else done.status
             if remote is not None and local != remote:
                 return f"{remote}→{local if local is not None else '-'}"
             return "" if remote is None else str(remote)
-        if status is None and event.get("type") != "request":
-            return "…"  # in flight: the local app has not answered yet
-        return "" if status is None else str(status)
+        return "" if done.status is None else str(done.status)
     if name == "duration":
-        return fmt_duration(event.get("duration_ms"))
+        return fmt_duration(done.duration_ms if done else None)
     if name == "size":
-        return fmt_size(event.get("bytes_out"))
+        return fmt_size(done.bytes_out if done else None)
     if name == "matched":
-        return str(event.get("matched") or "")
+        return (done.matched if done else None) or ""
     return ""
+
+
+def cell_style(name: str, event: FlowEvent) -> str | None:
+    """The name of the table style for column ``name`` of a request (None: plain)."""
+    if name == "verdict":
+        return str(event.verdict)
+    if name == "status":
+        if not isinstance(event, RequestEvent):
+            return None
+        mirror = event.mirror
+        if event.verdict is Verdict.MIRRORED and mirror is not None and (
+                mirror.error or mirror.remote_status != event.status):
+            return "status-error"  # your app answered the copy differently
+        if event.status is not None:
+            if event.status >= 500:
+                return "status-error"
+            if event.status >= 400:
+                return "status-warning"
+        return None
+    if name in ("time", "protocol", "duration", "size"):
+        return "dim"
+    if name == "matched":
+        return "mark"
+    return None

@@ -23,13 +23,21 @@ import dataclasses
 import functools
 import inspect
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, assert_never
 
 from textual.message import Message
 
 from waylay.core.client.attach import Attachment, attach
 from waylay.core.engine.config import AgentConfig, IncomingConfig, Mode
 from waylay.core.engine.errors import WaylayError
+from waylay.core.engine.events import (
+    ErrorEvent,
+    Event,
+    RequestEvent,
+    StartedEvent,
+    SubscribedEvent,
+    WarningEvent,
+)
 from waylay.core.engine.target import Target
 from waylay.tui.messages import (
     SessionEnded,
@@ -74,7 +82,7 @@ class SessionClient:
         self._kube_context: str | None = None
         self._task: asyncio.Task[None] | None = None
         self._attached: Attachment | None = None
-        self._pending: list[dict[str, Any]] = []
+        self._pending: list[Event] = []
         self._pending_session = 0
         self._flush_handle: asyncio.TimerHandle | None = None
         self._update_lock = asyncio.Lock()
@@ -246,19 +254,27 @@ class SessionClient:
 
     # --- events -----------------------------------------------------------------------
 
-    def _on_event(self, n: int, event: dict[str, Any]) -> None:
+    def _on_event(self, n: int, event: Event) -> None:
         """The engine's on_event: called on the loop for every event; must stay cheap."""
-        kind = event.get("type")
-        if kind == "error" and self._update_errors is not None:
-            self._update_errors.append(str(event.get("message")))
-        if (kind == "warning" and self._hide_off_warning
-                and str(event.get("message", "")).startswith(_OFF_WARNING)):
-            self._hide_off_warning = False  # our own stand-in for mirror, not the user's
-            return
+        droppable = False
+        match event:
+            case RequestEvent() | StartedEvent():
+                droppable = True
+            case ErrorEvent(message=message):
+                if self._update_errors is not None:
+                    self._update_errors.append(message)
+            case WarningEvent(message=message):
+                if self._hide_off_warning and message.startswith(_OFF_WARNING):
+                    self._hide_off_warning = False  # our own stand-in for mirror
+                    return
+            case SubscribedEvent():
+                pass
+            case _:
+                assert_never(event)
         if n != self._pending_session:
             self._flush()
             self._pending_session = n
-        if len(self._pending) >= MAX_PENDING and kind in ("request", "started"):
+        if droppable and len(self._pending) >= MAX_PENDING:
             self.overflow += 1
             return
         self._pending.append(event)

@@ -1,11 +1,11 @@
 """The request detail: summary, why, headers and bodies, the mirror comparison, curl.
 
 Bodies that parse as JSON are pretty-printed and highlighted. For a mirrored request
-the remote app's answer (``remote_status``, ``remote_duration_ms``, the captured response)
-and the local app's (``status``, ``duration_ms``, ``mirror_error``) are shown side by
-side, differences flagged; the local body is compared too once the engine sends it
-(``local_response_headers`` / ``local_response_body``). What the engine did not capture
-is said, never left blank.
+the remote app's answer (its ``MirrorOutcome``'s ``remote_status`` and
+``remote_duration_ms``, the captured response) and the local app's (the event's ``status``
+and ``duration_ms``, the outcome's ``error``) are shown side by side, differences flagged;
+the local body is compared too once the engine sends it (``local_headers`` /
+``local_body``). What the engine did not capture is said, never left blank.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import contextlib
 import difflib
 import json
 from collections.abc import Callable, Sequence
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from rich.console import Group, RenderableType
 from rich.json import JSON
@@ -26,6 +26,8 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Footer, Static
 
+from waylay.core.engine.events import FlowEvent, Headers, RequestEvent
+from waylay.core.engine.flow import Verdict
 from waylay.tui.cells import VERDICT_LABEL, fmt_duration, fmt_size, fmt_time
 from waylay.tui.export import request_url, to_curl
 from waylay.tui.flows import FlowRow
@@ -35,7 +37,7 @@ from waylay.tui.preview import Plan, explain
 BODY_SHOW_LIMIT = 64 * 1024
 
 
-def _headers_table(pairs: Sequence[Any] | None) -> RenderableType:
+def _headers_table(pairs: Headers | None) -> RenderableType:
     if pairs is None:
         return Text("headers not captured by this engine version", style="italic dim")
     if not pairs:
@@ -48,16 +50,16 @@ def _headers_table(pairs: Sequence[Any] | None) -> RenderableType:
     return table
 
 
-def _content_type(pairs: Sequence[Any] | None) -> str:
-    for name, value in pairs or []:
-        if str(name).lower() == "content-type":
-            return str(value).lower()
+def _content_type(pairs: Sequence[tuple[str, str]] | None) -> str:
+    for name, value in pairs or ():
+        if name.lower() == "content-type":
+            return value.lower()
     return ""
 
 
-def body_renderable(body: str | None, headers: Sequence[Any] | None, *,
+def body_renderable(body: str | None, headers: Headers | None, *,
                     truncated: bool = False, dropped: bool = False,
-                    size: object = None) -> RenderableType:
+                    size: int | None = None) -> RenderableType:
     """A body for display: JSON pretty-printed and highlighted, else plain text."""
     if body is None:
         if size == 0:
@@ -135,105 +137,114 @@ class DetailScreen(ModalScreen[None]):
         self._fill()
 
     def _fill(self) -> None:
-        event = self.row.event
+        event, done = self.row.event, self.row.finished
+        capture = done.capture if done else None
+        dropped = self.row.bodies_dropped
+        mirrored = done is not None and done.verdict is Verdict.MIRRORED
         body = self.query_one("#detail-body", VerticalScroll)
-        verdict = str(event.get("verdict") or "")
-        body.border_title = f"request #{event.get('id')}"
+        body.border_title = f"request #{event.id}"
         self.query_one("#detail-summary", Static).update(self._summary(event))
-        self.query_one("#detail-summary").set_classes(f"-{verdict or 'pending'}")
+        self.query_one("#detail-summary").set_classes(f"-{event.verdict}")
         why = self.query_one("#detail-why", Static)
         why.border_title = "why"
         why.update(Text("\n".join(explain(event, self.plan))))
         request = self.query_one("#detail-request", Static)
         request.border_title = "request"
         request.update(Group(
-            Text(f"{event.get('method') or 'TCP'} {event.get('path') or ''}", style="bold"),
-            _headers_table(event.get("request_headers")),
+            Text(f"{event.method or 'TCP'} {event.path or ''}", style="bold"),
+            _headers_table(capture.request_headers if capture else None),
             Text(""),
-            body_renderable(event.get("request_body"), event.get("request_headers"),
-                            truncated=bool(event.get("body_truncated")),
-                            dropped=bool(event.get("body_dropped")),
-                            size=event.get("bytes_in"))))
+            body_renderable(capture.request_body if capture else None,
+                            capture.request_headers if capture else None,
+                            truncated=bool(capture and capture.body_truncated),
+                            dropped=dropped, size=done.bytes_in if done else None)))
         response = self.query_one("#detail-response", Static)
-        response.border_title = "response" + (" (remote)" if verdict == "mirrored" else "")
-        status = event.get("remote_status" if verdict == "mirrored" else "status")
+        response.border_title = "response" + (" (remote)" if mirrored else "")
+        if done is not None and mirrored:
+            status = done.mirror.remote_status if done.mirror else None
+        else:
+            status = done.status if done else None
         response.update(Group(
             Text(f"status {status if status is not None else '-'}", style="bold"),
-            _headers_table(event.get("response_headers")),
+            _headers_table(capture.response_headers if capture else None),
             Text(""),
-            body_renderable(event.get("response_body"), event.get("response_headers"),
-                            truncated=bool(event.get("body_truncated")),
-                            dropped=bool(event.get("body_dropped")),
-                            size=event.get("bytes_out"))))
+            body_renderable(capture.response_body if capture else None,
+                            capture.response_headers if capture else None,
+                            truncated=bool(capture and capture.body_truncated),
+                            dropped=dropped, size=done.bytes_out if done else None)))
         mirror = self.query_one("#detail-mirror", Static)
-        mirror.display = verdict == "mirrored"
-        if verdict == "mirrored":
+        mirror.display = mirrored
+        if done is not None and mirrored:
             mirror.border_title = "local response (your app) vs remote"
-            mirror.update(self._mirror(event))
+            mirror.update(self._mirror(done))
         curl = self.query_one("#detail-curl", Static)
         curl.border_title = "curl  (c copies)"
         curl.update(Text(to_curl(event)))
         body.scroll_home(animate=False)
 
     @staticmethod
-    def _summary(event: dict[str, Any]) -> Text:
-        verdict = str(event.get("verdict") or "")
+    def _summary(event: FlowEvent) -> Text:
+        done = event if isinstance(event, RequestEvent) else None
         text = Text()
-        text.append(f" {VERDICT_LABEL.get(verdict, 'IN PROGRESS')} ", style="reverse bold")
-        text.append(f"  {event.get('method') or 'TCP'} ", style="bold")
+        text.append(f" {VERDICT_LABEL[event.verdict]} ", style="reverse bold")
+        text.append(f"  {event.method or 'TCP'} ", style="bold")
         text.append(request_url(event))
-        status = event.get("status")
-        if verdict == "mirrored":
-            remote = event.get("remote_status")
+        status = done.status if done else None
+        if done is not None and done.verdict is Verdict.MIRRORED:
+            remote = done.mirror.remote_status if done.mirror else None
             text.append(f"  → {remote if remote is not None else '-'} (remote)", style="bold")
-            local = event.get("mirror_error") or status
+            local = (done.mirror.error if done.mirror else None) or status
             text.append(f" · {local if local is not None else '-'} (local)",
                         style="bold red" if local != remote else "bold")
         elif status is not None:
             text.append(f"  → {status}", style="bold red" if status >= 500 else "bold")
         text.append("\n")
-        pod = f"pod {event['pod']} · " if event.get("pod") else ""
+        pod = f"pod {event.pod} · " if event.pod else ""
         text.append(
-            f"{fmt_time(event.get('ts'))} · {pod}port {event.get('port')} · "
-            f"{event.get('protocol')} · {fmt_duration(event.get('duration_ms')) or '-'} · "
-            f"in {fmt_size(event.get('bytes_in'))} · out {fmt_size(event.get('bytes_out'))}",
+            f"{fmt_time(event.ts)} · {pod}port {event.port} · {event.protocol} · "
+            f"{fmt_duration(done.duration_ms if done else None) or '-'} · "
+            f"in {fmt_size(done.bytes_in if done else None)} · "
+            f"out {fmt_size(done.bytes_out if done else None)}",
             style="dim")
-        if event.get("matched"):
-            text.append(f"\nmatched: {event['matched']}", style="bold")
+        if done is not None and done.matched:
+            text.append(f"\nmatched: {done.matched}", style="bold")
         return text
 
     @staticmethod
-    def _mirror(event: dict[str, Any]) -> RenderableType:
+    def _mirror(event: RequestEvent) -> RenderableType:
         """The remote app's answer (what the client got) beside your app's answer."""
         table = Table(expand=True, show_edge=False)
         table.add_column("", width=1)
         table.add_column("remote (answered the client)")
         table.add_column("local (your app, on the copy)")
         flag, same = Text("≠", style="bold red"), Text("=", style="green")
-        remote_status, local_status = event.get("remote_status"), event.get("status")
-        local_error = event.get("mirror_error")
+        outcome, capture = event.mirror, event.capture
+        remote_status = outcome.remote_status if outcome else None
+        local_status = event.status
+        local_error = outcome.error if outcome else None
         local_text = (Text(f"error: {local_error}", style="bold red") if local_error
                       else f"status {local_status if local_status is not None else '-'}")
         table.add_row(flag if local_error or remote_status != local_status else same,
                       f"status {remote_status if remote_status is not None else '-'}",
                       local_text)
-        table.add_row("", f"{fmt_duration(event.get('remote_duration_ms')) or '-'}",
-                      f"{fmt_duration(event.get('duration_ms')) or '-'}")
-        remote_body = event.get("response_body")
-        local_body = event.get("local_response_body")
+        remote_took = fmt_duration(outcome.remote_duration_ms if outcome else None)
+        table.add_row("", remote_took or "-", fmt_duration(event.duration_ms) or "-")
+        remote_body = capture.response_body if capture else None
+        remote_headers = capture.response_headers if capture else None
+        local_body = outcome.local_body if outcome else None
         if local_body is None:
-            table.add_row("", body_renderable(remote_body, event.get("response_headers"),
-                                              size=event.get("bytes_out")),
+            table.add_row("", body_renderable(remote_body, remote_headers,
+                                              size=event.bytes_out),
                           Text("body not captured by this engine version",
                                style="italic dim"))
             return table
-        differs = str(remote_body or "") != str(local_body)
+        differs = (remote_body or "") != local_body
         table.add_row(flag if differs else same,
-                      body_renderable(remote_body, event.get("response_headers")),
-                      body_renderable(local_body, event.get("local_response_headers")))
+                      body_renderable(remote_body, remote_headers),
+                      body_renderable(local_body, outcome.local_headers if outcome else None))
         if differs:
             return Group(table, Text("body differences (- remote, + local):", style="bold"),
-                         _diff_lines(str(remote_body or ""), str(local_body)))
+                         _diff_lines(remote_body or "", local_body))
         return table
 
     def action_close(self) -> None:

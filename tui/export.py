@@ -1,10 +1,11 @@
 """Requests out of the dashboard: copy as curl, export as HAR 1.2 (pure functions).
 
-Events carry what the engine captured: always method, authority, path, status, sizes and
-timings; headers and bodies only when the engine sends them (``request_headers``,
-``response_headers``, ``request_body``, ``response_body``: latin-1 decoded, maybe
-truncated). Missing parts are left out, and a truncated body is marked in the HAR
-(``_waylay.body_truncated``) and in a comment in the curl command.
+Events (``waylay.core.engine.events``) carry what the engine captured: always method,
+authority, path, status, sizes and timings; headers and bodies only when the engine sends
+them (the event's ``capture``: latin-1 text, bodies maybe truncated). Missing parts are
+left out, and a truncated body is marked in the HAR (``_waylay.body_truncated``) and in a
+comment in the curl command. This and ``waylay run --events`` are the only places events
+become JSON.
 """
 
 from __future__ import annotations
@@ -12,44 +13,47 @@ from __future__ import annotations
 import datetime
 import json
 import shlex
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
+
+from waylay.core.engine.events import FlowEvent, Headers, RequestEvent
 
 # Headers curl computes itself; copying them would conflict with what it sends.
 _CURL_SKIP = frozenset({"content-length", "host", "connection", "transfer-encoding"})
 _HTTP_VERSION = {"http/1.1": "HTTP/1.1", "h2": "HTTP/2", "tcp": "TCP"}
 
 
-def request_url(event: Mapping[str, Any]) -> str:
+def request_url(event: FlowEvent) -> str:
     """``http://authority/path``; without an authority, the intercepted port on localhost."""
-    authority = event.get("authority") or f"localhost:{event.get('port')}"
-    path = event.get("path") or "/"
+    authority = event.authority or f"localhost:{event.port}"
+    path = event.path or "/"
     return f"http://{authority}{path}"
 
 
-def to_curl(event: Mapping[str, Any]) -> str:
+def to_curl(event: FlowEvent) -> str:
     """A curl command line that repeats the request (as far as it was captured)."""
-    method = str(event.get("method") or "GET")
+    capture = event.capture if isinstance(event, RequestEvent) else None
+    method = event.method or "GET"
     parts = ["curl"]
     if method != "GET":
         parts += ["-X", method]
-    if event.get("protocol") == "h2":
+    if event.protocol == "h2":
         parts.append("--http2-prior-knowledge")
-    headers = event.get("request_headers") or []
-    host = next((v for n, v in headers if str(n).lower() == "host"), None)
+    headers = capture.request_headers if capture else ()
+    host = next((v for n, v in headers if n.lower() == "host"), None)
     for name, value in headers:
-        if str(name).lower() not in _CURL_SKIP and not str(name).startswith(":"):
+        if name.lower() not in _CURL_SKIP and not name.startswith(":"):
             parts += ["-H", f"{name}: {value}"]
-    if host and event.get("authority") and host != event.get("authority"):
+    if host and event.authority and host != event.authority:
         parts += ["-H", f"Host: {host}"]
-    body = event.get("request_body")
+    body = capture.request_body if capture else None
     if body:
-        parts += ["--data-binary", str(body)]
+        parts += ["--data-binary", body]
     parts.append(request_url(event))
     command = " ".join(shlex.quote(p) for p in parts)
-    if body and event.get("body_truncated"):
+    if body and capture and capture.body_truncated:
         command += "  # body truncated by the capture"
     return command
 
@@ -59,24 +63,29 @@ def _iso(ts: float) -> str:
         timespec="milliseconds").replace("+00:00", "Z")
 
 
-def _headers(pairs: Iterable[Any] | None) -> list[dict[str, str]]:
-    return [{"name": str(n), "value": str(v)} for n, v in (pairs or [])]
+def _headers(pairs: Headers | None) -> list[dict[str, str]]:
+    return [{"name": n, "value": v} for n, v in (pairs or ())]
 
 
-def _mime(headers: Iterable[Any] | None) -> str:
-    for name, value in headers or []:
-        if str(name).lower() == "content-type":
-            return str(value)
+def _mime(headers: Headers | None) -> str:
+    for name, value in headers or ():
+        if name.lower() == "content-type":
+            return value
     return ""
 
 
-def har_entry(event: Mapping[str, Any]) -> dict[str, Any]:
-    path = str(event.get("path") or "/")
+def har_entry(event: FlowEvent) -> dict[str, Any]:
+    """One HAR entry; a request still in flight has status 0 and no sizes yet."""
+    done = event if isinstance(event, RequestEvent) else None
+    capture = done.capture if done else None
+    path = event.path or "/"
     query = path.partition("?")[2]
-    version = _HTTP_VERSION.get(str(event.get("protocol")), str(event.get("protocol")))
-    req_headers, resp_headers = event.get("request_headers"), event.get("response_headers")
+    version = _HTTP_VERSION.get(event.protocol, event.protocol)
+    req_headers = capture.request_headers if capture else None
+    resp_headers = capture.response_headers if capture else None
+    bytes_in, bytes_out = (done.bytes_in, done.bytes_out) if done else (0, 0)
     request: dict[str, Any] = {
-        "method": event.get("method") or "CONNECT",
+        "method": event.method or "CONNECT",
         "url": request_url(event),
         "httpVersion": version,
         "cookies": [],
@@ -84,22 +93,21 @@ def har_entry(event: Mapping[str, Any]) -> dict[str, Any]:
         "queryString": [{"name": n, "value": v}
                         for n, v in parse_qsl(query, keep_blank_values=True)],
         "headersSize": -1,
-        "bodySize": int(event.get("bytes_in") or 0),
+        "bodySize": bytes_in,
     }
-    if event.get("request_body") is not None:
-        request["postData"] = {"mimeType": _mime(req_headers), "text": event["request_body"]}
-    status = event.get("status")
-    content: dict[str, Any] = {"size": int(event.get("bytes_out") or 0),
-                               "mimeType": _mime(resp_headers)}
-    if event.get("response_body") is not None:
-        content["text"] = event["response_body"]
-    duration = float(event.get("duration_ms") or 0.0)
+    if capture is not None and capture.request_body is not None:
+        request["postData"] = {"mimeType": _mime(req_headers), "text": capture.request_body}
+    status = done.status if done else None
+    content: dict[str, Any] = {"size": bytes_out, "mimeType": _mime(resp_headers)}
+    if capture is not None and capture.response_body is not None:
+        content["text"] = capture.response_body
+    duration = float((done.duration_ms if done else None) or 0.0)
     return {
-        "startedDateTime": _iso(float(event.get("ts") or 0.0)),
+        "startedDateTime": _iso(float(event.ts)),
         "time": duration,
         "request": request,
         "response": {
-            "status": int(status) if status is not None else 0,
+            "status": status if status is not None else 0,
             "statusText": "",
             "httpVersion": version,
             "cookies": [],
@@ -107,30 +115,30 @@ def har_entry(event: Mapping[str, Any]) -> dict[str, Any]:
             "content": content,
             "redirectURL": "",
             "headersSize": -1,
-            "bodySize": int(event.get("bytes_out") or 0),
+            "bodySize": bytes_out,
         },
         "cache": {},
         "timings": {"send": 0, "wait": duration, "receive": 0},
         "_waylay": {
-            "id": event.get("id"),
-            "port": event.get("port"),
-            "verdict": event.get("verdict"),
-            "matched": event.get("matched"),
-            "body_truncated": bool(event.get("body_truncated")),
+            "id": event.id,
+            "port": event.port,
+            "verdict": str(event.verdict),
+            "matched": done.matched if done else None,
+            "body_truncated": bool(capture and capture.body_truncated),
         },
     }
 
 
-def to_har(events: Iterable[Mapping[str, Any]], *, version: str) -> dict[str, Any]:
+def to_har(events: Iterable[FlowEvent], *, version: str) -> dict[str, Any]:
     """A HAR 1.2 document of the HTTP requests among ``events`` (raw TCP is left out)."""
     return {"log": {
         "version": "1.2",
         "creator": {"name": "waylay", "version": version},
-        "entries": [har_entry(e) for e in events if e.get("method")],
+        "entries": [har_entry(e) for e in events if e.method],
     }}
 
 
-def write_har(path: str | Path, events: Iterable[Mapping[str, Any]], *, version: str) -> int:
+def write_har(path: str | Path, events: Iterable[FlowEvent], *, version: str) -> int:
     """Write :func:`to_har` of ``events`` to ``path`` (blocking); how many entries."""
     doc = to_har(events, version=version)
     Path(path).write_text(json.dumps(doc, indent=1, ensure_ascii=False), encoding="utf-8")

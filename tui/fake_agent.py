@@ -34,8 +34,9 @@ from waylay.core.client.attach import AttachedSession
 from waylay.core.client.session import EventSink, Session
 from waylay.core.engine.config import AgentConfig, IncomingConfig, Mode
 from waylay.core.engine.errors import ConfigError
+from waylay.core.engine.events import Capture, MirrorOutcome, RequestEvent, row_of
 from waylay.core.engine.filters import HttpFilter, RequestView, compile_http_filter
-from waylay.core.engine.flow import row_from_event
+from waylay.core.engine.flow import Verdict
 from waylay.core.engine.registry import WHOLE_PORT, Registry, Subscription, SubscriptionRefused
 from waylay.core.engine.target import Target
 from waylay.core.engine.wire import (
@@ -200,7 +201,8 @@ class FakeAgent:
         records = [self.route(r) for r in requests]
         self.send_records(records)
 
-    def send_records(self, records: Sequence[dict[str, Any]]) -> None:
+    def send_records(self, records: Sequence[RequestEvent]) -> None:
+        """Report ``records`` as the agent reports finished requests (FLOW rows)."""
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._send_flows, list(records))
 
@@ -237,17 +239,17 @@ class FakeAgent:
         return asyncio.run_coroutine_threadsafe(  # type: ignore[return-value]
             self._stream(rate, duration_s, make), self._loop)
 
-    def route(self, request: SyntheticRequest) -> dict[str, Any]:
-        """The flow record the agent would report for ``request``, routed by the agent's
-        own rule (``waylay.core.engine.registry``)."""
+    def route(self, request: SyntheticRequest) -> RequestEvent:
+        """The request event the agent would report for ``request``, routed by the
+        agent's own rule (``waylay.core.engine.registry``)."""
         with self._lock:
             registry = self._registry
-        verdict, matched = "passed", None
+        verdict, matched = Verdict.PASSED, None
         if request.protocol == "tcp":
             if registry.whole_connection_owner(request.port) is not None:
-                verdict, matched = "stolen", WHOLE_PORT
+                verdict, matched = Verdict.STOLEN, WHOLE_PORT
             elif registry.whole_mirrors(request.port):
-                verdict = "mirrored"
+                verdict = Verdict.MIRRORED
         else:
             h2 = request.protocol == "h2"
             host = (("host", request.authority),) if request.authority and not h2 else ()
@@ -256,40 +258,36 @@ class FakeAgent:
                                authority=request.authority if h2 else None)
             route = registry.decide(request.port, view)
             if route.steal_by is not None:
-                verdict, matched = "stolen", route.clause
+                verdict, matched = Verdict.STOLEN, route.clause
             elif route.mirror_to:
-                verdict, matched = "mirrored", (route.mirror_clauses or (None,))[0]
-        served = "local" if verdict == "stolen" else "remote"
+                verdict, matched = Verdict.MIRRORED, (route.mirror_clauses or (None,))[0]
+        served = "local" if verdict is Verdict.STOLEN else "remote"
         body = request.response_body if request.response_body is not None else f"{served}\n"
         tcp = request.protocol == "tcp"
-        record: dict[str, Any] = {
-            "type": "request", "id": next(self._ids),
-            "ts": request.ts if request.ts is not None else time.time(),
-            "port": request.port, "protocol": request.protocol,
-            "method": None if tcp else request.method,
-            "authority": request.authority,
-            "path": None if tcp else request.path,
-            "verdict": verdict, "status": None if tcp else request.status,
-            "duration_ms": request.duration_ms,
-            "bytes_in": len(request.body or ""), "bytes_out": len(body), "matched": matched,
-        }
-        if verdict == "mirrored":
+        status = None if tcp else request.status
+        duration_ms = request.duration_ms
+        mirror = capture = None
+        if verdict is Verdict.MIRRORED:
             # As the engine reports it: status and duration are the local app's answer to
             # the copy, the remote's are beside them.
-            record.update(remote_status=record["status"],
-                          remote_duration_ms=record["duration_ms"],
-                          status=200 if not tcp else None,
-                          duration_ms=round(request.duration_ms * 0.8, 3))
+            mirror = MirrorOutcome(remote_status=status, remote_duration_ms=duration_ms)
+            status = 200 if not tcp else None
+            duration_ms = round(request.duration_ms * 0.8, 3)
         if self.capture and registry.capturing(request.port) and not tcp:
             h2 = request.protocol == "h2"
             host = (("host", request.authority),) if request.authority and not h2 else ()
-            record["request_headers"] = [list(h) for h in (*host, *request.headers)]
-            record["response_headers"] = [list(h) for h in (
-                *request.response_headers, ("x-served-by", served))]
-            record["request_body"] = request.body or ""
-            record["response_body"] = body
-            record["body_truncated"] = False
-        return record
+            capture = Capture(request_headers=(*host, *request.headers),
+                              request_body=request.body or "",
+                              response_headers=(*request.response_headers,
+                                                ("x-served-by", served)),
+                              response_body=body)
+        return RequestEvent(
+            id=next(self._ids), ts=request.ts if request.ts is not None else time.time(),
+            port=request.port, protocol=request.protocol,
+            method=None if tcp else request.method, authority=request.authority,
+            path=None if tcp else request.path, verdict=verdict, status=status,
+            duration_ms=duration_ms, bytes_in=len(request.body or ""), bytes_out=len(body),
+            matched=matched, mirror=mirror, capture=capture)
 
     # --- the agent's thread -----------------------------------------------------------
 
@@ -378,8 +376,8 @@ class FakeAgent:
         if self._writer is not None and not self._writer.is_closing():
             self._writer.write(encode(message))
 
-    def _send_flows(self, records: list[dict[str, Any]]) -> None:
-        batch: list[dict[str, Any]] = []
+    def _send_flows(self, records: list[RequestEvent]) -> None:
+        batch: list[RequestEvent] = []
         for record in records:
             batch.append(record)
             if len(batch) >= FLOW_BATCH_MAX:
@@ -388,8 +386,8 @@ class FakeAgent:
         if batch:
             self._send_flow(batch)
 
-    def _send_flow(self, batch: list[dict[str, Any]]) -> None:
-        frame = encode(Flow(records=tuple(row_from_event(r) for r in batch))) if batch else b""
+    def _send_flow(self, batch: list[RequestEvent]) -> None:
+        frame = encode(Flow(records=tuple(row_of(r) for r in batch))) if batch else b""
         if len(frame) > MAX_PAYLOAD and len(batch) > 1:
             half = len(batch) // 2
             self._send_flow(batch[:half])

@@ -16,6 +16,7 @@ from textual.app import App
 
 from waylay.core.engine.config import Config, IncomingConfig, load_config
 from waylay.core.engine.errors import WaylayError
+from waylay.core.engine.events import FlowEvent
 from waylay.tui.client import SessionClient
 from waylay.tui.config_file import save_config
 from waylay.tui.dialogs import PathScreen
@@ -59,7 +60,7 @@ class FileActions(App[int]):
                                     default), chosen)
 
     @work(thread=True, group="files")
-    def _export_worker(self, path: str, events: list[dict[str, Any]]) -> None:
+    def _export_worker(self, path: str, events: list[FlowEvent]) -> None:
         try:
             n = write_har(path, events, version=_version())
         except OSError as exc:

@@ -1,9 +1,10 @@
 """The traffic buffer: one row per request, bounded, updated in place, filtered for view.
 
-Theory of operation. Request events (docs/architecture.md §3) arrive in batches. Each becomes a
-:class:`FlowRow` keyed by ``(session, id)``; a later event with the same key (a response
-arriving for a "started" request, or any refinement) is merged into the row in place and
-bumps its ``version``, which is what the table's line cache keys on. Rows get a store-wide
+Theory of operation. Request events (``waylay.core.engine.events``, docs/architecture.md §3)
+arrive in batches. Each becomes a :class:`FlowRow` keyed by ``(session, id)``; a later event
+with the same key (the request event of a "started" one, or any refinement) replaces the
+row's event, keeping what it knew that the new one does not say, and bumps its ``version``,
+which is what the table's line cache keys on. Rows get a store-wide
 increasing ``key``, so every view of the store is sorted by key and can be searched with
 bisect.
 
@@ -16,13 +17,16 @@ Nothing here imports textual or does I/O: the table widget renders what this hol
 from __future__ import annotations
 
 import bisect
+import dataclasses
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+
+from waylay.core.engine.events import Event, FlowEvent, RequestEvent, StartedEvent
+from waylay.core.engine.flow import Verdict
 
 # The issue asks for a buffer of at least 50,000 requests. A row without bodies is an
-# event dict of ~15 small fields (about 1 KiB with Python's overhead): ~50 MiB at most.
+# event of ~16 small fields (about 1 KiB with Python's overhead): ~50 MiB at most.
 CAPACITY = 50_000
 # Captured bodies (truncated by the engine, but each may still be tens of KiB) are kept
 # only for the newest rows, so the body memory stays bounded whatever the capacity.
@@ -31,41 +35,38 @@ BODY_ROWS = 2_000
 # at least half the list (amortised O(1) per eviction, no O(n) shift per row).
 _COMPACT_AT = 4_096
 
-_BODY_KEYS = ("request_body", "response_body", "local_response_body")
-_BODY_KEY_SET = frozenset(_BODY_KEYS)
-_HEADER_KEYS = ("request_headers", "response_headers", "local_response_headers")
-REQUEST_TYPES = frozenset({"request", "request_started", "started"})
 
 
 @dataclass(slots=True, eq=False)
 class FlowRow:
-    """One request (or raw TCP connection): the merged event dict and a render version."""
+    """One request (or raw TCP connection): its latest event and a render version."""
 
     key: int  # store-wide, increasing in arrival order
     session: int  # which session of this dashboard it came from
-    event: dict[str, Any]
+    event: FlowEvent
     version: int = 0
+    # Its captured bodies were dropped from memory (only the newest rows keep them).
+    bodies_dropped: bool = False
     _haystack: str | None = field(default=None, repr=False)
 
-    def get(self, name: str, default: Any = None) -> Any:
-        return self.event.get(name, default)
+    @property
+    def verdict(self) -> Verdict:
+        return self.event.verdict
 
     @property
-    def verdict(self) -> str | None:
-        """"stolen" | "passed" | "mirrored", or None while the exchange is in progress."""
-        return self.event.get("verdict")
+    def finished(self) -> RequestEvent | None:
+        """The request event, once the exchange is over (None while it is in flight)."""
+        return self.event if isinstance(self.event, RequestEvent) else None
 
     @property
     def complete(self) -> bool:
-        return self.event.get("type") == "request" or self.event.get("duration_ms") is not None
+        return isinstance(self.event, RequestEvent)
 
-    def merge(self, event: dict[str, Any]) -> None:
-        """Fold a later event for the same request in; known values are never blanked."""
-        for name, value in event.items():
-            if value is not None or name not in self.event:
-                if name == "type" and self.event.get("type") == "request":
-                    continue  # a late "started" must not turn a finished row back
-                self.event[name] = value
+    def merge(self, event: FlowEvent) -> None:
+        """Take a later event for the same request; known values are never blanked."""
+        if not (isinstance(self.event, RequestEvent) and isinstance(event, StartedEvent)):
+            self.event = _merged(self.event, event)
+        # else a late "started" must not turn a finished row back
         self.version += 1
         self._haystack = None
 
@@ -73,24 +74,47 @@ class FlowRow:
     def haystack(self) -> str:
         """Lower-cased text that the table's free-text search looks in."""
         if self._haystack is None:
-            e = self.event
+            e, done = self.event, self.finished
             self._haystack = " ".join(
                 str(part) for part in (
-                    e.get("verdict"), e.get("protocol"), e.get("method"), e.get("authority"),
-                    e.get("path"), e.get("status"), e.get("port"), e.get("matched"),
-                    e.get("pod"))
+                    e.verdict, e.protocol, e.method, e.authority, e.path,
+                    done.status if done else None, e.port, done.matched if done else None,
+                    e.pod)
                 if part is not None).lower()
         return self._haystack
 
 
-def _identity(event: dict[str, Any]) -> object:
+def _merged(old: FlowEvent, new: FlowEvent) -> FlowEvent:
+    """``new``, with what ``old`` knew where ``new`` says nothing (None)."""
+    known = {f.name: value for f in dataclasses.fields(new)
+             if getattr(new, f.name) is None
+             and (value := getattr(old, f.name, None)) is not None}
+    return dataclasses.replace(new, **known) if known else new
+
+
+def _identity(event: FlowEvent) -> object:
     """Which request an event is about. Ids are per agent: a workload's pods each have
     their own agent, so there the pod is part of the identity."""
-    ident = event.get("id")
-    if ident is None:
-        return None
-    pod = event.get("pod")
-    return ident if pod is None else (pod, ident)
+    return event.id if event.pod is None else (event.pod, event.id)
+
+
+def _has_bodies(event: FlowEvent) -> bool:
+    """``event`` holds captured bodies that are not empty."""
+    if not isinstance(event, RequestEvent):
+        return False
+    capture, mirror = event.capture, event.mirror
+    return bool((capture is not None and (capture.request_body or capture.response_body))
+                or (mirror is not None and mirror.local_body))
+
+
+def _without_bodies(event: RequestEvent) -> RequestEvent:
+    """``event`` keeping its headers but not its bodies."""
+    capture, mirror = event.capture, event.mirror
+    return dataclasses.replace(
+        event,
+        capture=None if capture is None else dataclasses.replace(
+            capture, request_body=None, response_body=None),
+        mirror=None if mirror is None else dataclasses.replace(mirror, local_body=None))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -154,31 +178,29 @@ class FlowStore:
             return i - self._head
         return None
 
-    def ingest(self, events: Iterable[dict[str, Any]], session: int = 0) -> Ingested:
-        """Add or update one row per request event; other event types are ignored."""
+    def ingest(self, events: Iterable[Event], session: int = 0) -> Ingested:
+        """Add or update one row per request or started event; other kinds are ignored."""
         added: list[FlowRow] = []
         updated: dict[int, FlowRow] = {}
         batch_start = self._next_key
         for event in events:
-            if event.get("type") not in REQUEST_TYPES:
+            if not isinstance(event, RequestEvent | StartedEvent):
                 continue
-            finished = event.get("type") == "request"
             ident = _identity(event)
-            row = self._by_id.get((session, ident)) if ident is not None else None
-            if finished and (row is None or row.event.get("type") != "request"):
+            row = self._by_id.get((session, ident))
+            if isinstance(event, RequestEvent) and (row is None or not row.complete):
                 self.received += 1
             if row is not None:
-                row.merge(_compact(event))
+                row.merge(event)
                 if row.key < batch_start:
                     updated[row.key] = row
             else:
-                row = FlowRow(key=self._next_key, session=session, event=_compact(event))
+                row = FlowRow(key=self._next_key, session=session, event=event)
                 self._next_key += 1
                 self._rows.append(row)
-                if ident is not None:
-                    self._by_id[(session, ident)] = row
+                self._by_id[(session, ident)] = row
                 added.append(row)
-            if not _BODY_KEY_SET.isdisjoint(event):
+            if _has_bodies(event):
                 self._with_bodies.append(row)
         evicted = self._evict()
         self._trim_bodies()
@@ -212,27 +234,11 @@ class FlowStore:
     def _trim_bodies(self) -> None:
         while len(self._with_bodies) > self.body_rows:
             row = self._with_bodies.popleft()
-            if any(row.event.get(name) for name in _BODY_KEYS):
-                for name in _BODY_KEYS:
-                    if row.event.pop(name, None) is not None:
-                        row.event["body_dropped"] = True
+            done = row.finished
+            if done is not None and _has_bodies(done):
+                row.event = _without_bodies(done)
+                row.bodies_dropped = True
                 row.version += 1
-
-
-def _compact(event: dict[str, Any]) -> dict[str, Any]:
-    """A copy of ``event`` holding only atomic values and tuples of them.
-
-    Header lists become tuples of pairs: then CPython's collector stops tracking the
-    event (a dict or tuple of untracked values is untracked), so 50,000 rows cost the
-    full collections that run while traffic flows almost nothing. Tracked, they made
-    200 ms pauses of the UI at ~10,000 rows.
-    """
-    out = dict(event)
-    for name in _HEADER_KEYS:
-        value = out.get(name)
-        if isinstance(value, list):
-            out[name] = tuple(map(tuple, value))
-    return out
 
 
 def _row_key(row: FlowRow) -> int:
@@ -315,11 +321,22 @@ _FIELDS = {
     "proto": "protocol", "protocol": "protocol",
     "match": "matched", "matched": "matched",
 }
+# What each searchable field reads from a row.
+_VALUES: dict[str, Callable[[FlowRow], object]] = {
+    "verdict": lambda row: row.event.verdict,
+    "method": lambda row: row.event.method,
+    "status": lambda row: row.finished.status if row.finished else None,
+    "port": lambda row: row.event.port,
+    "authority": lambda row: row.event.authority,
+    "path": lambda row: row.event.path,
+    "protocol": lambda row: row.event.protocol,
+    "matched": lambda row: row.finished.matched if row.finished else None,
+}
 
 
 @dataclass(frozen=True)
 class _Term:
-    field: str | None  # event key, or None for free text
+    field: str | None  # a key of _VALUES, or None for free text
     value: str
     negate: bool
 
@@ -359,7 +376,7 @@ class RowQuery:
     def _test(term: _Term, row: FlowRow) -> bool:
         if term.field is None:
             return term.value in row.haystack
-        value = row.event.get(term.field)
+        value = _VALUES[term.field](row)
         if value is None:
             return False
         text = str(value).lower()

@@ -8,12 +8,12 @@ hundred milliseconds, in order.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from textual.message import Message
 
 from waylay.core.client.session import PortPlan
 from waylay.core.engine.config import IncomingConfig
+from waylay.core.engine.events import Event
 
 
 @dataclass
@@ -49,11 +49,11 @@ class SessionEnded(Message):
 
 @dataclass
 class TrafficBatch(Message):
-    """Events (docs/architecture.md §3 dicts) from one session since the previous batch, in
-    order."""
+    """Events (``waylay.core.engine.events``, docs/architecture.md §3) from one session
+    since the previous batch, in order."""
 
     session: int
-    events: list[dict[str, Any]]
+    events: list[Event]
 
 
 @dataclass

@@ -20,7 +20,9 @@ from typing import Any
 
 from waylay.core.client.session import PortPlan, plan_ports
 from waylay.core.engine.config import IncomingConfig, Mode
+from waylay.core.engine.events import FlowEvent, RequestEvent
 from waylay.core.engine.filters import HttpFilter, MatchResult, RequestView, compile_http_filter
+from waylay.core.engine.flow import Verdict
 
 # How many of the most recent requests the preview judges ("would steal 37 of 500").
 PREVIEW_WINDOW = 500
@@ -91,26 +93,27 @@ class Plan:
         return cls(mode=incoming.mode, by_port={p.remote: p for p in plans})
 
 
-def request_view(event: Mapping[str, Any]) -> tuple[RequestView | None, bool]:
+def request_view(event: FlowEvent) -> tuple[RequestView | None, bool]:
     """The filter's view of a request event, and whether its headers were captured.
 
     None for what is not an HTTP request (a raw TCP connection).
     """
-    method, path = event.get("method"), event.get("path")
-    if event.get("protocol") == "tcp" or not method or path is None:
+    method, path = event.method, event.path
+    if event.protocol == "tcp" or not method or path is None:
         return None, False
-    captured = event.get("request_headers")
-    authority = event.get("authority")
-    h2 = event.get("protocol") == "h2"
-    if captured is not None:
-        headers = tuple((str(n), str(v)) for n, v in captured)
+    capture = event.capture if isinstance(event, RequestEvent) else None
+    authority = event.authority
+    h2 = event.protocol == "h2"
+    headers: tuple[tuple[str, str], ...]
+    if capture is not None:
+        headers = capture.request_headers
     elif authority and not h2:
-        headers = (("host", str(authority)),)  # HTTP/1.1 carries it as the Host header
+        headers = (("host", authority),)  # HTTP/1.1 carries it as the Host header
     else:
         headers = ()
-    return RequestView(method=str(method), target=str(path), headers=headers,
-                       authority=str(authority) if h2 and authority else None), \
-        captured is not None
+    return RequestView(method=method, target=path, headers=headers,
+                       authority=authority if h2 and authority else None), \
+        capture is not None
 
 
 def uses_headers(http_filter: HttpFilter) -> bool:
@@ -122,12 +125,12 @@ def uses_headers(http_filter: HttpFilter) -> bool:
         isinstance(m, dict) and "header" in m for m in members)
 
 
-def decide(event: Mapping[str, Any], plan: Plan,
+def decide(event: FlowEvent, plan: Plan,
            clock: Callable[[], float] | None = None) -> Decision:
     """The engine's verdict for ``event`` under ``plan`` (docs/architecture.md §2 routing rules)."""
     if plan.mode is Mode.OFF:
         return Decision(taken=False, reason="off")
-    port_plan = plan.by_port.get(event.get("port"))  # type: ignore[arg-type]
+    port_plan = plan.by_port.get(event.port)
     if port_plan is None:
         return Decision(taken=False, reason="not-intercepted")
     if port_plan.http_filter is None:
@@ -213,18 +216,18 @@ def _clause(text: str, result: MatchResult) -> ClauseResult:
     return ClauseResult(text=text, matched=result.matched, timed_out=bool(result.timed_out))
 
 
-def explain(event: Mapping[str, Any], plan: Plan) -> list[str]:
+def explain(event: FlowEvent, plan: Plan) -> list[str]:
     """Lines saying why the current config takes or leaves this request."""
     lines: list[str] = []
-    verdict, matched = event.get("verdict"), event.get("matched")
-    port = event.get("port")
-    if verdict in ("stolen", "mirrored"):
+    verdict, port = event.verdict, event.port
+    matched = event.matched if isinstance(event, RequestEvent) else None
+    if verdict in (Verdict.STOLEN, Verdict.MIRRORED):
         if matched:
             lines.append(f"{verdict} by the agent: clause «{matched}» matched")
         else:
             lines.append(f"{verdict} by the agent: port {port} was intercepted without a "
                          "filter (whole connections)")
-    elif verdict == "passed":
+    elif verdict is Verdict.PASSED:
         lines.append("passed through to the original app by the agent")
     decision = decide(event, plan)
     now = {
@@ -237,7 +240,7 @@ def explain(event: Mapping[str, Any], plan: Plan) -> list[str]:
     if now is not None:
         lines.append(now)
         return lines
-    port_plan = plan.by_port[port]  # type: ignore[index]
+    port_plan = plan.by_port[port]
     assert port_plan.http_filter is not None
     view, captured = request_view(event)
     assert view is not None

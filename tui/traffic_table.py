@@ -26,7 +26,8 @@ from textual.message import Message
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
-from waylay.tui.cells import cell_text, fit, layout
+from waylay.core.engine.flow import Verdict
+from waylay.tui.cells import cell_style, cell_text, fit, layout
 from waylay.tui.flows import FlowRow, FlowView
 
 # Rendered lines kept: a few screens' worth, so scrolling back and forth near the
@@ -397,33 +398,14 @@ class TrafficTable(ScrollView, can_focus=True):
                 text, style = ("▌", base + self._style("mark")) if marked else (" ", base)
             else:
                 text = fit(cell_text(column.name, event), column.width, column.right)
-                cell = self._cell_style(column.name, event)
+                name = cell_style(column.name, event)
+                cell = self._style(name) if name is not None else Style()
                 # On the cursor row only meaningful colours (verdict, status) stay: muted
                 # ones would not read on the cursor's background.
                 muted = column.name in _MUTED or (column.name == "verdict"
-                                                   and event.get("verdict") == "passed")
+                                                   and event.verdict is Verdict.PASSED)
                 style = base if cursor and muted else base + cell
             segments.append(Segment(text, style))
             segments.append(Segment(" ", base))
         segments.pop()
         return Strip(segments).adjust_cell_length(width, base)
-
-    def _cell_style(self, name: str, event: dict[str, object]) -> Style:
-        if name == "verdict":
-            verdict = event.get("verdict")
-            return self._style(verdict if verdict in ("stolen", "passed", "mirrored")
-                               else "pending")
-        if name == "status":
-            if event.get("verdict") == "mirrored" and "remote_status" in event and (
-                    event.get("mirror_error") or event.get("remote_status") != event.get("status")):
-                return self._style("status-error")  # your app answered the copy differently
-            status = event.get("status")
-            if isinstance(status, int):
-                if status >= 500:
-                    return self._style("status-error")
-                if status >= 400:
-                    return self._style("status-warning")
-            return Style()
-        if name in ("time", "protocol", "duration", "size", "matched"):
-            return self._style("dim") if name != "matched" else self._style("mark")
-        return Style()

@@ -45,6 +45,7 @@ from waylay.cli.run import EventWriter
 from waylay.core.client.attach import attach
 from waylay.core.engine.config import Config, Mode, default_config, load_config
 from waylay.core.engine.errors import AgentError, UsageError, WaylayError
+from waylay.core.engine.events import ErrorEvent, Event, SubscribedEvent
 from waylay.core.engine.target import parse_target
 from waylay.core.system.interpreter import python_command
 
@@ -206,9 +207,9 @@ class Demo:
         events = EventWriter(sys.stdout, human=False)
         subscribed = asyncio.Event()
 
-        def on_event(event: dict[str, Any]) -> None:
+        def on_event(event: Event) -> None:
             events(event)
-            if event.get("type") == "subscribed":
+            if isinstance(event, SubscribedEvent):
                 subscribed.set()
 
         target = parse_target(self.sandbox.target)
@@ -257,7 +258,7 @@ class Demo:
             except TimeoutError:
                 progress("the session did not stop in time")
         if failure is not None:
-            events({"type": "error", "message": str(failure)})
+            events(ErrorEvent(message=str(failure)))
         stats = attached.session.stats
         print(f"waylay: {stats.summary()}", file=sys.stderr, flush=True)
         verdict = judge(self.config.incoming, SHOP_PORT, self.report, stats)

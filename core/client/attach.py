@@ -16,6 +16,7 @@ from typing import Protocol
 
 from waylay.core.client.session import EventSink, PortPlan, Session, SessionStats
 from waylay.core.engine.config import AgentConfig, IncomingConfig
+from waylay.core.engine.events import notice_event
 from waylay.core.engine.target import Target
 from waylay.core.engine.wire import Welcome
 from waylay.core.system import agent_directory
@@ -135,7 +136,7 @@ async def attach(target: Target, *, incoming: IncomingConfig,
     def agent_message(message: dict[str, object]) -> None:
         kind = message.get("event")
         if kind in ("warning", "error"):
-            on_event({"type": kind, "message": str(message.get("message"))})
+            on_event(notice_event(kind, str(message.get("message"))))
         elif kind == "cleaned":
             progress(f"removed leftover rules in chain {message.get('chain')}")
 

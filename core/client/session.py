@@ -7,10 +7,11 @@ the session delivers each to the local app and streams the answer back: HTTP/1.x
 over pooled keep-alive connections driven by callbacks (``waylay.core.client.local_http1``, the hot
 path: no task per request), HTTP/2 requests and whole connections by a task each
 (``waylay.core.client.local_delivery``, ``waylay.core.client.local_h2``). Every finished request,
-stolen or passed, arrives from the agent as a flow record and leaves as an event dict
-(docs/architecture.md §3) through ``on_event``; a stolen request also leaves a ``started``
-event as soon as it arrives (same ``id`` as its later ``request`` event), so a request the
-local app is slow to answer is visible while it waits.
+stolen or passed, arrives from the agent as a flow row, is parsed once into a typed
+``RequestEvent`` (``waylay.core.engine.events``, docs/architecture.md §3) and leaves through
+``on_event``; a stolen request also leaves a ``StartedEvent`` as soon as it arrives (same
+``id`` as its later request event), so a request the local app is slow to answer is visible
+while it waits.
 """
 
 from __future__ import annotations
@@ -22,15 +23,26 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, assert_never
 
 from waylay.core.client.local_delivery import LocalPool, deliver_connection, deliver_request
 from waylay.core.client.local_http1 import Http1Delivery, LocalHttp1Pool
 from waylay.core.client.session_link import LinkClosed, SessionLink
 from waylay.core.engine.config import IncomingConfig, Mode
 from waylay.core.engine.errors import AgentError
+from waylay.core.engine.events import (
+    ErrorEvent,
+    Event,
+    RequestEvent,
+    StartedEvent,
+    SubscribedEvent,
+    WarningEvent,
+    notice_event,
+    request_event,
+    started_event,
+)
 from waylay.core.engine.filters import HttpFilter
-from waylay.core.engine.flow import event_from_row
+from waylay.core.engine.flow import Verdict
 from waylay.core.engine.wire import (
     DEFAULT_RESPONSE_TIMEOUT_S,
     ConnectionStart,
@@ -56,7 +68,7 @@ from waylay.core.engine.wire import (
     encode,
 )
 
-EventSink = Callable[[dict[str, Any]], None]
+EventSink = Callable[[Event], None]
 
 PING_INTERVAL_S = 5.0
 LINK_TIMEOUT_S = 15.0  # no frame from the agent for this long: the link is dead
@@ -357,10 +369,10 @@ class Session:
                                 list(self.welcome.listening_ports))
         self.planned = True
         if not self.plans:
-            self._event({"type": "warning", "message": "nothing to intercept: no port "
-                         "given and none listening in the target (use -p PORT)"
-                         if self.incoming.mode is not Mode.OFF else
-                         "mode is off: no traffic is intercepted"})
+            self._event(WarningEvent(message="nothing to intercept: no port given and none "
+                                     "listening in the target (use -p PORT)"
+                                     if self.incoming.mode is not Mode.OFF else
+                                     "mode is off: no traffic is intercepted"))
             return
         results = await asyncio.gather(
             *(self._subscribe(next(self._sub_ids), plan) for plan in self.plans))
@@ -440,12 +452,16 @@ class Session:
         match message:
             case Flow(records=rows):
                 for row in rows:
-                    record = event_from_row(row)
+                    try:
+                        record = request_event(row)
+                    except ValueError as exc:  # one bad record: the others still count
+                        self._event(WarningEvent(message=f"ignored a flow record: {exc}"))
+                        continue
                     self._count(record)
                     self._event(record)
             case RequestStart(stream=sid, flow_id=flow_id):
                 if flow_id is not None:  # stolen (mirror copies have no id of their own)
-                    self._event(_started(message, flow_id))
+                    self._event(started_event(message, flow_id, time.time()))
                 self._open_stream(sid, message)
             case ConnectionStart(stream=sid):
                 self._open_stream(sid, message)
@@ -475,23 +491,22 @@ class Session:
                 if isinstance(stream, Http1Delivery):
                     stream.resume()
             case Subscribed(sub_id=sub_id, port=port, mode=mode, filter=text):
-                self._event({"type": "subscribed", "port": port, "mode": mode, "filter": text})
+                self._event(SubscribedEvent(port=port, mode=str(mode), filter=text))
                 self._settle(sub_id, True)
             case Error(stream=0, message=text):
                 raise AgentError(f"the agent ended the session: {text}")
             case Error(stream=sub_id, message=text):
-                self._event({"type": "error", "message": text})
+                self._event(ErrorEvent(message=text))
                 self._settle(sub_id, False)
             case Notice(level=level, message=text):
-                self._event({"type": "error" if level == "error" else "warning",
-                             "message": text})
+                self._event(notice_event(level, text))
             case Ping(nonce=nonce):
                 self.send(Pong(nonce=nonce))
             case Pong():
                 pass
             case _:
-                self._event({"type": "warning",
-                             "message": f"ignored unexpected {type(message).__name__}"})
+                self._event(WarningEvent(
+                    message=f"ignored unexpected {type(message).__name__}"))
 
     def _settle(self, sub_id: int, ok: bool) -> None:
         future = self._pending_subs.get(sub_id)
@@ -542,33 +557,30 @@ class Session:
 
     def report_error(self, message: str) -> None:
         """A delivery failed (the local app is unreachable, ...)."""
-        self._event({"type": "error", "message": message})
+        self._event(ErrorEvent(message=message))
 
-    def _count(self, record: dict[str, Any]) -> None:
-        verdict = record.get("verdict")
-        if verdict == "stolen":
-            self.stats.stolen += 1
-        elif verdict == "passed":
-            self.stats.passed += 1
-        elif verdict == "mirrored":
-            self.stats.mirrored += 1
+    def _count(self, record: RequestEvent) -> None:
+        match record.verdict:
+            case Verdict.STOLEN:
+                self.stats.stolen += 1
+            case Verdict.PASSED:
+                self.stats.passed += 1
+            case Verdict.MIRRORED:
+                self.stats.mirrored += 1
+            case _:
+                assert_never(record.verdict)
 
-    def _event(self, event: dict[str, Any]) -> None:
-        if event.get("type") == "error":
-            self.stats.errors += 1
-        elif event.get("type") == "warning":
-            self.stats.warnings += 1
+    def _event(self, event: Event) -> None:
+        match event:
+            case ErrorEvent():
+                self.stats.errors += 1
+            case WarningEvent():
+                self.stats.warnings += 1
+            case RequestEvent() | StartedEvent() | SubscribedEvent():
+                pass
+            case _:
+                assert_never(event)
         self.on_event(event)
-
-
-def _started(start: RequestStart, flow_id: int) -> dict[str, Any]:
-    """The ``started`` event of a stolen request: the keys its ``request`` event will have
-    that are known at arrival (status, duration and sizes come with the flow record)."""
-    host = next((value for name, value in start.headers if name.lower() == "host"), None)
-    return {"type": "started", "id": flow_id, "ts": round(time.time(), 6), "port": start.port,
-            "protocol": "h2" if start.http_version == "2" else "http/1.1",
-            "method": start.method, "authority": host, "path": start.target,
-            "verdict": "stolen"}
 
 
 def _first(group: BaseExceptionGroup[BaseException], kind: type[AgentError]) -> AgentError | None:

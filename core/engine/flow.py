@@ -1,4 +1,5 @@
-"""Flow records: what waylay reports about each intercepted request (the event lines of
+"""Flow records: what waylay reports about each intercepted request, and their compact wire
+rows (the session makes each row a ``waylay.core.engine.events.RequestEvent``;
 docs/architecture.md §3)."""
 
 from __future__ import annotations
@@ -118,15 +119,11 @@ class FlowRecord:
         row[-1] = extras
         return row
 
-    def to_event(self) -> dict[str, Any]:
-        """The request event of this record as a session without a mirror of it sees it."""
-        return event_from_row(self.to_row())
-
 
 # The compact form of a request event on the wire (``waylay.core.engine.wire`` FLOW frames): the
 # agent sends one list per record in this order, no dict and no key names per request; the
-# session turns it back into the event dict with ``event_from_row``. The last element is
-# None, or a dict of the keys a mirrored or captured request adds.
+# session parses it into the typed event with ``waylay.core.engine.events.request_event``.
+# The last element is None, or a dict of the keys a mirrored or captured request adds.
 ROW_FIELDS = ("id", "ts", "port", "protocol", "method", "authority", "path", "verdict",
               "status", "duration_ms", "bytes_in", "bytes_out", "matched")
 FlowRow = list[Any]
@@ -152,27 +149,6 @@ class MirrorResult:
         if len(data) > room:
             self.body_truncated = True
         self.body += data[: max(room, 0)]
-
-
-def event_from_row(row: FlowRow) -> dict[str, Any]:
-    """The request event (docs/architecture.md §3) of one wire row; raises ValueError if the
-    row is not one (wrong length or types)."""
-    if not isinstance(row, list) or len(row) != len(ROW_FIELDS) + 1:
-        raise ValueError(f"a flow row has {len(ROW_FIELDS) + 1} elements")
-    extras = row[-1]
-    if extras is not None and not isinstance(extras, dict):
-        raise ValueError("a flow row ends in null or an object")
-    event: dict[str, Any] = {"type": "request"}
-    event.update(zip(ROW_FIELDS, row, strict=False))
-    if extras:
-        event.update(extras)
-    return event
-
-
-def row_from_event(event: dict[str, Any]) -> FlowRow:
-    """The wire row of a request event (``event_from_row`` reads it back)."""
-    extras = {k: v for k, v in event.items() if k not in ROW_FIELDS and k != "type"}
-    return [event.get(name) for name in ROW_FIELDS] + [extras or None]
 
 
 def _text_pairs(headers: list[tuple[bytes, bytes]]) -> list[list[str]]:

@@ -264,7 +264,7 @@ class Reset:
 class Flow:
     """Flow records, stream 0, batched (``{"rows": [...]}``): on a busy port one frame
     carries many, each a compact row (``waylay.core.engine.flow.ROW_FIELDS``), which keeps the
-    per-request cost of reporting small on both sides; ``waylay.core.engine.flow.event_from_row``
+    per-request cost of reporting small on both sides; ``waylay.core.engine.events.request_event``
     makes the event."""
 
     records: tuple[FlowRow, ...]

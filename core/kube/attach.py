@@ -10,7 +10,7 @@ port-forward. Pods are set up concurrently.
 
 ``KubeAttachment`` has the shape of ``waylay.core.client.attach.AttachedSession``: ``run`` serves
 every pod's session at once, ``update`` applies a new mode or filter to all of them, ``stop``
-ends them. Every event carries the ``"pod"`` it came from. A pod whose link fails is
+ends them. Every event carries the ``pod`` it came from. A pod whose link fails is
 reported and dropped; the others go on; ``run`` raises only when every link failed.
 """
 
@@ -20,11 +20,11 @@ import asyncio
 import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
 
 from waylay.core.client.session import EventSink, PortPlan, Session, SessionStats, plan_ports
 from waylay.core.engine.config import AgentConfig, IncomingConfig, Mode
 from waylay.core.engine.errors import AgentError, TargetError, WaylayError
+from waylay.core.engine.events import ErrorEvent, Event, WarningEvent, with_pod
 from waylay.core.engine.target import Target
 from waylay.core.engine.wire import Welcome
 from waylay.core.kube.agent import (
@@ -152,8 +152,8 @@ class PodStarter:
         return None
 
     def _session(self, placed: PodAgent, link: Link) -> Session:
-        def tagged(event: dict[str, Any], pod_name: str = placed.pod.name) -> None:
-            self.on_event({**event, "pod": pod_name})
+        def tagged(event: Event, pod_name: str = placed.pod.name) -> None:
+            self.on_event(with_pod(event, pod_name))
 
         return Session(reader=link.reader, writer=link.writer, token=placed.token,
                        incoming=self.incoming, cli_ports=self.cli_ports, on_event=tagged,
@@ -212,8 +212,8 @@ class KubeAttachment:
             message = f"pod/{member.agent.pod.name}: {exc}" + (f" ({why})" if why else "")
             others = len(self._tasks) > 1
             if others and not self._stopping.is_set():
-                self.starter.on_event({"type": "error", "pod": member.agent.pod.name,
-                                       "message": f"{message}; the other pods go on"})
+                self.starter.on_event(ErrorEvent(message=f"{message}; the other pods go on",
+                                                 pod=member.agent.pod.name))
             self._failures.append(AgentError(message))
             self.session.members.remove(member)
 
@@ -236,8 +236,8 @@ class KubeAttachment:
                 try:
                     member = await self.starter.start(pod)
                 except (WaylayError, OSError) as exc:
-                    self.starter.on_event({"type": "warning", "pod": pod.name,
-                                           "message": f"pod/{pod.name}: not intercepted: {exc}"})
+                    self.starter.on_event(WarningEvent(
+                        message=f"pod/{pod.name}: not intercepted: {exc}", pod=pod.name))
                     continue
                 if self._stopping.is_set():
                     member.session.stop()
@@ -299,8 +299,7 @@ async def attach_kubernetes(target: Target, *, incoming: IncomingConfig,
             first = failures[0]
             raise first if isinstance(first, WaylayError) else TargetError(str(first))
         for failure in failures:
-            on_event({"type": "warning", "message": f"{failure}; the other pods are "
-                      "intercepted"})
+            on_event(WarningEvent(message=f"{failure}; the other pods are intercepted"))
     return KubeAttachment(target=target, starter=starter, session=SessionGroup(members),
                           namespace=namespace)
 
@@ -351,11 +350,9 @@ def _warn_probes(pods: list[PodInfo], incoming: IncomingConfig,
                 what = " and ".join(probes[plan.remote])
                 found.setdefault((plan.remote, what), []).append(pod.name)
     for (port, what), names in found.items():
-        event: dict[str, Any] = {"type": "warning", "message": (
+        on_event(WarningEvent(message=(
             f"{', '.join(f'pod/{n}' for n in names)}: port {port} is the {what}; an "
             "unfiltered steal sends the kubelet's probes to your local app, and the pod "
             "may be restarted or taken out of its Service. Steal with a filter that leaves "
-            f"them, e.g. {{{PROBE_SAFE_FILTER}}} (examples/steal-all-but-probes.json)")}
-        if len(names) == 1:
-            event["pod"] = names[0]
-        on_event(event)
+            f"them, e.g. {{{PROBE_SAFE_FILTER}}} (examples/steal-all-but-probes.json)"),
+            pod=names[0] if len(names) == 1 else None))

@@ -23,8 +23,9 @@ import uvloop
 import waylay.agent.h2_connection as h2_connection
 from waylay.agent.interception import WRITE_HIGH_WATER, InterceptedConnection, Mode
 from waylay.agent.upstream import UPSTREAM_HIGH_WATER, Upstream, UpstreamPool
+from waylay.core.engine.events import request_event, to_json
 from waylay.core.engine.filters import compile_http_filter
-from waylay.core.engine.flow import FlowRecord, FlowRow, event_from_row
+from waylay.core.engine.flow import FlowRecord, FlowRow
 from waylay.core.engine.registry import Registry, Subscription
 from waylay.core.engine.routing import LocalData, LocalEnd, LocalResponse, MirrorStart, StealStart
 from waylay.core.system.pool import Destination
@@ -195,12 +196,12 @@ class FakeAgent:
         return copy
 
     def record(self, record: FlowRecord, owner: int | None, timed_out: tuple[str, ...]) -> None:
-        self.flows.append(record.to_event())
+        self.flows.append(to_json(request_event(record.to_row())))
         self.owners.append(owner)
 
     def record_row(self, port: int, row: FlowRow, timed_out: tuple[str, ...]) -> None:
         assert row[2] == port
-        self.flows.append(event_from_row(row))
+        self.flows.append(to_json(request_event(row)))
         self.owners.append(None)
 
 

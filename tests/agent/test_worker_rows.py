@@ -11,8 +11,9 @@ import pytest
 
 from waylay.agent.link import LocalBound, MirrorStream
 from waylay.agent.worker import Agent
+from waylay.core.engine.events import request_event, to_json
 from waylay.core.engine.filters import compile_http_filter
-from waylay.core.engine.flow import FlowRecord, FlowRow, Verdict, event_from_row
+from waylay.core.engine.flow import FlowRecord, FlowRow, Verdict
 from waylay.core.engine.registry import Subscription
 from waylay.core.engine.routing import MirrorStart
 from waylay.core.engine.wire import End, Message, Reset, ResponseStart
@@ -60,7 +61,7 @@ class FakeLink:
         return LocalBound()
 
     def events(self) -> list[dict[str, Any]]:
-        return [event_from_row(row) for row in self.rows]
+        return [to_json(request_event(row)) for row in self.rows]
 
 
 class Bed:

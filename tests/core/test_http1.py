@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from waylay.core.engine.events import request_event, to_json
 from waylay.core.engine.filters import RequestView
 from waylay.core.engine.http1 import Http1Router
 from waylay.core.engine.http1_sink import CommandRecorder
@@ -324,7 +325,7 @@ def test_capture_records_headers_and_body_starts() -> None:
     r.handle(DownstreamData(data=b"POST /p HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\n\r\nping"),
              0.0)
     out = r.handle(UpstreamData(data=OK), 0.1)
-    event = of(out, RecordFlow)[0].record.to_event()
+    event = to_json(request_event(of(out, RecordFlow)[0].record.to_row()))
     assert event["request_headers"] == [["Host", "h"], ["Content-Length", "4"]]
     assert event["response_headers"] == [["Content-Length", "6"]]
     assert (event["request_body"], event["response_body"]) == ("ping", "remote")
@@ -335,7 +336,8 @@ def test_without_capture_events_have_only_the_stable_keys() -> None:
     """By default a request event has exactly docs/architecture.md §3's keys."""
     r = router()
     r.handle(DownstreamData(data=GET), 0.0)
-    event = of(r.handle(UpstreamData(data=OK), 0.1), RecordFlow)[0].record.to_event()
+    event = to_json(request_event(
+        of(r.handle(UpstreamData(data=OK), 0.1), RecordFlow)[0].record.to_row()))
     assert set(event) == {"type", "id", "ts", "port", "protocol", "method", "authority",
                           "path", "verdict", "status", "duration_ms", "bytes_in",
                           "bytes_out", "matched"}

@@ -9,6 +9,8 @@ from typing import Any
 
 from waylay.core.client.session import Session
 from waylay.core.engine.config import IncomingConfig, Mode
+from waylay.core.engine.events import Event, StartedEvent
+from waylay.core.engine.flow import Verdict
 from waylay.core.engine.wire import (
     End,
     Message,
@@ -84,7 +86,7 @@ def test_a_stolen_request_is_announced_then_let_go_when_the_agent_resets_it() ->
         agent = AgentSide(theirs)
         await agent.start()
         reader, writer = await asyncio.open_connection(sock=mine)
-        events: list[dict[str, Any]] = []
+        events: list[Event] = []
         session = Session(reader=reader, writer=writer, token="t",
                           incoming=IncomingConfig(mode=Mode.STEAL),
                           cli_ports={80: local_port}, on_event=events.append,
@@ -100,10 +102,10 @@ def test_a_stolen_request_is_announced_then_let_go_when_the_agent_resets_it() ->
                                 flow_id=42))
         agent.send(End(stream=5))
         await asyncio.wait_for(app.got_request.wait(), WAIT_S)
-        (started,) = [e for e in events if e["type"] == "started"]
-        assert {k: v for k, v in started.items() if k != "ts"} == {
-            "type": "started", "id": 42, "port": 80, "protocol": "http/1.1",
-            "method": "GET", "authority": "shop.local", "path": "/hang", "verdict": "stolen"}
+        (started,) = [e for e in events if isinstance(e, StartedEvent)]
+        assert started == StartedEvent(id=42, ts=started.ts, port=80, protocol="http/1.1",
+                                       method="GET", authority="shop.local", path="/hang")
+        assert started.verdict is Verdict.STOLEN
         agent.send(Reset(stream=5, reason="the local app did not answer within 7 s"))
         await asyncio.wait_for(app.closed.wait(), WAIT_S)
         assert app.requests == 1
@@ -122,7 +124,7 @@ def test_mirror_copies_are_not_announced() -> None:
         agent = AgentSide(theirs)
         await agent.start()
         reader, writer = await asyncio.open_connection(sock=mine)
-        events: list[dict[str, Any]] = []
+        events: list[Event] = []
         session = Session(reader=reader, writer=writer, token="t",
                           incoming=IncomingConfig(mode=Mode.MIRROR),
                           cli_ports={80: 9}, on_event=events.append)
@@ -134,7 +136,7 @@ def test_mirror_copies_are_not_announced() -> None:
                                 target="/copy", http_version="1.1", headers=(), peer="p"))
         agent.send(End(stream=5))
         await agent.until(End)  # the copy was delivered (to nothing: a 502) and answered
-        assert not [e for e in events if e["type"] == "started"]
+        assert not [e for e in events if isinstance(e, StartedEvent)]
         session.stop()
         await asyncio.wait_for(runner, WAIT_S)
 

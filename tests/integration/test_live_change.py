@@ -12,6 +12,7 @@ from tests.integration.conftest import Bed, requires_root_netns
 from tests.netns import nat_rules
 from waylay.core.client.attach import attach
 from waylay.core.engine.config import parse_config
+from waylay.core.engine.events import Event, SubscribedEvent
 from waylay.core.engine.target import parse_target
 
 pytestmark = [pytest.mark.integration, requires_root_netns]
@@ -29,12 +30,12 @@ def test_filter_flipped_fifty_times_on_a_keep_alive_connection(bed: Bed) -> None
     before = nat_rules(bed.ns)
 
     async def scenario() -> list[tuple[str, str]]:
-        events: list[dict[str, object]] = []
+        events: list[Event] = []
         attached = await attach(parse_target(f"netns/{bed.ns}"), incoming=alice,
                                 cli_ports={80: bed.local_http}, on_event=events.append)
         runner = asyncio.create_task(attached.run())
         try:
-            while not any(e.get("type") == "subscribed" for e in events):
+            while not any(isinstance(e, SubscribedEvent) for e in events):
                 await asyncio.sleep(0.05)
             seen: list[tuple[str, str]] = []
             async with httpx.AsyncClient(trust_env=False, timeout=30.0,
@@ -68,12 +69,12 @@ def test_mode_change_from_steal_to_mirror_in_place(bed: Bed) -> None:
     mirror = dataclasses.replace(steal, mode=type(steal.mode)("mirror"))
 
     async def scenario() -> tuple[str, str]:
-        events: list[dict[str, object]] = []
+        events: list[Event] = []
         attached = await attach(parse_target(f"netns/{bed.ns}"), incoming=steal,
                                 cli_ports={80: bed.local_http}, on_event=events.append)
         runner = asyncio.create_task(attached.run())
         try:
-            while not any(e.get("type") == "subscribed" for e in events):
+            while not any(isinstance(e, SubscribedEvent) for e in events):
                 await asyncio.sleep(0.05)
             async with httpx.AsyncClient(trust_env=False, timeout=30.0) as client:
                 before = await client.get(bed.url("/mode/1"), headers={"X-User": "alice"})

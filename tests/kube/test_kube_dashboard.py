@@ -44,10 +44,10 @@ async def _drive(kube: KubeBed) -> None:
                           for p in kube.pods for u in ("alice", "bob")}
         wanted = {("web-a", "stolen"), ("web-a", "passed"), ("web-b", "stolen"),
                   ("web-b", "passed")}
-        await wait_for(pilot, lambda: {(r.get("pod"), r.verdict) for r in app.store}
+        await wait_for(pilot, lambda: {(r.event.pod, r.verdict) for r in app.store}
                        >= wanted, "a row of each pod and verdict", timeout=20)
         assert cell_text("host", app.store[-1].event).startswith(
-            f"{app.store[-1].get('pod')} · ")
+            f"{app.store[-1].event.pod} · ")
         await pilot.press("q")
         await wait_for(pilot, lambda: not app.client.busy, "the session to end", timeout=30)
     deadline = asyncio.get_running_loop().time() + 15

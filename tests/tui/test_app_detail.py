@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,8 @@ from tests.tui.conftest import (
     send,
     wait_for,
 )
+from waylay.core.engine.events import Capture, MirrorOutcome, RequestEvent
+from waylay.core.engine.flow import Verdict
 from waylay.tui.detail import DetailScreen
 from waylay.tui.export import to_curl
 from waylay.tui.fake_agent import FakeAgent
@@ -41,7 +44,8 @@ async def test_detail_shows_headers_bodies_and_why(fake: FakeAgent) -> None:
         await attached(pilot)
         await send(pilot, fake, requests(60))
         index = next(i for i in range(len(app.view) - 1, -1, -1)
-                     if app.view[i].verdict == "stolen" and app.view[i].get("method") == "POST")
+                     if app.view[i].verdict is Verdict.STOLEN
+                     and app.view[i].event.method == "POST")
         screen = await open_detail(pilot, up=len(app.view) - 1 - index)
         row = app.view[index]
         assert screen.row is row
@@ -106,14 +110,14 @@ async def test_a_mirrored_request_compares_both_responses(fake: FakeAgent) -> No
     app = make_app(fake)
     async with app.run_test(size=SIZE) as pilot:
         await attached(pilot)
-        record = {
-            "type": "request", "id": 1, "ts": FIXED_NOW, "port": 80, "protocol": "http/1.1",
-            "method": "GET", "authority": "shop.local", "path": "/api/price",
-            "verdict": "mirrored", "status": 500, "duration_ms": 2.0, "remote_status": 200,
-            "remote_duration_ms": 3.5, "bytes_in": 0, "bytes_out": 13,
-            "matched": "path: price", "request_headers": [["host", "shop.local"]],
-            "response_headers": [["content-type", "application/json"]],
-            "request_body": "", "response_body": '{"price": 10}', "body_truncated": False}
+        record = RequestEvent(
+            id=1, ts=FIXED_NOW, port=80, protocol="http/1.1", method="GET",
+            authority="shop.local", path="/api/price", verdict=Verdict.MIRRORED, status=500,
+            duration_ms=2.0, bytes_in=0, bytes_out=13, matched="path: price",
+            mirror=MirrorOutcome(remote_status=200, remote_duration_ms=3.5),
+            capture=Capture(request_headers=(("host", "shop.local"),), request_body="",
+                            response_headers=(("content-type", "application/json"),),
+                            response_body='{"price": 10}'))
         fake.send_records([record])
         await wait_for(pilot, lambda: len(app.store) == 1, "the row")
         await pilot.pause()
@@ -126,8 +130,9 @@ async def test_a_mirrored_request_compares_both_responses(fake: FakeAgent) -> No
         assert "body not captured" in mirror
         assert "200 (remote) · 500 (local)" in text_of(screen, "#detail-summary")
         await pilot.press("escape")
-        fake.send_records([{**record, "id": 2, "local_response_body": '{"price": 12}',
-                            "local_response_headers": [["content-type", "application/json"]]}])
+        fake.send_records([dataclasses.replace(record, id=2, mirror=MirrorOutcome(
+            remote_status=200, remote_duration_ms=3.5, local_body='{"price": 12}',
+            local_headers=(("content-type", "application/json"),)))])
         await wait_for(pilot, lambda: len(app.store) == 2, "the second row")
         await pilot.pause()
         screen = await open_detail(pilot)

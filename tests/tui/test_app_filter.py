@@ -186,7 +186,7 @@ async def test_the_preview_says_when_headers_were_not_captured(fake: FakeAgent) 
         await type_into(pilot, editor(app).query_one("#filter-value", Input), "^host: api")
         await wait_for(pilot, lambda: "captured with headers" in preview_text(app),
                        "the note")
-        expected = sum(1 for r in app.store if r.get("authority") == "api.shop.local")
+        expected = sum(1 for r in app.store if r.event.authority == "api.shop.local")
         assert app.last_preview is not None and app.last_preview.taken == expected
 
 

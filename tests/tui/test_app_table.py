@@ -7,6 +7,8 @@ from typing import Any
 from textual import events
 
 from tests.tui.conftest import FIXED_NOW, SIZE, attached, make_app, requests, send, wait_for
+from waylay.core.engine.events import RequestEvent
+from waylay.core.engine.flow import Verdict
 from waylay.tui.fake_agent import FakeAgent
 from waylay.tui.notices import WINDOW_S as NOTICE_WINDOW_S
 from waylay.tui.traffic_table import TrafficTable
@@ -34,8 +36,9 @@ async def test_requests_stream_into_the_table(fake: FakeAgent) -> None:
         stolen = [line for line in lines if "STOLEN" in line]
         assert stolen and all("header_filter: ^x-use" in line
                               for line in stolen)
-        last = app.view[-1].event
-        assert last["path"][:20] in lines[-1] and str(last["status"]) in lines[-1]
+        last = app.view[-1].finished
+        assert last is not None and last.path is not None
+        assert last.path[:20] in lines[-1] and str(last.status) in lines[-1]
         assert t.follow and t.cursor_key == app.view[-1].key
         assert "120 requests" in str(t.border_subtitle)
         assert t.renders <= 2 * t.scrollable_content_region.height  # only what is shown
@@ -46,16 +49,16 @@ async def test_a_row_is_updated_in_place_when_its_response_arrives(fake: FakeAge
     app = make_app(fake)
     async with app.run_test(size=SIZE) as pilot:
         await attached(pilot)
-        base = {"id": 99, "ts": FIXED_NOW, "port": 80, "protocol": "http/1.1",
-                "method": "GET", "authority": "shop.local", "path": "/slow"}
-        fake.send_records([{"type": "request_started", **base}])
+        fake.start_request(flow_id=99, port=80, method="GET", path="/slow",
+                           authority="shop.local")
         await wait_for(pilot, lambda: len(app.store) == 1, "the started row")
         await pilot.pause()
         assert "…" in shown_lines(app)[1] and "/slow" in shown_lines(app)[1]
-        fake.send_records([{"type": "request", **base, "verdict": "stolen", "status": 200,
-                            "duration_ms": 1500.0, "bytes_in": 0, "bytes_out": 9,
-                            "matched": "path: slow"}])
-        await wait_for(pilot, lambda: app.store[0].verdict == "stolen", "the update")
+        fake.send_records([RequestEvent(
+            id=99, ts=FIXED_NOW, port=80, protocol="http/1.1", method="GET",
+            authority="shop.local", path="/slow", verdict=Verdict.STOLEN, status=200,
+            duration_ms=1500.0, bytes_in=0, bytes_out=9, matched="path: slow")])
+        await wait_for(pilot, lambda: app.store[0].complete, "the update")
         await pilot.pause()
         assert len(app.store) == 1
         line = shown_lines(app)[1]
@@ -151,7 +154,7 @@ async def test_the_buffer_is_bounded_and_says_what_it_dropped(fake: FakeAgent) -
         await attached(pilot)
         await send(pilot, fake, requests(250))
         assert len(app.view) == 100
-        assert app.view[0].get("path") == app.store[0].get("path")
+        assert app.view[0].event.path == app.store[0].event.path
         assert "150 dropped (buffer 100)" in str(table(app).border_subtitle)
 
 

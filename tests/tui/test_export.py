@@ -5,20 +5,24 @@ from __future__ import annotations
 import shlex
 from typing import Any
 
+from tests.tui.events import captured, request, started
+from waylay.core.engine.events import RequestEvent
+from waylay.core.engine.flow import Verdict
 from waylay.tui.export import to_curl, to_har
 
+CAPTURE = captured(request_headers=(("Host", "shop.local"), ("Content-Type", "application/json"),
+                                    ("Content-Length", "11"), ("X-User", "o'brien")),
+                   response_headers=(("Content-Type", "application/json"),),
+                   request_body='{"a": "b"}\n', response_body="{}")
 
-def ev(**kw: Any) -> dict[str, Any]:
-    base = {"type": "request", "id": 3, "ts": 1_790_000_000.25, "port": 80,
-            "protocol": "http/1.1", "method": "POST", "authority": "shop.local",
-            "path": "/api/orders?x=1&y=", "verdict": "stolen", "status": 201,
-            "duration_ms": 12.5, "bytes_in": 11, "bytes_out": 2, "matched": "method: POST",
-            "request_headers": [["Host", "shop.local"], ["Content-Type", "application/json"],
-                                ["Content-Length", "11"], ["X-User", "o'brien"]],
-            "response_headers": [["Content-Type", "application/json"]],
-            "request_body": '{"a": "b"}\n', "response_body": "{}", "body_truncated": False}
-    base.update(kw)
-    return base
+
+def ev(**kw: Any) -> RequestEvent:
+    fields: dict[str, Any] = dict(
+        ts=1_790_000_000.25, method="POST", path="/api/orders?x=1&y=",
+        verdict=Verdict.STOLEN, status=201, duration_ms=12.5, bytes_in=11, bytes_out=2,
+        matched="method: POST", capture=CAPTURE)
+    fields.update(kw)
+    return request(3, **fields)
 
 
 def test_curl_repeats_the_request() -> None:
@@ -30,12 +34,13 @@ def test_curl_repeats_the_request() -> None:
 
 
 def test_curl_without_capture_uses_what_the_event_has() -> None:
-    event = ev(method="GET", authority=None, request_headers=None, request_body=None)
+    event = ev(method="GET", authority=None, capture=None)
     assert to_curl(event) == "curl 'http://localhost:80/api/orders?x=1&y='"
 
 
 def test_curl_marks_a_truncated_body() -> None:
-    assert to_curl(ev(body_truncated=True)).endswith("# body truncated by the capture")
+    truncated = captured(request_body="{}", body_truncated=True)
+    assert to_curl(ev(capture=truncated)).endswith("# body truncated by the capture")
 
 
 def test_har_has_one_entry_per_http_request() -> None:
@@ -53,4 +58,14 @@ def test_har_has_one_entry_per_http_request() -> None:
     assert entry["response"]["status"] == 201
     assert entry["response"]["content"] == {"size": 2, "mimeType": "application/json",
                                             "text": "{}"}
-    assert entry["_waylay"]["verdict"] == "stolen"
+    assert entry["_waylay"] == {"id": 3, "port": 80, "verdict": "stolen",
+                                "matched": "method: POST", "body_truncated": False}
+
+
+def test_a_request_in_flight_is_exported_without_an_answer() -> None:
+    """A started request has its method and URL, status 0 and no sizes yet."""
+    (entry,) = to_har([started(5, ts=1_790_000_000.0)], version="9")["log"]["entries"]
+    assert entry["request"]["url"] == "http://shop.local/p/5"
+    assert (entry["response"]["status"], entry["time"], entry["request"]["bodySize"]) == (
+        0, 0.0, 0)
+    assert entry["_waylay"]["verdict"] == "stolen" and "postData" not in entry["request"]

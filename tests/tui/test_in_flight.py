@@ -6,6 +6,8 @@ import asyncio
 from typing import Any
 
 from tests.tui.conftest import FIXED_NOW, SIZE, attached, make_app, wait_for
+from waylay.core.engine.events import RequestEvent
+from waylay.core.engine.flow import Verdict
 from waylay.tui.cells import cell_text
 from waylay.tui.fake_agent import FakeAgent
 
@@ -60,12 +62,11 @@ async def test_a_hanging_stolen_request_shows_in_flight_then_its_outcome(
             assert line.count("…") == 1
             assert app.store.received == 0  # counted once, when it completes
 
-            fake.send_records([{
-                "type": "request", "id": 99, "ts": FIXED_NOW, "port": 80,
-                "protocol": "http/1.1", "method": "GET", "authority": "shop.local",
-                "path": "/slow", "verdict": "stolen", "status": 504, "duration_ms": 2000.0,
-                "bytes_in": 0, "bytes_out": 60, "matched": None}])
-            await wait_for(pilot, lambda: app.store[0].get("status") == 504, "the update")
+            fake.send_records([RequestEvent(
+                id=99, ts=FIXED_NOW, port=80, protocol="http/1.1", method="GET",
+                authority="shop.local", path="/slow", verdict=Verdict.STOLEN, status=504,
+                duration_ms=2000.0, bytes_in=0, bytes_out=60, matched=None)])
+            await wait_for(pilot, lambda: app.store[0].complete, "the update")
             await pilot.pause()
             assert len(app.store) == 1 and app.store[0] is row and row.complete
             assert app.store.received == 1

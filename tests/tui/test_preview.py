@@ -7,8 +7,11 @@ from typing import Any
 
 import pytest
 
+from tests.tui.events import captured, request
 from waylay.core.engine.config import IncomingConfig, Mode, parse_config
+from waylay.core.engine.events import FlowEvent, RequestEvent
 from waylay.core.engine.filters import HttpFilter
+from waylay.core.engine.flow import Verdict
 from waylay.tui.fake_agent import FakeAgent, synthetic
 from waylay.tui.preview import Plan, decide, explain, preview
 
@@ -16,7 +19,7 @@ from waylay.tui.preview import Plan, decide, explain, preview
 @dataclass
 class Row:
     key: int
-    event: dict[str, Any]
+    event: FlowEvent
 
 
 def incoming(body: str) -> IncomingConfig:
@@ -24,11 +27,8 @@ def incoming(body: str) -> IncomingConfig:
                         fmt="json").incoming
 
 
-def req(**kw: Any) -> dict[str, Any]:
-    base = {"type": "request", "id": 1, "port": 80, "protocol": "http/1.1", "method": "GET",
-            "authority": "shop.local", "path": "/api/x?y=1", "verdict": "passed"}
-    base.update(kw)
-    return base
+def req(**kw: Any) -> RequestEvent:
+    return request(1, **{"path": "/api/x?y=1", **kw})
 
 
 def test_routing_rules() -> None:
@@ -69,7 +69,7 @@ def test_preview_agrees_with_the_routing(body: str, monkeypatch: pytest.MonkeyPa
     records = [fake.route(synthetic(i)) for i in range(400)]
     rows = [Row(i, r) for i, r in enumerate(records)]
     result = preview(rows, plan)
-    stolen = {i for i, r in enumerate(records) if r["verdict"] == "stolen"}
+    stolen = {i for i, r in enumerate(records) if r.verdict is Verdict.STOLEN}
     assert result.taken_keys == stolen
     assert result.considered == 400 and not result.timed_out
     assert 0 < result.taken < 400 or body.endswith('[8080]}')
@@ -80,7 +80,7 @@ def test_header_filters_without_captured_headers_see_only_the_host() -> None:
     cfg = incoming('{"mode": "steal", "http_filter": {"header_filter": "^host: shop"}}')
     plan = Plan.of(cfg, {}, [80])
     rows = [Row(1, req()), Row(2, req(authority="other")),
-            Row(3, req(request_headers=[["Host", "shop.local"], ["x", "y"]]))]
+            Row(3, req(capture=captured(request_headers=(("Host", "shop.local"), ("x", "y")))))]
     result = preview(rows, plan)
     assert result.taken_keys == {1, 3}
     assert result.headerless == 2
@@ -115,7 +115,7 @@ def test_explain_names_each_clause() -> None:
     assert lines[0] == "passed through to the original app by the agent"
     assert "would not steal it" in lines[1]
     assert lines[2:4] == ["  ✓ method: GET", "  ✗ path: ^/nope"]
-    stolen = explain(req(verdict="stolen", matched="method: GET"),
+    stolen = explain(req(verdict=Verdict.STOLEN, matched="method: GET"),
                      Plan.of(incoming('{"mode": "steal"}'), {}, [80]))
     assert stolen[0] == "stolen by the agent: clause «method: GET» matched"
     assert "taken whole" in stolen[1]

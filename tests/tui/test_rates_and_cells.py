@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from waylay.tui.cells import cell_text, fit, fmt_duration, fmt_size, layout
+from tests.tui.events import mirrored, request, started
+from waylay.core.engine.flow import Verdict
+from waylay.tui.cells import cell_style, cell_text, fit, fmt_duration, fmt_size, layout
 from waylay.tui.rates import RateBuckets
 
 
@@ -26,9 +28,11 @@ def test_cells_fit_their_width() -> None:
     assert fmt_duration(0.25) == "250 µs" and fmt_duration(12.34) == "12.3 ms"
     assert fmt_duration(2500) == "2.50 s" and fmt_size(512) == "512 B"
     assert fmt_size(2048) == "2.0 KiB"
-    event = {"verdict": None, "protocol": "tcp", "method": None, "port": 7000}
-    assert cell_text("verdict", event) == "…" and cell_text("method", event) == "TCP"
-    assert cell_text("host", event) == ":7000"
+    event = request(1, protocol="tcp", method=None, path=None, authority=None, port=7000,
+                    verdict=Verdict.STOLEN)
+    assert cell_text("verdict", event) == "STOLEN" and cell_text("method", event) == "TCP"
+    assert cell_text("host", event) == ":7000" and cell_text("protocol", event) == "tcp"
+    assert cell_text("host", request(2, pod="web-a")) == "web-a · shop.local"
 
 
 def test_layout_fills_the_width_and_drops_columns_when_narrow() -> None:
@@ -41,10 +45,25 @@ def test_layout_fills_the_width_and_drops_columns_when_narrow() -> None:
 
 def test_a_request_in_flight_shows_an_ellipsis_for_its_status() -> None:
     """A "started" row has no status yet: "…"; a finished one without status stays blank."""
-    started = {"type": "started", "id": 1, "verdict": "stolen", "status": None}
-    assert cell_text("status", started) == "…"
-    assert cell_text("status", {**started, "type": "request"}) == ""
-    assert cell_text("status", {**started, "type": "request", "status": 504}) == "504"
+    assert cell_text("status", started(1)) == "…"
+    assert cell_text("duration", started(1)) == "" and cell_text("matched", started(1)) == ""
+    assert cell_text("status", request(1, verdict=Verdict.STOLEN, status=None)) == ""
+    assert cell_text("status", request(1, verdict=Verdict.STOLEN, status=504)) == "504"
+
+
+def test_a_mirrored_status_shows_the_remote_then_a_different_local_answer() -> None:
+    """Mirrored: the remote's status, then the local app's when it differs ("err" for an
+    error), flagged with the error style."""
+    same = request(1, verdict=Verdict.MIRRORED, status=200, mirror=mirrored(200))
+    other = request(2, verdict=Verdict.MIRRORED, status=500, mirror=mirrored(200))
+    failed = request(3, verdict=Verdict.MIRRORED, status=None,
+                     mirror=mirrored(200, error="refused"))
+    assert [cell_text("status", e) for e in (same, other, failed)] == [
+        "200", "200→500", "200→err"]
+    assert [cell_style("status", e) for e in (same, other, failed)] == [
+        None, "status-error", "status-error"]
+    assert cell_style("status", request(4, status=404)) == "status-warning"
+    assert cell_style("verdict", same) == "mirrored"
 
 
 def test_a_batch_of_rates_counts_as_its_requests_one_by_one() -> None:

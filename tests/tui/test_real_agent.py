@@ -113,7 +113,7 @@ async def send_all(app: WaylayApp, pilot: Any, ns: str) -> dict[str, str]:
 
 
 def verdicts(app: WaylayApp, n: int) -> dict[str, str]:
-    return {str(r.get("path")): str(r.verdict) for r in list(app.store)[-n:]}
+    return {str(r.event.path): str(r.verdict) for r in list(app.store)[-n:]}
 
 
 async def test_filters_applied_from_the_editor_change_what_a_real_agent_steals(
@@ -134,8 +134,9 @@ async def test_filters_applied_from_the_editor_change_what_a_real_agent_steals(
         assert served == {p: "local" if p in ALICE else "remote" for p in PATHS}
         assert verdicts(app, len(PATHS)) == {p: "stolen" if p in ALICE else "passed"
                                              for p in PATHS}
-        headers = app.store[-1].get("request_headers")  # the dashboard asks for capture
-        assert headers is not None and any(n.lower() == "user-agent" for n, _ in headers)
+        last = app.store[-1].finished  # the dashboard asks for capture
+        assert last is not None and last.capture is not None
+        assert any(n.lower() == "user-agent" for n, _ in last.capture.request_headers)
 
         # An invalid regex is shown and never reaches the agent.
         await pilot.press("f")

@@ -74,7 +74,7 @@ def test_request_detail(snap_compare: Any, snap_fake: FakeAgent) -> None:
     async def open_stolen_post(pilot: Pilot[Any]) -> None:
         app: Any = pilot.app
         index = max(i for i in range(len(app.view))
-                    if app.view[i].verdict == "stolen" and app.view[i].get("method") == "POST")
+                    if app.view[i].verdict == "stolen" and app.view[i].event.method == "POST")
         await pilot.press(*(["up"] * (len(app.view) - 1 - index)), "enter")
         await pilot.pause()
 
