@@ -147,7 +147,11 @@ class DetailScreen(ModalScreen[None]):
         self.query_one("#detail-summary").set_classes(f"-{event.verdict}")
         why = self.query_one("#detail-why", Static)
         why.border_title = "why"
-        why.update(Text("\n".join(explain(event, self.plan))))
+        reasons = explain(event, self.plan)
+        if done is not None and done.body_skipped:
+            reasons.append(f"the agent could not read the body for its body filter: "
+                           f"{done.body_skipped}")
+        why.update(Text("\n".join(reasons)))
         request = self.query_one("#detail-request", Static)
         request.border_title = "request"
         request.update(Group(

@@ -152,3 +152,19 @@ async def test_missing_captures_are_said(fake: FakeAgent) -> None:
                                                                          "#detail-request")
         why = text_of(screen, "#detail-why")
         assert "header clauses saw only the Host" in why
+
+
+async def test_a_body_the_filter_could_not_read_is_explained(fake: FakeAgent) -> None:
+    """A passed request whose body a body filter could not read says why in "why"."""
+    app = make_app(fake)
+    async with app.run_test(size=SIZE) as pilot:
+        await attached(pilot)
+        fake.send_records([RequestEvent(
+            id=1, ts=FIXED_NOW, port=80, protocol="http/1.1", method="POST",
+            authority="shop.local", path="/api/orders", verdict=Verdict.PASSED, status=200,
+            duration_ms=2.0, bytes_in=5, bytes_out=2, matched=None,
+            body_skipped="not JSON (content-type text/plain)")])
+        await wait_for(pilot, lambda: len(app.store) == 1, "the row")
+        screen = await open_detail(pilot)
+        assert ("could not read the body for its body filter: not JSON (content-type "
+                "text/plain)") in text_of(screen, "#detail-why")
