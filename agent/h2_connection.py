@@ -33,14 +33,13 @@ import contextlib
 import dataclasses
 import enum
 import time
-from collections.abc import Callable
 from typing import TYPE_CHECKING, assert_never, cast
 
 from waylay.agent.link import copy_to_mirrors
 from waylay.agent.upstream import Connector, connect_marked
-from waylay.core.engine.filters import RequestView
 from waylay.core.engine.h2_router import MAX_LOCAL_BACKLOG, H2Router
 from waylay.core.engine.routing import (
+    AwaitBody,
     CloseDownstream,
     Command,
     ConnectUpstream,
@@ -58,7 +57,6 @@ from waylay.core.engine.routing import (
     MirrorStart,
     RecordFlow,
     ReleaseUpstream,
-    Route,
     SendDownstream,
     SendUpstream,
     StealAbort,
@@ -446,12 +444,14 @@ class H2Interception(asyncio.Protocol):
                 case MirrorEnd(stream=sid):
                     for mirror in self._mirrors.pop(sid, ()):
                         mirror.end()
+                case AwaitBody():
+                    pass  # HTTP/2 streams are not held for their bodies (yet)
                 case _:
                     assert_never(command)
 
 
 def start_h2(agent: Agent, transport: asyncio.Transport, destination: tuple[str, int],
-             head: bytes, *, peer: str, decide: Callable[[RequestView], Route],
+             head: bytes, *, peer: str, decide: Decide,
              connect: Connector = connect_marked) -> H2Interception:
     """Take over the downstream transport of a connection detected as HTTP/2 prior
     knowledge: the returned protocol is set on it, and ``head`` (the bytes already read)

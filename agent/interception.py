@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, assert_never, cast
 from waylay.agent import h2_connection
 from waylay.agent.link import copy_to_mirrors
 from waylay.agent.upstream import Upstream
+from waylay.core.engine.body_filter import BodySkip
 from waylay.core.engine.detect import Protocol, detect, h2_server_preface
 from waylay.core.engine.filters import RequestView
 from waylay.core.engine.flow import FlowRecord, FlowRow, Verdict
@@ -113,9 +114,10 @@ class InterceptedConnection(asyncio.Protocol):
     """
 
     # Slots: an idle keep-alive connection should cost little (bench/ measures it).
-    __slots__ = ("_agent", "_client_eof", "_connecting", "_corked", "_destination", "_drained",
-                 "_far_eof", "_head", "_loop", "_mirrors", "_observer", "_paused",
-                 "_relay_record", "_router", "_stream", "_transport", "_up", "_up_eof_pending",
+    __slots__ = ("_agent", "_body_timer", "_client_eof", "_connecting", "_corked",
+                 "_destination", "_drained", "_far_eof", "_head", "_loop", "_mirrors",
+                 "_observer", "_paused", "_relay_record", "_router", "_stream", "_transport",
+                 "_up", "_up_eof_pending",
                  "_up_pending", "_up_sent", "_whole_owner", "_write_paused", "mode", "peer", "port")
 
     def __init__(self, agent: Agent) -> None:
@@ -147,6 +149,7 @@ class InterceptedConnection(asyncio.Protocol):
         # handed over (None: not corked).
         self._corked: list[bytes] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._body_timer: asyncio.TimerHandle | None = None  # a request held for its body
 
     # --- asyncio.Protocol: the remote client ------------------------------------------
 
@@ -321,14 +324,21 @@ class InterceptedConnection(asyncio.Protocol):
         assert transport is not None
         agent = self._agent
         h2_connection.start_h2(agent, transport, self._destination, head,
-                               peer=self.peer, decide=self._decide,
+                               peer=self.peer, decide=self._decide_without_body,
                                connect=agent.pool.connector)
 
-    def _decide(self, view: RequestView) -> Route:
-        route = self._agent.registry.decide(self.port, view)
+    def _decide(self, view: RequestView, body: bytes | BodySkip | None = None) -> Route:
+        route = self._agent.registry.decide(self.port, view, body)
         if route.shadowed:
             self._agent.shadowed(route.shadowed)
         return route
+
+    def _decide_without_body(self, view: RequestView,
+                             body: bytes | BodySkip | None = None) -> Route:
+        """HTTP/2 streams are routed from their heads: the h2 engine does not hold a
+        stream for its body yet, so a body filter decides without it (and says so)."""
+        route = self._decide(view, body)
+        return self._decide(view, BodySkip.NOT_BUFFERED) if route.wants_body else route
 
     # --- relay: a connection that is not HTTP -----------------------------------------
 
@@ -697,7 +707,24 @@ class InterceptedConnection(asyncio.Protocol):
         if transport is not None and not transport.is_closing():
             transport.close()
 
+    def await_body(self, deadline: float) -> None:
+        """The router holds a request for its body filter until ``deadline`` at most."""
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+        self._body_timer = asyncio.get_running_loop().call_later(
+            max(0.0, deadline - time.time()), self._body_deadline_passed)
+
+    def _body_deadline_passed(self) -> None:
+        self._body_timer = None
+        router = self._router
+        if router is not None and self.mode is Mode.HTTP:
+            router.body_timeout(time.time())
+            self._after_router()
+
     def _shutdown(self) -> None:
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
         mode, self.mode = self.mode, Mode.CLOSED
         if mode is Mode.H2:
             return  # the h2 driver owned the transport since the handover

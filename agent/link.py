@@ -23,6 +23,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, TypeAlias
 
+from waylay.core.engine.body_filter import DEFAULT_BODY_BUFFER_SIZE as BODY_SIZE
+from waylay.core.engine.body_filter import DEFAULT_BODY_BUFFER_TIMEOUT_MS as BODY_MS
 from waylay.core.engine.config import Mode
 from waylay.core.engine.errors import ConfigError
 from waylay.core.engine.filters import compile_http_filter
@@ -638,7 +640,9 @@ class ClientLink:
                              if theirs == message.sub_id), None)
             sub = Subscription(sub_id=existing or self.agent.next_sub_id(),
                                link_id=self.link_id, port=message.port, mode=Mode(message.mode),
-                               http_filter=http_filter, capture=message.capture)
+                               http_filter=http_filter, capture=message.capture,
+                               body_buffer_size=message.body_buffer_size or BODY_SIZE,
+                               body_buffer_timeout_ms=message.body_buffer_timeout or BODY_MS)
             if existing is None:
                 await self.agent.subscribe(sub)
             else:

@@ -38,6 +38,16 @@ from jsonpath.function_extensions.match import Match
 from jsonpath.function_extensions.search import Search
 from jsonpath.match import NodeList
 
+# mirrord's defaults for the body buffer of JSON body filters (agent.max_body_buffer_size,
+# agent.max_body_buffer_timeout): 64 KiB - 1 bytes, 1000 ms.
+DEFAULT_BODY_BUFFER_SIZE = 65_535
+DEFAULT_BODY_BUFFER_TIMEOUT_MS = 1_000
+# The largest a config may ask for: the agent holds one such buffer per request in
+# flight on a port with a body filter, so a typo must not make it gigabytes; and a
+# request held a minute is one its client has given up on.
+MAX_BODY_BUFFER_SIZE = 16 * 1024 * 1024
+MAX_BODY_BUFFER_TIMEOUT_MS = 60_000
+
 # The media type mirrord looks for in Content-Type (contained, case-insensitively, so
 # "application/json; charset=utf-8" counts).
 JSON_MEDIA_TYPE = "application/json"

@@ -30,6 +30,12 @@ from types import MappingProxyType
 import yaml
 
 from waylay.core.engine import jsonc
+from waylay.core.engine.body_filter import (
+    DEFAULT_BODY_BUFFER_SIZE,
+    DEFAULT_BODY_BUFFER_TIMEOUT_MS,
+    MAX_BODY_BUFFER_SIZE,
+    MAX_BODY_BUFFER_TIMEOUT_MS,
+)
 from waylay.core.engine.errors import ConfigError
 from waylay.core.engine.filters import HttpFilter, compile_http_filter
 from waylay.core.engine.jsonc import KeyPath, Locator, Position, Positions, describe_type
@@ -73,14 +79,6 @@ class IncomingConfig:
         return self.port_mapping.get(remote, remote)
 
 
-# mirrord's defaults for the body buffer of JSON body filters: 64 KiB - 1 bytes and 1 s.
-DEFAULT_BODY_BUFFER_SIZE = 65_535
-DEFAULT_BODY_BUFFER_TIMEOUT_MS = 1_000
-# The largest body buffer a config may ask for: the agent holds one such buffer per
-# request in flight on a port with a body filter, so a typo must not make it 16 GiB.
-MAX_BODY_BUFFER_SIZE = 16 * 1024 * 1024
-
-
 # The image `waylay run` deploys into pods unless ``agent.image`` says otherwise: what
 # `docker build -t waylay-agent:0.1 -f agent/Dockerfile .` makes. Push it where the cluster
 # can pull it and name that in ``agent.image``.
@@ -106,6 +104,11 @@ class AgentConfig:
     # the original app as it came, and its event says why.
     max_body_buffer_size: int = DEFAULT_BODY_BUFFER_SIZE
     max_body_buffer_timeout: int = DEFAULT_BODY_BUFFER_TIMEOUT_MS
+
+    @property
+    def body_buffer(self) -> tuple[int, int]:
+        """(max_body_buffer_size, max_body_buffer_timeout): what a session sends its agent."""
+        return self.max_body_buffer_size, self.max_body_buffer_timeout
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -344,7 +347,7 @@ class _Builder:
                 defaults.max_body_buffer_size, 1, MAX_BODY_BUFFER_SIZE, "bytes"),
             max_body_buffer_timeout=self.whole(
                 value.get("max_body_buffer_timeout"), (*path, "max_body_buffer_timeout"),
-                defaults.max_body_buffer_timeout, 1, 60_000, "milliseconds"),
+                defaults.max_body_buffer_timeout, 1, MAX_BODY_BUFFER_TIMEOUT_MS, "milliseconds"),
         )
 
     def image(self, value: object, path: KeyPath) -> str | None:

@@ -43,15 +43,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import assert_never
 
-from waylay.core.engine.filters import request_view
+from waylay.core.engine.body_filter import BodySkip
+from waylay.core.engine.filters import RequestView, request_view
 from waylay.core.engine.flow import FlowRecord, Verdict
-from waylay.core.engine.http1_exchange import Exchange, Lane, Tunnel
+from waylay.core.engine.http1_exchange import BodyHold, Exchange, Lane, Tunnel
 from waylay.core.engine.http1_framing import (
     NO_BODY,
     RequestHead,
     parse_request_head,
     response_head_bytes,
 )
+from waylay.core.engine.http1_held import Http1Held
 from waylay.core.engine.http1_responses import Http1Responses
 from waylay.core.engine.http1_simple import SimpleRequest, simple_request, simple_response
 from waylay.core.engine.http1_sink import CommandRecorder, Http1Sink
@@ -80,9 +82,10 @@ MAX_BUFFERED_DOWNSTREAM = 256 * 1024
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
-class Http1Router(Http1Responses):
+class Http1Router(Http1Responses, Http1Held):
     """Routes the requests of one downstream HTTP/1.1 connection; see the module doc. The
-    responses' half of its methods is ``Http1Responses`` (``waylay.core.engine.http1_responses``).
+    responses' half of its methods is ``Http1Responses`` (``waylay.core.engine.http1_responses``);
+    requests held for a body filter are ``Http1Held`` (``waylay.core.engine.http1_held``).
 
     Without a ``sink`` the router records commands for ``handle`` (playbook tests).
     """
@@ -250,7 +253,10 @@ class Http1Router(Http1Responses):
         lane, False if it must take the general path (its route is decided already)."""
         if self._capture():
             return False
-        route = self._decide(request_view(simple.method, simple.target, simple.headers))
+        view = request_view(simple.method, simple.target, simple.headers)
+        route = self._decide(view)
+        if route.wants_body:
+            route = self._decide(view, b"")  # a simple request has no body
         if route.mirror_to:
             self._route_ahead = route  # decided once: _start uses it
             return False
@@ -259,7 +265,8 @@ class Http1Router(Http1Responses):
             return True
         # The record as the wire row it will be (waylay.core.engine.flow.ROW_FIELDS): no FlowRecord.
         row = [self._next_id(), self._now, self._port, "http/1.1", simple.method,
-               simple.host, simple.target, "passed", None, None, 0, 0, route.clause, None]
+               simple.host, simple.target, "passed", None, None, 0, 0, route.clause,
+               None if route.body_skipped is None else {"body_skipped": route.body_skipped}]
         self.requests += 1
         self._lane = Lane(data, simple.method, row, route, simple.keep_alive)
         sink = self._sink
@@ -322,6 +329,7 @@ class Http1Router(Http1Responses):
         head = parse_request_head(bytearray(lane.raw))
         assert head is not None
         exchange = Exchange(head, FlowRecord.from_row(lane.row), lane.route)
+        exchange.record.body_skipped = lane.route.body_skipped
         exchange.request_done = True  # bodiless, and already sent upstream
         self._exchange = exchange
 
@@ -363,6 +371,8 @@ class Http1Router(Http1Responses):
                 if self._down_eof and exchange.response_done:
                     self._close()
                 return  # pipelined bytes wait until the response is complete
+            if exchange.hold is not None and not self._read_held(exchange, exchange.hold):
+                return  # still undecided: nothing of it has left
             body = exchange.request_body
             if not body.done:
                 try:
@@ -394,32 +404,61 @@ class Http1Router(Http1Responses):
                 return
 
     def _start(self, head: RequestHead) -> Exchange:
-        sink = self._sink
         method = head.method.decode("latin-1")
         target = head.target.decode("latin-1")
         route = self._route_ahead
+        view: RequestView | None = None
         if route is not None:
             self._route_ahead = None
         else:
-            route = self._decide(request_view(
+            view = request_view(
                 method, target,
                 tuple([(n.decode("latin-1"), v.decode("latin-1")) for n, v in head.headers]),
-            ))
+            )
+            route = self._decide(view)
         host = head.header(b"host")
-        stolen = route.steal_by is not None
         record = FlowRecord(
             id=self._next_id(), ts=self._now, port=self._port, protocol="http/1.1",
-            verdict=Verdict.STOLEN if stolen else Verdict.PASSED,
-            method=method, authority=host.decode("latin-1") if host is not None else None,
-            path=target, matched=route.clause,
+            verdict=Verdict.PASSED, method=method,
+            authority=host.decode("latin-1") if host is not None else None, path=target,
         )
         if self._capture():
             record.request_headers = head.headers
             record.request_body = bytearray()
             record.response_body = bytearray()
         self.requests += 1
+        if route.wants_body and view is not None:
+            framing = head.framing
+            if framing.kind == "none" or (framing.kind == "length" and not framing.length):
+                route = self._decide(view, b"")
+            elif framing.kind == "length" and framing.length > route.body_limit:
+                route = self._decide(view, BodySkip.TOO_LARGE)  # known to be too long
+            else:  # hold the request back until its body decides (_read_held)
+                exchange = Exchange(head, record, route)
+                exchange.hold = BodyHold(view, route.body_limit,
+                                         self._now + route.body_timeout_ms / 1000.0)
+                self._exchange = exchange
+                if head.expects_continue:  # the client waits for this to send the body
+                    exchange.hold.continued = True
+                    self._sink.send_downstream(_CONTINUE)
+                self._sink.await_body(exchange.hold.deadline)
+                return exchange
         exchange = Exchange(head, record, route)
         self._exchange = exchange
+        self._dispatch(exchange)
+        return exchange
+
+    def _dispatch(self, exchange: Exchange) -> None:
+        """Send a decided request's head where its route says."""
+        sink = self._sink
+        head, record, route = exchange.request, exchange.record, exchange.route
+        stolen = exchange.stolen = route.steal_by is not None
+        record.verdict = Verdict.STOLEN if stolen else Verdict.PASSED
+        record.matched = route.clause
+        if not stolen and not route.mirror_to:
+            record.body_skipped = route.body_skipped
+        method, target = record.method or "", record.path or ""
+        host = head.header(b"host")
         if route.mirror_to:
             copy = [(n, v) for n, v in head.headers if n.lower() != b"expect"]
             if host is None:
@@ -434,8 +473,8 @@ class Http1Router(Http1Responses):
                 self._has_upstream = True
                 sink.connect_upstream()
             sink.send_upstream(head.raw)
-            return exchange
-        if head.expects_continue:
+            return
+        if head.expects_continue and not (exchange.hold and exchange.hold.continued):
             sink.send_downstream(_CONTINUE)  # RFC 9110 §10.1.1
         headers = [(n, v) for n, v in head.headers if n.lower() != b"expect"]
         if host is None:
@@ -444,7 +483,6 @@ class Http1Router(Http1Responses):
         sink.steal_start(StealStart(sub_id=route.steal_by, flow_id=record.id, method=method,
                                     target=target, http_version=head.version.decode("ascii"),
                                     headers=headers))
-        return exchange
 
     def _bad_request(self, exc: HttpParseError) -> None:
         """A malformed request: answer it with the parser's suggested status and close."""

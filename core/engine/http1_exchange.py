@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import enum
 
+from waylay.core.engine.filters import RequestView
 from waylay.core.engine.flow import FlowRecord, FlowRow
 from waylay.core.engine.http1_body import BodyReader
 from waylay.core.engine.http1_framing import NO_BODY, Framing, RequestHead, ResponseHead
@@ -24,7 +25,7 @@ class Tunnel(enum.Enum):
 class Exchange:
     """The request in flight and what has happened to it so far."""
 
-    __slots__ = ("close_after", "record", "request", "request_body", "request_done",
+    __slots__ = ("close_after", "hold", "record", "request", "request_body", "request_done",
                  "response", "response_body", "response_done", "response_started",
                  "route", "stolen", "stolen_framing")
 
@@ -41,6 +42,22 @@ class Exchange:
         self.response_done = False
         self.stolen_framing: Framing = NO_BODY  # stolen requests: how we frame the answer
         self.close_after = not request.keep_alive
+        self.hold: BodyHold | None = None  # undecided until its body is read (body filter)
+
+
+class BodyHold:
+    """A request held back while its body is read for a body filter: nothing of it has
+    left yet. Bounded by ``limit`` body bytes (plus one read) and by ``deadline``."""
+
+    __slots__ = ("continued", "deadline", "decoded", "limit", "raw", "view")
+
+    def __init__(self, view: RequestView, limit: int, deadline: float) -> None:
+        self.view = view
+        self.limit = limit
+        self.deadline = deadline
+        self.raw = bytearray()  # the body as it came (chunk framing included)
+        self.decoded = bytearray()  # its payload, what the filter reads
+        self.continued = False  # a 100 Continue went out to get the body
 
 
 class Lane:
@@ -57,4 +74,4 @@ class Lane:
         self.keep_alive = keep_alive
 
 
-__all__ = ["Exchange", "Lane", "Tunnel"]
+__all__ = ["BodyHold", "Exchange", "Lane", "Tunnel"]

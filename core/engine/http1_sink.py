@@ -12,6 +12,7 @@ from typing import Protocol
 
 from waylay.core.engine.flow import FlowRecord, FlowRow
 from waylay.core.engine.routing import (
+    AwaitBody,
     CloseDownstream,
     Command,
     ConnectUpstream,
@@ -45,6 +46,7 @@ class Http1Sink(Protocol):
     def mirror_start(self, command: MirrorStart) -> None: ...
     def mirror_data(self, data: bytes) -> None: ...
     def mirror_end(self) -> None: ...
+    def await_body(self, deadline: float) -> None: ...
     def record_flow(self, record: FlowRecord, owner: int | None,
                     timed_out: tuple[str, ...]) -> None: ...
     def record_row(self, row: FlowRow, timed_out: tuple[str, ...]) -> None:
@@ -96,6 +98,9 @@ class CommandRecorder:
 
     def mirror_end(self) -> None:
         self.commands.append(MirrorEnd())
+
+    def await_body(self, deadline: float) -> None:
+        self.commands.append(AwaitBody(deadline=deadline))
 
     def record_flow(self, record: FlowRecord, owner: int | None,
                     timed_out: tuple[str, ...]) -> None:

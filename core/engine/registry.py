@@ -16,9 +16,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from waylay.core.engine.body_filter import (
+    DEFAULT_BODY_BUFFER_SIZE,
+    DEFAULT_BODY_BUFFER_TIMEOUT_MS,
+    BodySkip,
+)
 from waylay.core.engine.config import Mode
 from waylay.core.engine.errors import WaylayError
-from waylay.core.engine.filters import MATCH_BUDGET_S, HttpFilter, RequestView
+from waylay.core.engine.filters import MATCH_BUDGET_S, HttpFilter, MatchResult, RequestView
 from waylay.core.engine.routing import PASS, Route
 
 # The "matched" text of traffic an unfiltered steal takes (whole connections, and the
@@ -50,6 +55,10 @@ class Subscription:
     mode: Mode
     http_filter: HttpFilter | None
     capture: bool = False  # the session wants headers and body starts in flow records
+    # The session's agent.max_body_buffer_size / _timeout: how much of a body its body
+    # filter may wait for (bytes, milliseconds).
+    body_buffer_size: int = DEFAULT_BODY_BUFFER_SIZE
+    body_buffer_timeout_ms: int = DEFAULT_BODY_BUFFER_TIMEOUT_MS
 
     def __post_init__(self) -> None:
         mode = Mode(self.mode)
@@ -77,6 +86,7 @@ class Registry:
         self._by_port: dict[int, tuple[Subscription, ...]] = {}
         # Read per request, so kept ready rather than computed each time.
         self._capturing: frozenset[int] = frozenset()
+        self._body_bounds: dict[int, tuple[int, int]] = {}
         self._link_ids: dict[int, tuple[int, ...]] = {}
 
     def _set(self, port: int, subs: tuple[Subscription, ...]) -> None:
@@ -88,6 +98,13 @@ class Registry:
             by_port.pop(port, None)
         self._by_port = by_port
         self._capturing = frozenset(p for p, ss in by_port.items() if any(s.capture for s in ss))
+        # Ports with a body filter, and the largest bounds their sessions allow.
+        self._body_bounds = {
+            p: (max(s.body_buffer_size for s in wanting),
+                max(s.body_buffer_timeout_ms for s in wanting))
+            for p, ss in by_port.items()
+            if (wanting := [s for s in ss if s.http_filter is not None
+                            and s.http_filter.needs_body])}
         self._link_ids = {p: tuple(sorted({s.link_id for s in ss})) for p, ss in by_port.items()}
 
     def add(self, sub: Subscription) -> None:
@@ -159,7 +176,8 @@ class Registry:
         return [s for s in self._by_port.get(port, ())
                 if s.mode is MIRROR and s.http_filter is None]
 
-    def decide(self, port: int, request: RequestView) -> Route:
+    def decide(self, port: int, request: RequestView,
+               body: bytes | BodySkip | None = None) -> Route:
         """Route one HTTP request arriving on ``port`` (see the module doc for precedence).
 
         The earliest matching steal takes it; later matching steals are reported as
@@ -167,7 +185,13 @@ class Registry:
         gets a copy. An unfiltered mirror matches everything; so does an unfiltered steal
         (it takes new connections whole; here it takes the requests of connections that
         were already routed one by one when it arrived).
+
+        On a port with a body filter, a request whose head does not decide it gets a Route
+        that ``wants_body`` (with the largest bounds of the sessions asking); the engine
+        asks again with ``body``: the whole body, or why it has none.
         """
+        if port in self._body_bounds:
+            return self._decide_with_body(port, request, body)
         subs = self._by_port.get(port, ())
         only_filter = subs[0].http_filter if len(subs) == 1 else None
         if only_filter is not None and subs[0].mode is STEAL:
@@ -178,14 +202,46 @@ class Registry:
                 return Route(steal_by=only.sub_id, clause=result.clause,
                              timed_out=result.timed_out)
             return Route(steal_by=None, timed_out=result.timed_out) if result.timed_out else PASS
+        return self._combine(subs, [
+            None if sub.http_filter is None else sub.http_filter.evaluate(
+                request, budget_s=self._budget_s, clock=self._clock, cpu_clock=self._cpu_clock)
+            for sub in subs])
+
+    def _decide_with_body(self, port: int, request: RequestView,
+                          body: bytes | BodySkip | None) -> Route:
+        subs = self._by_port.get(port, ())
+        results: list[MatchResult | None] = []
+        for sub in subs:
+            http_filter = sub.http_filter
+            if http_filter is None:
+                results.append(None)
+                continue
+            if body is None:
+                result = http_filter.evaluate_head(request, budget_s=self._budget_s,
+                                                   clock=self._clock, cpu_clock=self._cpu_clock)
+                if result is None:  # only the body can tell: ask for it
+                    limit, timeout_ms = self._body_bounds[port]
+                    return Route(steal_by=None, wants_body=True, body_limit=limit,
+                                 body_timeout_ms=timeout_ms)
+            else:
+                result = http_filter.evaluate(request, body=body, budget_s=self._budget_s,
+                                              clock=self._clock, cpu_clock=self._cpu_clock)
+            results.append(result)
+        return self._combine(subs, results)
+
+    @staticmethod
+    def _combine(subs: tuple[Subscription, ...],
+                 results: list[MatchResult | None]) -> Route:
+        """The routing rule over each subscription's result (None: it has no filter)."""
         steal_by: int | None = None
         clause: str | None = None
         timed_out: list[str] = []
         mirrors: list[int] = []
         mirror_clauses: list[str | None] = []
         shadowed: list[int] = []
-        for sub in subs:
-            if sub.http_filter is None:
+        skipped: str | None = None
+        for sub, result in zip(subs, results, strict=True):
+            if result is None:
                 if sub.mode is MIRROR:
                     mirrors.append(sub.sub_id)
                     mirror_clauses.append(None)
@@ -194,10 +250,9 @@ class Registry:
                     # connections that were already being routed one by one.
                     steal_by, clause = sub.sub_id, WHOLE_PORT
                 continue
-            result = sub.http_filter.evaluate(request, budget_s=self._budget_s,
-                                              clock=self._clock, cpu_clock=self._cpu_clock)
             timed_out.extend(result.timed_out)
             if not result.matched:
+                skipped = skipped or result.body_skipped
                 continue
             if sub.mode is MIRROR:
                 mirrors.append(sub.sub_id)
@@ -207,8 +262,8 @@ class Registry:
                 steal_by, clause = sub.sub_id, result.clause
             else:
                 shadowed.append(sub.sub_id)
-        if steal_by is None and not mirrors and not timed_out:
+        if steal_by is None and not mirrors and not timed_out and skipped is None:
             return PASS
         return Route(steal_by=steal_by, clause=clause, timed_out=tuple(timed_out),
                      mirror_to=tuple(mirrors), mirror_clauses=tuple(mirror_clauses),
-                     shadowed=tuple(shadowed))
+                     shadowed=tuple(shadowed), body_skipped=skipped)

@@ -12,9 +12,10 @@ it at 0.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
+from waylay.core.engine.body_filter import BodySkip
 from waylay.core.engine.filters import RequestView
 from waylay.core.engine.flow import FlowRecord
 
@@ -29,11 +30,23 @@ class Route:
     mirror_to: tuple[int, ...] = ()  # mirror subscriptions that get a copy
     mirror_clauses: tuple[str | None, ...] = ()  # the clause of each, as in mirror_to
     shadowed: tuple[int, ...] = ()  # later steal subscriptions that matched too (and lost)
+    # Undecided: a body filter needs the request's body. The engine buffers it, at most
+    # ``body_limit`` bytes for at most ``body_timeout_ms``, and asks again with it.
+    wants_body: bool = False
+    body_limit: int = 0
+    body_timeout_ms: int = 0
+    body_skipped: str | None = None  # why a body filter could not read the body (no match)
 
 
 PASS = Route(steal_by=None)
 
-Decide = Callable[[RequestView], Route]
+
+class Decide(Protocol):
+    """Routes one request: from its head alone (``body`` None), or, once a Route said it
+    ``wants_body``, with the body, or with why the engine has none (``BodySkip``)."""
+
+    def __call__(self, view: RequestView, body: bytes | BodySkip | None = None, /) -> Route:
+        ...
 
 
 # --- events: driver -> engine ---------------------------------------------------------
@@ -217,6 +230,14 @@ class MirrorEnd:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class AwaitBody:
+    """A request is held for its body (a body filter): unless it is decided first, call the
+    engine's ``body_timeout`` at ``deadline`` (on the clock the driver passes as ``now``)."""
+
+    deadline: float
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class RecordFlow:
     """A request is finished; ``owner`` is the subscription that stole it (None if passed)."""
 
@@ -240,5 +261,6 @@ Command = (
     | MirrorStart
     | MirrorData
     | MirrorEnd
+    | AwaitBody
     | RecordFlow
 )

@@ -38,6 +38,8 @@ from waylay.core.engine.wire_fields import (
     REQUEST_FIXED,
     RESPONSE_ENDS,
     RESPONSE_FIXED,
+    check_body_size,
+    check_body_timeout,
     check_bool,
     check_choice,
     check_int,
@@ -228,7 +230,8 @@ def encode(message: Message) -> bytes:
             return _frame(FrameType.ERROR, check_stream(stream, "Error.stream"),
                           _json_payload(payload, "Error"))
         case Subscribe(sub_id=sub_id, port=port, mode=mode, filter=http_filter,
-                       capture=capture, local=local, response_timeout=timeout):
+                       capture=capture, local=local, response_timeout=timeout,
+                       body_buffer_size=body_size, body_buffer_timeout=body_ms):
             payload = {
                 "port": check_port(port, "Subscribe.port"),
                 "mode": check_choice(mode, "Subscribe.mode", MODES),
@@ -241,6 +244,12 @@ def encode(message: Message) -> bytes:
             if timeout is not None:
                 payload["response_timeout"] = check_optional_timeout(
                     timeout, "Subscribe.response_timeout")
+            if body_size is not None:
+                payload["body_buffer_size"] = check_body_size(
+                    body_size, "Subscribe.body_buffer_size")
+            if body_ms is not None:
+                payload["body_buffer_timeout"] = check_body_timeout(
+                    body_ms, "Subscribe.body_buffer_timeout")
             return _frame(
                 FrameType.SUBSCRIBE,
                 check_stream(sub_id, "Subscribe.sub_id"),

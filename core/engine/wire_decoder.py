@@ -19,6 +19,8 @@ from waylay.core.engine.wire_fields import (
     REQUEST_FLAGS,
     RESPONSE_ENDS,
     RESPONSE_FIXED,
+    check_body_size,
+    check_body_timeout,
     check_bool,
     check_choice,
     check_int,
@@ -257,6 +259,9 @@ def _decode_subscribe(stream: int, payload: memoryview) -> Message:
         capture=check_bool(fields.get("capture", False), "capture"),
         local=check_optional_str(fields.get("local"), "local"),
         response_timeout=check_optional_timeout(fields.get("response_timeout"), "response_timeout"),
+        body_buffer_size=check_body_size(fields.get("body_buffer_size"), "body_buffer_size"),
+        body_buffer_timeout=check_body_timeout(fields.get("body_buffer_timeout"),
+                                               "body_buffer_timeout"),
     )
 
 

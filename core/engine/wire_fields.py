@@ -12,6 +12,7 @@ from __future__ import annotations
 import struct
 from typing import Final
 
+from waylay.core.engine.body_filter import MAX_BODY_BUFFER_SIZE, MAX_BODY_BUFFER_TIMEOUT_MS
 from waylay.core.engine.flow import ROW_FIELDS, FlowRow
 from waylay.core.engine.wire_messages import (
     MAX_RESPONSE_TIMEOUT_S,
@@ -71,6 +72,14 @@ def check_optional_str(value: object, where: str) -> str | None:
 
 def check_optional_timeout(value: object, where: str) -> int | None:
     return None if value is None else check_int(value, where, 1, MAX_RESPONSE_TIMEOUT_S)
+
+
+def check_body_size(value: object, where: str) -> int | None:
+    return None if value is None else check_int(value, where, 1, MAX_BODY_BUFFER_SIZE)
+
+
+def check_body_timeout(value: object, where: str) -> int | None:
+    return None if value is None else check_int(value, where, 1, MAX_BODY_BUFFER_TIMEOUT_MS)
 
 
 def check_choice(value: object, where: str, choices: tuple[str, ...]) -> str:
