@@ -120,7 +120,7 @@ async def attach(target: Target, *, incoming: IncomingConfig,
 
     Kubernetes targets go to ``waylay.core.kube.attach`` (``agent`` and ``kube_context`` apply
     there); local ones start or join the agent of their network namespace (of ``agent``,
-    only ``local_response_timeout`` applies to them)."""
+    only ``local_response_timeout`` and the body buffer's bounds apply to them)."""
     if not target.is_local:
         # The kubernetes client loads slowly (off the event loop) and must not be imported
         # from two threads at once (waylay.core.system.loading).
@@ -132,6 +132,7 @@ async def attach(target: Target, *, incoming: IncomingConfig,
     progress = on_progress or (lambda _message: None)
     progress(f"starting the agent in {target}")
     timeout = (agent or AgentConfig()).local_response_timeout
+    body_buffer = (agent or AgentConfig()).body_buffer
 
     def agent_message(message: dict[str, object]) -> None:
         kind = message.get("event")
@@ -152,7 +153,7 @@ async def attach(target: Target, *, incoming: IncomingConfig,
             session = Session(reader=reader, writer=writer, token=existing.token,
                               incoming=incoming, cli_ports=cli_ports, on_event=on_event,
                               local_host=local_host, capture=capture,
-                              local_response_timeout=timeout)
+                              local_response_timeout=timeout, body_buffer=body_buffer)
             return AttachedSession(target=target, agent=None, session=session, key=key)
     process = await launch_local_agent(
         target, ttl=ttl, extra_args=["--clean-on-start"] if clean_on_start else [],
@@ -170,5 +171,6 @@ async def attach(target: Target, *, incoming: IncomingConfig,
             target=str(target)))
     session = Session(reader=reader, writer=writer, token=process.token, incoming=incoming,
                       cli_ports=cli_ports, on_event=on_event, local_host=local_host,
-                      capture=capture, local_response_timeout=timeout)
+                      capture=capture, local_response_timeout=timeout,
+                      body_buffer=body_buffer)
     return AttachedSession(target=target, agent=process, session=session, key=key)

@@ -195,6 +195,9 @@ class Session:
     # Whole seconds the local app has to start answering a stolen request; the agent
     # enforces it (agent.local_response_timeout).
     local_response_timeout: int = DEFAULT_RESPONSE_TIMEOUT_S
+    # agent.max_body_buffer_size (bytes) and _timeout (ms) for a body filter; None: the
+    # agent's defaults (mirrord's).
+    body_buffer: tuple[int, int] | None = None
     client_name: str = field(default_factory=lambda: f"waylay-cli/{os.getpid()}")
     stats: SessionStats = field(default_factory=SessionStats)
     plans: list[PortPlan] = field(default_factory=list)
@@ -388,7 +391,9 @@ class Session:
             sub_id=sub_id, port=plan.remote, mode=str(plan.mode),
             filter=plan.http_filter.to_mirrord() if plan.http_filter else None,
             capture=self.capture, local=f"{self.local_host}:{plan.local}",
-            response_timeout=self.local_response_timeout))
+            response_timeout=self.local_response_timeout,
+            body_buffer_size=self.body_buffer[0] if self.body_buffer else None,
+            body_buffer_timeout=self.body_buffer[1] if self.body_buffer else None))
         return future
 
     async def update(self, incoming: IncomingConfig,

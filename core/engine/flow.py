@@ -51,6 +51,9 @@ class FlowRecord:
     # answer stays with its copy, a MirrorResult, never on this shared record).
     mirrors_pending: int = 0
     remote_done: bool = False
+    # A passed request whose body a body filter could not read: why (content type, not
+    # JSON, over agent.max_body_buffer_size or _timeout); the event's "body_skipped".
+    body_skipped: str | None = None
 
     def capture_request_body(self, data: bytes) -> None:
         self.request_body = self._capped(self.request_body, data)
@@ -116,6 +119,9 @@ class FlowRecord:
                 extras["response_headers"] = _text_pairs(self.response_headers or [])
                 extras["response_body"] = bytes(self.response_body or b"").decode("latin-1")
             extras["body_truncated"] = self.body_truncated
+        if self.body_skipped is not None:
+            extras = extras or {}
+            extras["body_skipped"] = self.body_skipped
         row[-1] = extras
         return row
 

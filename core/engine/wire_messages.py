@@ -130,6 +130,9 @@ class Subscribe:
     answer a caller gets when the local app is too slow; ``response_timeout`` is how many
     whole seconds the local app has to start answering a stolen request. Absent (older
     clients) they mean unknown and ``DEFAULT_RESPONSE_TIMEOUT_S``.
+    ``body_buffer_size`` (bytes) and ``body_buffer_timeout`` (milliseconds) bound how much
+    of a request body the agent waits for when this filter needs it (the session's
+    ``agent.max_body_buffer_size`` / ``_timeout``); absent: mirrord's defaults.
     """
 
     sub_id: int
@@ -139,6 +142,8 @@ class Subscribe:
     capture: bool = False
     local: str | None = None
     response_timeout: int | None = None
+    body_buffer_size: int | None = None
+    body_buffer_timeout: int | None = None
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -159,7 +159,8 @@ class PodStarter:
                        incoming=self.incoming, cli_ports=self.cli_ports, on_event=tagged,
                        local_host=self.local_host, capture=self.capture,
                        client_name=f"waylay/{placed.pod.name}",
-                       local_response_timeout=self.agent.local_response_timeout)
+                       local_response_timeout=self.agent.local_response_timeout,
+                       body_buffer=self.agent.body_buffer)
 
 
 @dataclass
