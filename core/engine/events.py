@@ -16,6 +16,7 @@ A Kubernetes workload has one agent per pod: its events carry the ``pod`` they c
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeAlias, assert_never
 
@@ -162,13 +163,24 @@ def request_event(row: FlowRow) -> RequestEvent:
         raise ValueError(f"a flow row has {_ROW_LEN} elements")
     (ident, ts, port, protocol, method, authority, path, verdict, status, duration_ms,
      bytes_in, bytes_out, matched, extras) = row
-    if extras is not None and not isinstance(extras, dict):
-        raise ValueError("a flow row ends in null or an object")
-    try:
-        verdict = Verdict(verdict)
-    except ValueError:
-        raise ValueError(f"flow row: verdict {verdict!r} is not one of "
-                         f"{', '.join(Verdict)}") from None
+    # One expression for the usual, well-formed row: this runs for every request the
+    # agent reports (thousands a second on a busy port).
+    if not (type(ident) is int and type(port) is int and type(protocol) is str
+            and type(bytes_in) is int and type(bytes_out) is int
+            and (type(ts) is float or type(ts) is int)
+            and (method is None or type(method) is str)
+            and (authority is None or type(authority) is str)
+            and (path is None or type(path) is str)
+            and (status is None or type(status) is int)
+            and (duration_ms is None or type(duration_ms) is float
+                 or type(duration_ms) is int)
+            and (matched is None or type(matched) is str)
+            and (extras is None or type(extras) is dict)):
+        _refuse(row)
+    member = _VERDICTS.get(verdict) if type(verdict) is str else None
+    if member is None:
+        raise ValueError(f"flow row: verdict {verdict!r:.40} is not one of "
+                         f"{', '.join(Verdict)}")
     mirror = capture = skipped = None
     if extras:
         if "remote_status" in extras or "remote_duration_ms" in extras:
@@ -177,14 +189,21 @@ def request_event(row: FlowRow) -> RequestEvent:
             capture = _capture(extras)
         skipped = _opt_str(extras.get("body_skipped"), "body_skipped")
     return RequestEvent(
-        id=_int(ident, "id"), ts=_number(ts, "ts"), port=_int(port, "port"),
-        protocol=_str(protocol, "protocol"), method=_opt_str(method, "method"),
-        authority=_opt_str(authority, "authority"), path=_opt_str(path, "path"),
-        verdict=verdict, status=_opt_int(status, "status"),
-        duration_ms=_opt_number(duration_ms, "duration_ms"),
-        bytes_in=_int(bytes_in, "bytes_in"), bytes_out=_int(bytes_out, "bytes_out"),
-        matched=_opt_str(matched, "matched"), mirror=mirror, capture=capture,
-        body_skipped=skipped)
+        id=ident, ts=ts, port=port, protocol=protocol, method=method, authority=authority,
+        path=path, verdict=member, status=status, duration_ms=duration_ms,
+        bytes_in=bytes_in, bytes_out=bytes_out, matched=matched, mirror=mirror,
+        capture=capture, body_skipped=skipped)
+
+
+_VERDICTS = {str(member): member for member in Verdict}
+
+
+def _refuse(row: FlowRow) -> None:
+    """Raise the ValueError that names the first field of ``row`` of the wrong type."""
+    for value, name, check in zip(row, ROW_FIELDS, _CHECKS, strict=False):
+        check(value, name)
+    if row[-1] is not None and not isinstance(row[-1], dict):
+        raise ValueError("a flow row ends in null or an object")
 
 
 def _mirror(extras: dict[str, Any]) -> MirrorOutcome:
@@ -235,6 +254,16 @@ def _str(value: object, name: str) -> str:
 
 def _opt_str(value: object, name: str) -> str | None:
     return None if value is None else _str(value, name)
+
+
+def _any(value: object, name: str) -> object:
+    return value  # the verdict: checked on its own
+
+
+# The check of each of ROW_FIELDS, in order.
+_CHECKS: tuple[Callable[[object, str], object], ...] = (
+    _int, _number, _int, _str, _opt_str, _opt_str, _opt_str, _any, _opt_int, _opt_number,
+    _int, _int, _opt_str)
 
 
 def _headers(value: object, name: str) -> Headers:
