@@ -61,14 +61,15 @@ SESSION_STOP_TIMEOUT_S: Final = 20.0
 # After the generator stops, time for the agent's last batch of flow records to arrive.
 FLOW_SETTLE_S: Final = 0.5
 POLL_S: Final = 0.2
-HINT_SECONDS: Final = 45.0
-
+# What to try, for the demo's hint line (its first line) and the log (every line).
 HINT: Final = (
-    "Mirror mode: the remote shop answers every request, your local-dev app gets a copy.\n"
-    "Try: f, kind header_filter, value ^x-user: alice$, Enter (only alice is mirrored); "
-    "then m, s: alice's requests become STOLEN (answered by local-dev), everyone else's "
-    "PASSED. To take everyone but the kubelet's probes: ^User-Agent: (?!kube-probe).\n"
-    "q quits and removes everything."
+    "mirror mode: the shop answers, local-dev gets copies. Try f, header_filter, "
+    "^x-user: alice$, Enter; then m, s",
+    "Mirror mode: the remote shop answers every request, your local-dev app gets a copy.",
+    "Try: f, kind header_filter, value ^x-user: alice$, Enter (only alice is mirrored); then "
+    "m, s: alice's requests become STOLEN (answered by local-dev), everyone else's PASSED.",
+    "To take everyone but the kubelet's probes: ^User-Agent: (?!kube-probe). q quits and "
+    "removes everything.",
 )
 
 SIGNALS: Final = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -280,7 +281,7 @@ class Demo:
         async def stop_generator() -> None:
             self.report = await asyncio.to_thread(self._finish_generator)
 
-        app = DemoApp(before_quit=stop_generator, target=self.sandbox.target,
+        app = DemoApp(before_quit=stop_generator, hint=HINT, target=self.sandbox.target,
                       config=self.config, config_path=self.config_path,
                       cli_ports={SHOP_PORT: self.local_port})
         seconds = self.seconds
@@ -294,7 +295,6 @@ class Demo:
             loop = asyncio.get_running_loop()
             for sig in SIGNALS:
                 loop.add_signal_handler(sig, quit_soon)
-            app.notify(HINT, title="waylay demo", timeout=HINT_SECONDS)
             if seconds is not None:
                 app.set_timer(seconds, quit_soon, name="demo-end")
 

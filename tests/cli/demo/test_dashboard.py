@@ -47,3 +47,33 @@ def test_help_lists_the_apps_bindings() -> None:
     from waylay.tui.app import WaylayApp
 
     assert DemoApp.BINDINGS[:len(WaylayApp.BINDINGS)] == WaylayApp.BINDINGS
+
+
+def test_the_hint_is_a_line_that_covers_nothing_and_x_hides_it() -> None:
+    """The demo's hint takes a row of its own (never over the table or the filter editor);
+    the log keeps all of it; x hides the line."""
+    from textual.widgets import Static
+
+    from waylay.cli.demo.runner import HINT
+
+    async def before_quit() -> None:
+        return None
+
+    async def run() -> None:
+        app = DemoApp(before_quit=before_quit, hint=HINT, targets_source=list)
+        async with app.run_test(size=(120, 40)) as pilot:
+            await pilot.pause()
+            hint = app.query_one("#demo-hint", Static)
+            assert hint.display and HINT[0] in str(hint.render())
+            await pilot.press("f")  # the filter editor opens over the table's area
+            await pilot.pause()
+            for covered in ("#table", "#editor", "#stats"):
+                region = app.query_one(covered).region
+                assert not hint.region.overlaps(region), covered
+            assert [m for level, m in app.log_panel.entries if level == "info"][-len(HINT):] \
+                == list(HINT)
+            await pilot.press("escape", "x")
+            await pilot.pause()
+            assert not hint.display
+
+    asyncio.run(run())
