@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Protocol, TypeAlias
 
 from waylay.core.engine.body_filter import DEFAULT_BODY_BUFFER_SIZE as BODY_SIZE
 from waylay.core.engine.body_filter import DEFAULT_BODY_BUFFER_TIMEOUT_MS as BODY_MS
-from waylay.core.engine.config import Mode
+from waylay.core.engine.config import ConcurrentSteal, Mode
 from waylay.core.engine.errors import ConfigError
 from waylay.core.engine.filters import compile_http_filter
 from waylay.core.engine.flow import MirrorResult
@@ -642,11 +642,13 @@ class ClientLink:
                                link_id=self.link_id, port=message.port, mode=Mode(message.mode),
                                http_filter=http_filter, capture=message.capture,
                                body_buffer_size=message.body_buffer_size or BODY_SIZE,
-                               body_buffer_timeout_ms=message.body_buffer_timeout or BODY_MS)
+                               body_buffer_timeout_ms=message.body_buffer_timeout or BODY_MS,
+                               concurrent=ConcurrentSteal(message.on_concurrent_steal
+                                                          or ConcurrentSteal.ABORT))
             if existing is None:
                 await self.agent.subscribe(sub)
-            else:
-                self.agent.registry.replace(sub)  # a filter change: no iptables call
+            else:  # a filter change: no iptables call
+                self.agent.displaced(self.agent.registry.replace(sub))
         except (SubscriptionRefused, ConfigError) as exc:
             self.send(Error(stream=message.sub_id, message=str(exc), code="refused"))
             return
@@ -659,6 +661,14 @@ class ClientLink:
             seconds=message.response_timeout or DEFAULT_RESPONSE_TIMEOUT_S, local=message.local)
         self.send(Subscribed(sub_id=message.sub_id, port=message.port, mode=message.mode,
                              filter=http_filter.text if http_filter is not None else None))
+
+    def lost(self, sub: Subscription, why: str) -> None:
+        """``sub`` was taken from this session (another one's override): forget it, say
+        why on its stream."""
+        client_sub = self.client_subs.pop(sub.sub_id, None)
+        self.bounds.pop(sub.sub_id, None)
+        if client_sub is not None:
+            self.send(Error(stream=client_sub, message=why, code="taken"))
 
     def bound_for(self, sub_id: int) -> LocalBound:
         """The bound on stolen requests of this link's subscription ``sub_id``."""

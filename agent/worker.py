@@ -140,7 +140,7 @@ class Agent:
 
     async def subscribe(self, sub: Subscription) -> None:
         newly = sub.port not in self.registry.ports()
-        self.registry.add(sub)
+        self.displaced(self.registry.add(sub))
         if newly:
             try:
                 async with self._iptables_lock:
@@ -182,6 +182,16 @@ class Agent:
     def _warn_all(self, message: str) -> None:
         for link in self.links.values():
             link.warn(message)
+
+    def displaced(self, subs: tuple[Subscription, ...]) -> None:
+        """Tell the sessions whose steals an ``on_concurrent_steal: override`` took away;
+        their subscriptions are already out of the registry."""
+        for sub in subs:
+            link = self.links.get(sub.link_id)
+            if link is not None:
+                link.lost(sub, f"port {sub.port} was taken over by another session's steal "
+                               "(its on_concurrent_steal is override); requests on it now go "
+                               "to that session")
 
     async def unsubscribe(self, sub_id: int) -> None:
         sub = self.registry.remove(sub_id)

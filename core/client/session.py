@@ -28,7 +28,7 @@ from typing import Any, assert_never
 from waylay.core.client.local_delivery import LocalPool, deliver_connection, deliver_request
 from waylay.core.client.local_http1 import Http1Delivery, LocalHttp1Pool
 from waylay.core.client.session_link import LinkClosed, SessionLink
-from waylay.core.engine.config import IncomingConfig, Mode
+from waylay.core.engine.config import ConcurrentSteal, IncomingConfig, Mode
 from waylay.core.engine.errors import AgentError
 from waylay.core.engine.events import (
     ErrorEvent,
@@ -393,7 +393,10 @@ class Session:
             capture=self.capture, local=f"{self.local_host}:{plan.local}",
             response_timeout=self.local_response_timeout,
             body_buffer_size=self.body_buffer[0] if self.body_buffer else None,
-            body_buffer_timeout=self.body_buffer[1] if self.body_buffer else None))
+            body_buffer_timeout=self.body_buffer[1] if self.body_buffer else None,
+            on_concurrent_steal=(None if self.incoming.on_concurrent_steal
+                                 is ConcurrentSteal.ABORT
+                                 else str(self.incoming.on_concurrent_steal))))
         return future
 
     async def update(self, incoming: IncomingConfig,

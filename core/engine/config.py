@@ -48,6 +48,15 @@ class Mode(StrEnum):
     OFF = "off"
 
 
+class ConcurrentSteal(StrEnum):
+    """mirrord's ``on_concurrent_steal``: what a steal without a filter does when another
+    session already steals the port without one (docs/architecture.md §2)."""
+
+    ABORT = "abort"  # refused: the session is told which port and why
+    CONTINUE = "continue"  # queued behind the earlier steal; takes over when it ends
+    OVERRIDE = "override"  # takes the port; the earlier session is told and loses it
+
+
 @dataclass(frozen=True, kw_only=True)
 class IncomingConfig:
     """``feature.network.incoming``, checked and compiled."""
@@ -58,6 +67,7 @@ class IncomingConfig:
     port_mapping: Mapping[int, int] = field(default_factory=lambda: MappingProxyType({}))
     ports: frozenset[int] | None = None  # allow-list of remote ports; None: all
     ignore_ports: frozenset[int] = frozenset()
+    on_concurrent_steal: ConcurrentSteal = ConcurrentSteal.ABORT
 
     def intercepts(self, port: int) -> bool:
         """Is traffic to this remote port stolen or mirrored at all?"""
@@ -140,12 +150,12 @@ class Config:
 _IGNORED_INCOMING = {
     "ignore_localhost": "waylay intercepts localhost traffic as any other",
     "listen_ports": "use port_mapping to choose the local port",
-    "on_concurrent_steal": "a mirrord operator option",
     "https_delivery": "a mirrord operator option",
     "tls_delivery": "a mirrord operator option",
 }
 _MODES = frozenset(mode.value for mode in Mode)
-_INCOMING_KEYS = ("mode", "http_filter", "port_mapping", "ports", "ignore_ports")
+_INCOMING_KEYS = ("mode", "http_filter", "port_mapping", "ports", "ignore_ports",
+                  "on_concurrent_steal")
 _TOML_WHERE = re.compile(r"\s*\(at line (\d+), column (\d+)\)$")
 _FORMATS = {"json": "json", "jsonc": "json", "toml": "toml", "yaml": "yaml", "yml": "yaml"}
 
@@ -456,9 +466,19 @@ class _Builder:
             port_mapping=MappingProxyType(self.port_mapping(value.get("port_mapping"), path)),
             ports=ports,
             ignore_ports=ignore_ports or frozenset(),
+            on_concurrent_steal=self.concurrent_steal(value.get("on_concurrent_steal"),
+                                                      (*path, "on_concurrent_steal")),
         )
         self.check_consistency(config, path)
         return config
+
+    def concurrent_steal(self, value: object, path: KeyPath) -> ConcurrentSteal:
+        if value is None:
+            return ConcurrentSteal.ABORT
+        if isinstance(value, str) and value in ConcurrentSteal.__members__.values():
+            return ConcurrentSteal(value)
+        shown = repr(value) if isinstance(value, str) else describe_type(value)
+        raise self.where.error(f"expected abort, continue or override, got {shown}", path)
 
     def mode(self, value: object, path: KeyPath) -> Mode:
         if isinstance(value, str) and value in _MODES:

@@ -5,8 +5,10 @@ dashboard's fake agent and its filter preview use it too, so none of them can di
 
 Precedence is deterministic: subscriptions on a port are consulted in the order they were
 made (earliest first); the first steal whose filter matches takes the request, and every
-matching mirror gets a copy. An unfiltered steal takes whole connections and so excludes
-any other unfiltered steal of that port; steals and mirrors coexist.
+matching mirror gets a copy. An unfiltered steal takes whole connections; a second one on
+the same port follows its session's ``on_concurrent_steal``: refused (abort, the default),
+queued behind the first (continue: it takes the port when the first ends), or taking the
+port from the first, which is removed (override). Steals and mirrors coexist.
 Filters are immutable and the table is replaced, never edited in place, so a decision
 always sees one consistent state (the agent is single-threaded; this keeps it obvious).
 """
@@ -21,7 +23,7 @@ from waylay.core.engine.body_filter import (
     DEFAULT_BODY_BUFFER_TIMEOUT_MS,
     BodySkip,
 )
-from waylay.core.engine.config import Mode
+from waylay.core.engine.config import ConcurrentSteal, Mode
 from waylay.core.engine.errors import WaylayError
 from waylay.core.engine.filters import MATCH_BUDGET_S, HttpFilter, MatchResult, RequestView
 from waylay.core.engine.routing import PASS, Route
@@ -59,6 +61,8 @@ class Subscription:
     # filter may wait for (bytes, milliseconds).
     body_buffer_size: int = DEFAULT_BODY_BUFFER_SIZE
     body_buffer_timeout_ms: int = DEFAULT_BODY_BUFFER_TIMEOUT_MS
+    # What this subscription does if it takes whole connections and another already does.
+    concurrent: ConcurrentSteal = ConcurrentSteal.ABORT
 
     def __post_init__(self) -> None:
         mode = Mode(self.mode)
@@ -107,29 +111,43 @@ class Registry:
                             and s.http_filter.needs_body])}
         self._link_ids = {p: tuple(sorted({s.link_id for s in ss})) for p, ss in by_port.items()}
 
-    def add(self, sub: Subscription) -> None:
+    def add(self, sub: Subscription) -> tuple[Subscription, ...]:
+        """Add ``sub`` last on its port; returns the subscriptions it displaced (only with
+        ``on_concurrent_steal: override``), already removed."""
         current = self._by_port.get(sub.port, ())
+        displaced: tuple[Subscription, ...] = ()
         if sub.takes_whole_connections:
-            for other in current:
-                if other.takes_whole_connections:
-                    raise SubscriptionRefused(
-                        f"port {sub.port} is already stolen without a filter by another "
-                        "session; add an http_filter to share it"
-                    )
+            holders = tuple(s for s in current if s.takes_whole_connections)
+            if holders and sub.concurrent is ConcurrentSteal.ABORT:
+                raise SubscriptionRefused(
+                    f"port {sub.port} is already stolen without a filter by another "
+                    "session; add an http_filter to share it, or set on_concurrent_steal "
+                    "to continue (wait for it) or override (take the port)")
+            if sub.concurrent is ConcurrentSteal.OVERRIDE:
+                displaced = holders
+                current = tuple(s for s in current if s not in holders)
         self._set(sub.port, (*current, sub))
+        return displaced
 
-    def replace(self, sub: Subscription) -> None:
-        """Swap a subscription's mode and filter in place, keeping its precedence."""
+    def replace(self, sub: Subscription) -> tuple[Subscription, ...]:
+        """Swap a subscription's mode and filter in place, keeping its precedence; returns
+        what it displaced, as ``add`` does."""
         subs = self._by_port.get(sub.port, ())
         if not any(s.sub_id == sub.sub_id for s in subs):
             raise SubscriptionRefused(f"no subscription {sub.sub_id} on port {sub.port}")
-        if sub.takes_whole_connections and any(
-            s.takes_whole_connections and s.sub_id != sub.sub_id for s in subs
-        ):
-            raise SubscriptionRefused(
-                f"port {sub.port} is already stolen without a filter by another session; "
-                "add an http_filter to share it")
-        self._set(sub.port, tuple(sub if s.sub_id == sub.sub_id else s for s in subs))
+        displaced: tuple[Subscription, ...] = ()
+        if sub.takes_whole_connections:
+            holders = tuple(s for s in subs if s.takes_whole_connections
+                            and s.sub_id != sub.sub_id)
+            if holders and sub.concurrent is ConcurrentSteal.ABORT:
+                raise SubscriptionRefused(
+                    f"port {sub.port} is already stolen without a filter by another "
+                    "session; add an http_filter to share it")
+            if sub.concurrent is ConcurrentSteal.OVERRIDE:
+                displaced = holders
+        self._set(sub.port, tuple(sub if s.sub_id == sub.sub_id else s for s in subs
+                                  if s not in displaced))
+        return displaced
 
     def remove(self, sub_id: int) -> Subscription | None:
         for port, subs in self._by_port.items():

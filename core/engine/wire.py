@@ -56,6 +56,7 @@ from waylay.core.engine.wire_fields import (
 )
 from waylay.core.engine.wire_heads import check_latin1, flat_headers, pack_strings
 from waylay.core.engine.wire_messages import (
+    CONCURRENT_STEAL,
     DEFAULT_RESPONSE_TIMEOUT_S,
     HEADER,
     HEADER_SIZE,
@@ -231,7 +232,8 @@ def encode(message: Message) -> bytes:
                           _json_payload(payload, "Error"))
         case Subscribe(sub_id=sub_id, port=port, mode=mode, filter=http_filter,
                        capture=capture, local=local, response_timeout=timeout,
-                       body_buffer_size=body_size, body_buffer_timeout=body_ms):
+                       body_buffer_size=body_size, body_buffer_timeout=body_ms,
+                       on_concurrent_steal=concurrent):
             payload = {
                 "port": check_port(port, "Subscribe.port"),
                 "mode": check_choice(mode, "Subscribe.mode", MODES),
@@ -250,6 +252,9 @@ def encode(message: Message) -> bytes:
             if body_ms is not None:
                 payload["body_buffer_timeout"] = check_body_timeout(
                     body_ms, "Subscribe.body_buffer_timeout")
+            if concurrent is not None:
+                payload["on_concurrent_steal"] = check_choice(
+                    concurrent, "Subscribe.on_concurrent_steal", CONCURRENT_STEAL)
             return _frame(
                 FrameType.SUBSCRIBE,
                 check_stream(sub_id, "Subscribe.sub_id"),

@@ -36,6 +36,7 @@ from waylay.core.engine.wire_fields import (
 )
 from waylay.core.engine.wire_heads import header_pairs, unpack_strings
 from waylay.core.engine.wire_messages import (
+    CONCURRENT_STEAL,
     HEADER,
     HEADER_SIZE,
     MAX_PAYLOAD,
@@ -262,6 +263,8 @@ def _decode_subscribe(stream: int, payload: memoryview) -> Message:
         body_buffer_size=check_body_size(fields.get("body_buffer_size"), "body_buffer_size"),
         body_buffer_timeout=check_body_timeout(fields.get("body_buffer_timeout"),
                                                "body_buffer_timeout"),
+        on_concurrent_steal=None if (concurrent := fields.get("on_concurrent_steal")) is None
+        else check_choice(concurrent, "on_concurrent_steal", CONCURRENT_STEAL),
     )
 
 

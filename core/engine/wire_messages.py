@@ -27,6 +27,7 @@ MAX_PAYLOAD: Final = 256 * 1024
 
 MAX_STREAM: Final = 2**32 - 1  # stream ids (and sub_ids) fill the header's u32
 MODES: Final = ("steal", "mirror")
+CONCURRENT_STEAL: Final = ("abort", "continue", "override")  # config.ConcurrentSteal
 NOTICE_LEVELS: Final = ("warning", "error")
 NONCE_SIZE: Final = 8
 # How long a session's local app may take to start answering a stolen request, when the
@@ -133,6 +134,8 @@ class Subscribe:
     ``body_buffer_size`` (bytes) and ``body_buffer_timeout`` (milliseconds) bound how much
     of a request body the agent waits for when this filter needs it (the session's
     ``agent.max_body_buffer_size`` / ``_timeout``); absent: mirrord's defaults.
+    ``on_concurrent_steal`` ("abort", "continue", "override") says what a steal without a
+    filter does when another session steals the port without one; absent: "abort".
     """
 
     sub_id: int
@@ -144,6 +147,7 @@ class Subscribe:
     response_timeout: int | None = None
     body_buffer_size: int | None = None
     body_buffer_timeout: int | None = None
+    on_concurrent_steal: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

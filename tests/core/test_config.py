@@ -292,11 +292,10 @@ def test_mirrord_incoming_keys_waylay_ignores_are_warned_about() -> None:
             "mode": "steal",
             "ignore_localhost": false,
             "listen_ports": [[80, 8111]],
-            "on_concurrent_steal": "abort",
             "https_delivery": {"protocol": "tls"}
         }}}}"""
     )
-    assert len(config.warnings) == 4
+    assert len(config.warnings) == 3
     assert config.warnings[0] == (
         f"mirrord.json:3:13: {INCOMING}.ignore_localhost: accepted but ignored by waylay "
         "(waylay intercepts localhost traffic as any other)"

@@ -69,8 +69,50 @@ def test_second_unfiltered_steal_is_refused(bed: Bed, waylay: StartWaylay) -> No
     code = second.wait()
     assert code == 3, second.stderr
     assert "already stolen without a filter" in second.stderr
+    assert "on_concurrent_steal" in second.stderr  # the way out is named
     assert curl(bed.url("/still")).served_by == "local"  # the first is undisturbed
     first.stop()
+
+
+def whole_steal(on_concurrent_steal: str) -> str:
+    return ('{"feature": {"network": {"incoming": {"mode": "steal", '
+            f'"on_concurrent_steal": "{on_concurrent_steal}"}}}}}}}}')
+
+
+def stolen_paths(run: object) -> list[str]:
+    return [e["path"] for e in run.events  # type: ignore[attr-defined]
+            if e.get("type") == "request" and e.get("verdict") == "stolen"]
+
+
+def test_on_concurrent_steal_override_takes_the_port_and_tells_the_first(
+        bed: Bed, waylay: StartWaylay) -> None:
+    """override: the second whole steal takes the port; the first session is told why."""
+    first = waylay(WHOLE)
+    assert curl(bed.url("/before")).served_by == "local"
+    second = waylay(whole_steal("override"))
+    assert first.wait_for(lambda evs: any(
+        e.get("type") == "error" and "taken over" in e.get("message", "") for e in evs), 10.0), \
+        first.events
+    assert curl(bed.url("/after")).served_by == "local"
+    assert second.wait_for(lambda evs: "/after" in stolen_paths(second), 10.0), second.events
+    assert "/after" not in stolen_paths(first)
+    second.stop()
+    first.stop()
+
+
+def test_on_concurrent_steal_continue_waits_for_the_first(bed: Bed, waylay: StartWaylay
+                                                          ) -> None:
+    """continue: the second whole steal is accepted and queued; it takes the port when
+    the first session leaves."""
+    first = waylay(WHOLE)
+    second = waylay(whole_steal("continue"))
+    assert curl(bed.url("/first")).served_by == "local"
+    assert first.wait_for(lambda evs: "/first" in stolen_paths(first), 10.0), first.events
+    assert first.stop(signal.SIGINT) == 0
+    assert curl(bed.url("/second")).served_by == "local"
+    assert second.wait_for(lambda evs: "/second" in stolen_paths(second), 10.0), second.events
+    assert "/first" not in stolen_paths(second)
+    second.stop()
 
 
 def test_steal_and_mirror_coexist_and_a_departure_reverts_only_its_part(
