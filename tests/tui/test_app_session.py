@@ -89,7 +89,9 @@ async def test_mirror_mode_mirrors(fake: FakeAgent) -> None:
         await pilot.press("m", "m")
         await wait_for(pilot, lambda: fake.subscriptions().get(80, ("",))[0] == "mirror",
                        "mirror")
-        assert "MIRROR" in chip(app, "mode") and app.bar.refused is None
+        # The fake holds the subscription before the session's answer reaches the app.
+        await wait_for(pilot, lambda: "MIRROR" in chip(app, "mode"), "the mode chip")
+        assert app.bar.refused is None
         await send(pilot, fake, requests(60))
         assert {r.verdict for r in app.store} == {"mirrored", "passed"}
 
