@@ -644,7 +644,8 @@ class ClientLink:
                                body_buffer_size=message.body_buffer_size or BODY_SIZE,
                                body_buffer_timeout_ms=message.body_buffer_timeout or BODY_MS,
                                concurrent=ConcurrentSteal(message.on_concurrent_steal
-                                                          or ConcurrentSteal.ABORT))
+                                                          or ConcurrentSteal.ABORT),
+                               inject_headers=message.inject_headers)
             if existing is None:
                 await self.agent.subscribe(sub)
             else:  # a filter change: no iptables call
