@@ -133,6 +133,7 @@ async def attach(target: Target, *, incoming: IncomingConfig,
     progress(f"starting the agent in {target}")
     timeout = (agent or AgentConfig()).local_response_timeout
     body_buffer = (agent or AgentConfig()).body_buffer
+    inject_headers = (agent or AgentConfig()).inject_headers
 
     def agent_message(message: dict[str, object]) -> None:
         kind = message.get("event")
@@ -153,7 +154,8 @@ async def attach(target: Target, *, incoming: IncomingConfig,
             session = Session(reader=reader, writer=writer, token=existing.token,
                               incoming=incoming, cli_ports=cli_ports, on_event=on_event,
                               local_host=local_host, capture=capture,
-                              local_response_timeout=timeout, body_buffer=body_buffer)
+                              local_response_timeout=timeout, body_buffer=body_buffer,
+                              inject_headers=inject_headers)
             return AttachedSession(target=target, agent=None, session=session, key=key)
     process = await launch_local_agent(
         target, ttl=ttl, extra_args=["--clean-on-start"] if clean_on_start else [],
@@ -172,5 +174,5 @@ async def attach(target: Target, *, incoming: IncomingConfig,
     session = Session(reader=reader, writer=writer, token=process.token, incoming=incoming,
                       cli_ports=cli_ports, on_event=on_event, local_host=local_host,
                       capture=capture, local_response_timeout=timeout,
-                      body_buffer=body_buffer)
+                      body_buffer=body_buffer, inject_headers=inject_headers)
     return AttachedSession(target=target, agent=process, session=session, key=key)

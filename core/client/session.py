@@ -198,6 +198,8 @@ class Session:
     # agent.max_body_buffer_size (bytes) and _timeout (ms) for a body filter; None: the
     # agent's defaults (mirrord's).
     body_buffer: tuple[int, int] | None = None
+    # agent.inject_headers: answers on this session's filtered ports carry Waylay-Agent.
+    inject_headers: bool = False
     client_name: str = field(default_factory=lambda: f"waylay-cli/{os.getpid()}")
     stats: SessionStats = field(default_factory=SessionStats)
     plans: list[PortPlan] = field(default_factory=list)
@@ -396,7 +398,8 @@ class Session:
             body_buffer_timeout=self.body_buffer[1] if self.body_buffer else None,
             on_concurrent_steal=(None if self.incoming.on_concurrent_steal
                                  is ConcurrentSteal.ABORT
-                                 else str(self.incoming.on_concurrent_steal))))
+                                 else str(self.incoming.on_concurrent_steal)),
+            inject_headers=self.inject_headers))
         return future
 
     async def update(self, incoming: IncomingConfig,

@@ -114,6 +114,9 @@ class AgentConfig:
     # the original app as it came, and its event says why.
     max_body_buffer_size: int = DEFAULT_BODY_BUFFER_SIZE
     max_body_buffer_timeout: int = DEFAULT_BODY_BUFFER_TIMEOUT_MS
+    # Answers on filtered HTTP/1.1 ports carry "Waylay-Agent: passed-through" or
+    # "Waylay-Agent: stolen" (mirrord's agent.inject_headers, with waylay's header name).
+    inject_headers: bool = False
 
     @property
     def body_buffer(self) -> tuple[int, int]:
@@ -339,9 +342,11 @@ class _Builder:
         # agent; like the features waylay does not have, they load silently.
         defaults = AgentConfig()
         ephemeral = value.get("ephemeral", defaults.ephemeral)
-        if not isinstance(ephemeral, bool):
-            raise self.where.error(f"expected true or false, got {describe_type(ephemeral)}",
-                                   (*path, "ephemeral"))
+        inject_headers = value.get("inject_headers", defaults.inject_headers)
+        for key, flag in (("ephemeral", ephemeral), ("inject_headers", inject_headers)):
+            if not isinstance(flag, bool):
+                raise self.where.error(f"expected true or false, got {describe_type(flag)}",
+                                       (*path, key))
         return AgentConfig(
             image=self.image(value.get("image"), (*path, "image")) or defaults.image,
             namespace=self.optional_text(value.get("namespace"), (*path, "namespace")),
@@ -358,6 +363,7 @@ class _Builder:
             max_body_buffer_timeout=self.whole(
                 value.get("max_body_buffer_timeout"), (*path, "max_body_buffer_timeout"),
                 defaults.max_body_buffer_timeout, 1, MAX_BODY_BUFFER_TIMEOUT_MS, "milliseconds"),
+            inject_headers=inject_headers,
         )
 
     def image(self, value: object, path: KeyPath) -> str | None:

@@ -74,6 +74,7 @@ from waylay.core.engine.routing import (
     StealStart,
     UpstreamClosed,
     UpstreamData,
+    marked_head,
 )
 
 # Pipelined bytes held while a response is in flight before the driver stops reading.
@@ -314,7 +315,7 @@ class Http1Router(Http1Responses, Http1Held):
         row[9] = round((self._now - started) * 1000.0, 3)
         row[11] = simple.body_bytes
         sink = self._sink
-        sink.send_downstream(data)
+        sink.send_downstream(data if not lane.route.mark else marked_head(data))
         sink.record_row(row, lane.route.timed_out)
         if not (lane.keep_alive and simple.keep_alive):
             self._release_upstream(False)

@@ -21,6 +21,7 @@ from waylay.core.engine.http1_framing import (
 )
 from waylay.core.engine.http1_sink import Http1Sink
 from waylay.core.engine.http1_syntax import HttpParseError
+from waylay.core.engine.routing import STOLEN_MARK, VERDICT_HEADER, marked_head
 
 # Hop-by-hop fields of the local app's response (RFC 9110 §7.6.1): they describe the
 # session's connection to the local app, not ours to the remote client.
@@ -88,7 +89,7 @@ class Http1Responses:
                     return
                 if head is None:
                     return
-                out.append(head.raw)
+                out.append(head.raw if not exchange.route.mark else marked_head(head.raw))
                 if head.status < 200:  # informational: another head follows
                     if head.status == 101:
                         self._flush(out)
@@ -210,6 +211,8 @@ class Http1Responses:
             kept.append((b"Connection", b"close"))
         elif request.version == b"1.0":
             kept.append((b"Connection", b"keep-alive"))
+        if exchange.route.mark:
+            kept.append((VERDICT_HEADER, STOLEN_MARK))
         exchange.stolen_framing = framing
         if exchange.record.request_headers is not None:
             exchange.record.response_headers = kept

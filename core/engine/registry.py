@@ -16,7 +16,7 @@ always sees one consistent state (the agent is single-threaded; this keeps it ob
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from waylay.core.engine.body_filter import (
     DEFAULT_BODY_BUFFER_SIZE,
@@ -63,6 +63,8 @@ class Subscription:
     body_buffer_timeout_ms: int = DEFAULT_BODY_BUFFER_TIMEOUT_MS
     # What this subscription does if it takes whole connections and another already does.
     concurrent: ConcurrentSteal = ConcurrentSteal.ABORT
+    # The session's agent.inject_headers: answers on this port carry the verdict header.
+    inject_headers: bool = False
 
     def __post_init__(self) -> None:
         mode = Mode(self.mode)
@@ -92,6 +94,7 @@ class Registry:
         self._capturing: frozenset[int] = frozenset()
         self._body_bounds: dict[int, tuple[int, int]] = {}
         self._link_ids: dict[int, tuple[int, ...]] = {}
+        self._marking: frozenset[int] = frozenset()  # ports whose answers carry the verdict
 
     def _set(self, port: int, subs: tuple[Subscription, ...]) -> None:
         """The one place the table changes (a new dict each time: see the module doc)."""
@@ -110,6 +113,8 @@ class Registry:
             if (wanting := [s for s in ss if s.http_filter is not None
                             and s.http_filter.needs_body])}
         self._link_ids = {p: tuple(sorted({s.link_id for s in ss})) for p, ss in by_port.items()}
+        self._marking = frozenset(p for p, ss in by_port.items()
+                                  if any(s.inject_headers for s in ss))
 
     def add(self, sub: Subscription) -> tuple[Subscription, ...]:
         """Add ``sub`` last on its port; returns the subscriptions it displaced (only with
@@ -195,6 +200,13 @@ class Registry:
                 if s.mode is MIRROR and s.http_filter is None]
 
     def decide(self, port: int, request: RequestView,
+               body: bytes | BodySkip | None = None) -> Route:
+        """Route one HTTP request arriving on ``port`` (``_route``); on a port where a
+        session asked for agent.inject_headers the route says to mark the answer."""
+        route = self._route(port, request, body)
+        return route if port not in self._marking else replace(route, mark=True)
+
+    def _route(self, port: int, request: RequestView,
                body: bytes | BodySkip | None = None) -> Route:
         """Route one HTTP request arriving on ``port`` (see the module doc for precedence).
 

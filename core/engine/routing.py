@@ -36,9 +36,25 @@ class Route:
     body_limit: int = 0
     body_timeout_ms: int = 0
     body_skipped: str | None = None  # why a body filter could not read the body (no match)
+    # The answer carries the verdict header (a session's agent.inject_headers: VERDICT_HEADER).
+    mark: bool = False
 
 
 PASS = Route(steal_by=None)
+# agent.inject_headers: the answer to a request tells who answered it, as mirrord's agent
+# does with its own header ("Mirrord-Agent: passed-through").
+VERDICT_HEADER = b"Waylay-Agent"
+PASSED_MARK = b"passed-through"
+STOLEN_MARK = b"stolen"
+
+
+def marked_head(data: bytes, value: bytes = PASSED_MARK) -> bytes:
+    """``data`` (a response head, possibly followed by body bytes) with the verdict header
+    added as the head's last field."""
+    end = data.find(b"\r\n\r\n")
+    if end < 0:
+        return data  # not a CRLF head (the parser refuses those): left as it came
+    return b"".join((data[:end + 2], VERDICT_HEADER, b": ", value, data[end:]))
 
 
 class Decide(Protocol):

@@ -233,7 +233,7 @@ def encode(message: Message) -> bytes:
         case Subscribe(sub_id=sub_id, port=port, mode=mode, filter=http_filter,
                        capture=capture, local=local, response_timeout=timeout,
                        body_buffer_size=body_size, body_buffer_timeout=body_ms,
-                       on_concurrent_steal=concurrent):
+                       on_concurrent_steal=concurrent, inject_headers=inject):
             payload = {
                 "port": check_port(port, "Subscribe.port"),
                 "mode": check_choice(mode, "Subscribe.mode", MODES),
@@ -255,6 +255,8 @@ def encode(message: Message) -> bytes:
             if concurrent is not None:
                 payload["on_concurrent_steal"] = check_choice(
                     concurrent, "Subscribe.on_concurrent_steal", CONCURRENT_STEAL)
+            if check_bool(inject, "Subscribe.inject_headers"):
+                payload["inject_headers"] = True
             return _frame(
                 FrameType.SUBSCRIBE,
                 check_stream(sub_id, "Subscribe.sub_id"),

@@ -265,6 +265,7 @@ def _decode_subscribe(stream: int, payload: memoryview) -> Message:
                                                "body_buffer_timeout"),
         on_concurrent_steal=None if (concurrent := fields.get("on_concurrent_steal")) is None
         else check_choice(concurrent, "on_concurrent_steal", CONCURRENT_STEAL),
+        inject_headers=check_bool(fields.get("inject_headers", False), "inject_headers"),
     )
 
 

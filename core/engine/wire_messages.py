@@ -136,6 +136,7 @@ class Subscribe:
     ``agent.max_body_buffer_size`` / ``_timeout``); absent: mirrord's defaults.
     ``on_concurrent_steal`` ("abort", "continue", "override") says what a steal without a
     filter does when another session steals the port without one; absent: "abort".
+    ``inject_headers``: answers on this port carry the verdict header (absent: false).
     """
 
     sub_id: int
@@ -148,6 +149,7 @@ class Subscribe:
     body_buffer_size: int | None = None
     body_buffer_timeout: int | None = None
     on_concurrent_steal: str | None = None
+    inject_headers: bool = False
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

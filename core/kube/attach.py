@@ -160,7 +160,8 @@ class PodStarter:
                        local_host=self.local_host, capture=self.capture,
                        client_name=f"waylay/{placed.pod.name}",
                        local_response_timeout=self.agent.local_response_timeout,
-                       body_buffer=self.agent.body_buffer)
+                       body_buffer=self.agent.body_buffer,
+                       inject_headers=self.agent.inject_headers)
 
 
 @dataclass

@@ -167,3 +167,21 @@ def test_filter_ports_are_the_remote_ports_under_port_mapping(bed: Bed, waylay: 
     assert (taken.served_by, passed.served_by) == ("local", "remote")
     events = run.wait_requests(2)
     assert [e["verdict"] for e in events] == ["stolen", "passed"], events
+
+
+@pytest.mark.parametrize("inject", [True, False])
+def test_inject_headers_marks_each_answer_with_who_gave_it(bed: Bed, waylay: StartWaylay,
+                                                           inject: bool) -> None:
+    """agent.inject_headers: stolen answers say so, passed ones say passed-through
+    (mirrord's Mirrord-Agent convention, with waylay's header); off, nothing is added."""
+    config = ('{"agent": {"inject_headers": %s}, "feature": {"network": {"incoming": '
+              '{"mode": "steal", "http_filter": {"header_filter": "^x-take: yes$"}}}}}'
+              % ("true" if inject else "false"))
+    run = waylay(config)
+    taken = curl(bed.url("/marked"), "-H", "x-take: yes")
+    passed = curl(bed.url("/marked"))
+    keep_alive = curl(bed.url("/one"), "--next", bed.url("/two"), "-H", "x-take: yes")
+    assert (taken.served_by, passed.served_by) == ("local", "remote")
+    marks = [a.headers.get("waylay-agent") for a in (taken, passed, keep_alive)]
+    assert marks == (["stolen", "passed-through", "stolen"] if inject else [None] * 3)
+    run.wait_requests(4)
