@@ -22,7 +22,7 @@ read (the client's own control frames, PING and SETTINGS floods, need answers th
 queue there); while the original app's transport is over it the client is not read; and
 while a session's link is over its own high-water mark, the client (whose stolen
 request bodies feed it) is not read. A stolen response the client reads slowly is
-paused at the session (``waylay.agent.link`` sends PAUSE for that stream only) once its backlog
+paused at the session (``waylay.agent.streams`` sends PAUSE for that stream only) once its backlog
 passes ``MAX_LOCAL_BACKLOG``.
 """
 
@@ -35,7 +35,7 @@ import enum
 import time
 from typing import TYPE_CHECKING, assert_never, cast
 
-from waylay.agent.link import copy_to_mirrors
+from waylay.agent.mirror_stream import copy_to_mirrors
 from waylay.agent.upstream import Connector, connect_marked
 from waylay.core.engine.h2_router import MAX_LOCAL_BACKLOG, H2Router
 from waylay.core.engine.routing import (
@@ -69,11 +69,13 @@ from waylay.core.engine.routing import (
 )
 
 if TYPE_CHECKING:
-    from waylay.agent.link import ClientLink, LocalEvent, MirrorStream, Stream
+    from waylay.agent.link import ClientLink
+    from waylay.agent.mirror_stream import MirrorStream
+    from waylay.agent.streams import LocalEvent, Stream
     from waylay.agent.worker import Agent
 
 # Bytes queued on a transport before the side feeding it stops being read: the
-# per-connection buffer bound in each direction (as waylay.agent.interception's).
+# per-connection buffer bound in each direction (as waylay.agent.connection_state's).
 WRITE_HIGH_WATER = 256 * 1024
 # How long a stolen answer may wait for a client that reads none of it before the stream
 # is reset: the wait holds up the session's link (every stream on it), and the session's
@@ -287,7 +289,7 @@ class H2Interception(asyncio.Protocol):
     async def drain_stream(self, stream: int) -> None:
         """Wait while the client is too slow for the stolen ``stream``'s answer.
 
-        The session is told to PAUSE this stream meanwhile (``waylay.agent.link``), its other
+        The session is told to PAUSE this stream meanwhile (``waylay.agent.streams``), its other
         streams go on; a client that takes nothing of the answer for ``STALL_TIMEOUT_S``
         loses the stream (RST_STREAM).
         """

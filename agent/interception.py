@@ -14,28 +14,29 @@ server-first protocol is never held up. HTTP/1.x is routed per request by
 Anything else is relayed untouched to the original app.
 
 A port stolen without a filter hands the whole connection to the session at once.
+
+The original app's side is ``waylay.agent.upstream_side``'s, relays and whole steals
+``waylay.agent.byte_relay``'s: parts this connection inherits, not layers it calls through.
 """
 
 from __future__ import annotations
 
 import asyncio
-import enum
 import socket
-import struct
 import time
-from collections.abc import Callable
 from typing import TYPE_CHECKING, assert_never, cast
 
 from waylay.agent import h2_connection
-from waylay.agent.link import copy_to_mirrors
-from waylay.agent.upstream import Upstream
+from waylay.agent.byte_relay import ByteRelay
+from waylay.agent.connection_state import BY_LINK, BY_ROUTER, WRITE_HIGH_WATER, Mode
+from waylay.agent.mirror_stream import copy_to_mirrors
+from waylay.agent.upstream_side import UpstreamSide
 from waylay.core.engine.body_filter import BodySkip
-from waylay.core.engine.detect import Protocol, detect, h2_server_preface
+from waylay.core.engine.detect import Protocol, detect
 from waylay.core.engine.filters import RequestView
 from waylay.core.engine.flow import FlowRecord, FlowRow, Verdict
 from waylay.core.engine.http1 import Http1Router
 from waylay.core.engine.observer import Http1Observer
-from waylay.core.engine.registry import WHOLE_PORT
 from waylay.core.engine.routing import (
     LocalAborted,
     LocalData,
@@ -46,71 +47,26 @@ from waylay.core.engine.routing import (
     Route,
     StealStart,
 )
-from waylay.core.system.pool import Destination, tune
+from waylay.core.system.pool import tune
 
 if TYPE_CHECKING:
-    from waylay.agent.link import LocalEvent, MirrorStream, Stream
+    from waylay.agent.mirror_stream import MirrorStream
+    from waylay.agent.streams import LocalEvent, Stream
+    from waylay.agent.upstream import Upstream
     from waylay.agent.worker import Agent
 
-SO_ORIGINAL_DST = 80  # linux/netfilter_ipv4.h
-# Bytes written to a peer before the other side stops being read: the per-connection
-# buffer bound in each direction.
-WRITE_HIGH_WATER = 256 * 1024
 # Bytes of a connection's start kept while its protocol is not yet known (waylay.core.engine.detect
 # decides within a few bytes; this only bounds a peer that never completes a line).
 MAX_DETECT_BYTES = 64 * 1024
 
 
-DestinationLookup = Callable[[socket.socket], Destination | None]
-"""Where an accepted connection was going (None: it was not redirected); the agent's is
-``original_destination``, a test without iptables gives its own (``tests/agent/harness.py``)."""
-
-
-def original_destination(sock: socket.socket) -> Destination | None:
-    """Where the client meant to connect before iptables REDIRECT (None if not redirected)."""
-    try:
-        raw = sock.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, 16)
-    except OSError:
-        return None
-    port, packed = struct.unpack_from("!2xH4s", raw)
-    return socket.inet_ntoa(packed), port
-
-
-class Mode(enum.Enum):
-    """What a connection turned out to be; DETECT until its first bytes say.
-
-    Transitions (any other is a bug)::
-
-        DETECT --HTTP/1.x head-------------> HTTP
-        DETECT --h2 preface----------------> H2      (the transport changes hands)
-        DETECT --other bytes, the app spoke
-                 first, or the client's EOF-> RELAY
-        (accept) --unfiltered steal--------> WHOLE   (never detected: the session's)
-        any --connection lost--------------> CLOSED  (final; also a direct connection)
-
-    HTTP stays HTTP: an upgrade becomes a tunnel inside the engine, not a new mode.
-    """
-
-    DETECT = "detect"
-    HTTP = "http"  # routed per request by waylay.core.engine.http1
-    RELAY = "relay"  # not HTTP: bytes to the original app untouched
-    WHOLE = "whole"  # an unfiltered steal: the whole connection is the session's
-    H2 = "h2"  # handed to waylay.agent.h2_connection
-    CLOSED = "closed"
-
-
-# Why a connection's client is not being read (several can hold at once).
-_BY_ROUTER = 1  # pipelined requests fill the engine's buffer
-_BY_UPSTREAM = 2  # the original app reads slower than the client sends
-_BY_LINK = 4  # the session's link is congested (a stolen body streams to it)
-_BY_PENDING = 8  # the upstream connection is still being opened
-
-
-class InterceptedConnection(asyncio.Protocol):
+class InterceptedConnection(ByteRelay, UpstreamSide, asyncio.Protocol):
     """One connection a remote client made to an intercepted port.
 
     It is the engine's ``Http1Sink`` (commands arrive as calls), an ``UpstreamOwner`` (the
-    original app's side) and a ``StreamOwner`` of ``waylay.agent.link`` (the session's side).
+    original app's side, ``waylay.agent.upstream_side``) and a ``StreamOwner`` of
+    ``waylay.agent.streams`` (the session's side). Relays and whole steals are
+    ``waylay.agent.byte_relay``'s; the connection's modes are ``waylay.agent.connection_state``'s.
     """
 
     # Slots: an idle keep-alive connection should cost little (bench/ measures it).
@@ -262,25 +218,25 @@ class InterceptedConnection(asyncio.Protocol):
         if not self._paused and self._stream is None and router.wants_downstream:
             return  # the usual case: nothing to bound
         if router.wants_downstream:
-            if self._paused & _BY_ROUTER:
-                self._resume(_BY_ROUTER)
+            if self._paused & BY_ROUTER:
+                self._resume(BY_ROUTER)
         else:
-            self._pause(_BY_ROUTER)
+            self._pause(BY_ROUTER)
         stream = self._stream
         if stream is not None:
             if stream.finished.is_set():
                 self._stream = None  # that stolen exchange is over: its link is not ours
-            elif stream.link.congested and not self._paused & _BY_LINK:
+            elif stream.link.congested and not self._paused & BY_LINK:
                 self._wait_for_link(stream)
 
     def _wait_for_link(self, stream: Stream) -> None:
-        self._pause(_BY_LINK)
+        self._pause(BY_LINK)
 
         async def drained() -> None:
             try:
                 await stream.drain()
             finally:
-                self._resume(_BY_LINK)
+                self._resume(BY_LINK)
 
         self._agent.spawn(drained(), name="link-drain")
 
@@ -339,184 +295,6 @@ class InterceptedConnection(asyncio.Protocol):
         stream for its body yet, so a body filter decides without it (and says so)."""
         route = self._decide(view, body)
         return self._decide(view, BodySkip.NOT_BUFFERED) if route.wants_body else route
-
-    # --- relay: a connection that is not HTTP -----------------------------------------
-
-    def _start_relay(self, head: bytes) -> None:
-        self.mode = Mode.RELAY
-        agent = self._agent
-        record = FlowRecord(id=agent.next_flow_id(), ts=time.time(), port=self.port,
-                            protocol="tcp", verdict=Verdict.PASSED)
-        self._relay_record = record
-        for sub in agent.registry.whole_mirrors(self.port):
-            mirror = agent.open_mirror_stream(sub.sub_id, self.port, self.peer, None)
-            if mirror is not None:
-                self._mirrors.append(mirror)
-                record.verdict = Verdict.MIRRORED
-        if head:
-            self._relay_from_client(head)
-
-    def _relay_from_client(self, data: bytes) -> None:
-        record = self._relay_record
-        if record is not None:
-            record.bytes_in += len(data)
-        if self._mirrors:
-            self._copy_to_mirrors(data)
-        self.send_upstream(data)
-
-    def _end_relay(self) -> None:
-        """The client half-closed a relayed connection: pass the EOF on, wait for the app's."""
-        for mirror in self._mirrors:
-            mirror.end()
-        self._mirrors = []
-        if self._up is not None:
-            self._up.write_eof()
-        else:
-            self._up_eof_pending = True
-            self.connect_upstream()
-
-    # --- the original app (UpstreamOwner) ---------------------------------------------
-
-    def connect_upstream(self) -> None:
-        """Engine command: get a connection to the original app; sends may follow at once."""
-        if self._up is not None or self._connecting:
-            return
-        up = self._agent.pool.take(self._destination)
-        if up is not None:
-            self._attach_upstream(up)
-            return
-        self._connecting = True
-        self._agent.spawn(self._open_upstream(), name="upstream-connect")
-
-    async def _open_upstream(self) -> None:
-        try:
-            up = await self._agent.pool.connect(self._destination, self)
-        except (TimeoutError, OSError) as exc:
-            self._connecting = False
-            self._up_pending = []
-            self._resume(_BY_PENDING)
-            if self.mode is Mode.CLOSED:
-                return
-            if self.mode is Mode.HTTP and self._router is not None:
-                dest = f"{self._destination[0]}:{self._destination[1]}"
-                self._router.upstream_closed(f"cannot connect to {dest}: {exc}", time.time())
-                self._after_router()
-            elif self.mode is Mode.RELAY:
-                self._close_transport()
-            return
-        self._connecting = False
-        if self.mode in (Mode.CLOSED, Mode.H2, Mode.WHOLE):
-            up.close()  # it may have spoken to us already: not a clean one to pool
-            return
-        self._attach_upstream(up)
-
-    def _attach_upstream(self, up: Upstream) -> None:
-        self._up = up
-        up.owner = self
-        pending, self._up_pending = self._up_pending, []
-        if pending:
-            up.write(pending[0] if len(pending) == 1 else b"".join(pending))
-        if self._up_eof_pending:
-            up.write_eof()
-        if self._write_paused:
-            up.pause_reading()
-        self._resume(_BY_PENDING)
-
-    def send_upstream(self, data: bytes) -> None:
-        """Engine command: bytes for the original app (queued while it is being opened)."""
-        self._up_sent = True
-        up = self._up
-        if up is not None:
-            up.write(data)
-            return
-        self._up_pending.append(data)
-        if sum(len(p) for p in self._up_pending) > WRITE_HIGH_WATER:
-            self._pause(_BY_PENDING)
-        self.connect_upstream()
-
-    def release_upstream(self, reusable: bool) -> None:
-        """Engine command: done with the upstream connection."""
-        self.drop_upstream(reusable=reusable)
-
-    def drop_upstream(self, *, reusable: bool) -> None:
-        up, self._up = self._up, None
-        self._up_sent = False
-        self._up_pending = []
-        self._resume(_BY_UPSTREAM | _BY_PENDING)
-        if up is None:
-            return
-        up.owner = None
-        if reusable:
-            self._agent.pool.put(up)
-        else:
-            up.close()
-
-    def upstream_data(self, data: bytes) -> None:
-        mode = self.mode
-        if mode is Mode.HTTP:
-            router = self._router
-            assert router is not None
-            router.upstream_data(data, time.time())
-            self._after_router()
-        elif mode is Mode.RELAY:
-            if self._relay_record is not None:
-                self._relay_record.bytes_out += len(data)
-            self.send_downstream(data)
-        elif mode is Mode.DETECT:
-            if h2_server_preface(data):
-                # An h2c server greets at once; it is no server-first protocol. The h2
-                # driver opens its own connection.
-                self.drop_upstream(reusable=False)
-                return
-            self._start_relay(self._head)  # the server spoke first
-            self._head = b""
-            self.upstream_data(data)
-        elif mode is Mode.WHOLE or mode is Mode.H2 or mode is Mode.CLOSED:
-            pass  # the connection never uses (or no longer uses) this upstream
-        else:
-            assert_never(mode)
-
-    def upstream_eof(self) -> None:
-        mode = self.mode
-        if mode is Mode.HTTP:
-            self._upstream_gone(None)
-        elif mode is Mode.RELAY:
-            transport = self._transport
-            if transport is not None and not transport.is_closing() and transport.can_write_eof():
-                transport.write_eof()
-            self._far_eof = True
-            if self._client_eof:
-                self._close_transport()
-        elif mode is Mode.DETECT:
-            self.drop_upstream(reusable=False)  # the next send connects again
-        elif mode is Mode.WHOLE or mode is Mode.H2 or mode is Mode.CLOSED:
-            pass
-        else:
-            assert_never(mode)
-
-    def upstream_lost(self, exc: Exception | None) -> None:
-        # Only the connection serving us calls this (a released one has no owner), also
-        # before _attach_upstream ran, while the coroutine that opened it was resuming.
-        mode = self.mode
-        if mode is Mode.HTTP:
-            self._upstream_gone(str(exc) if exc is not None else None)
-        elif mode is Mode.RELAY:
-            self._up = None
-            self._close_transport()
-        else:
-            self._up = None
-
-    def _upstream_gone(self, reason: str | None) -> None:
-        router = self._router
-        assert router is not None
-        router.upstream_closed(reason, time.time())
-        self._after_router()
-
-    def upstream_paused(self) -> None:
-        self._pause(_BY_UPSTREAM)
-
-    def upstream_resumed(self) -> None:
-        self._resume(_BY_UPSTREAM)
 
     # --- the engine's other commands (Http1Sink) --------------------------------------
 
@@ -590,7 +368,7 @@ class InterceptedConnection(asyncio.Protocol):
         slows this connection down."""
         self._mirrors = copy_to_mirrors(self._mirrors, data)
 
-    # --- the session's side (StreamOwner of waylay.agent.link) -------------------------------
+    # --- the session's side (StreamOwner of waylay.agent.streams) ----------------------
 
     def on_local(self, event: LocalEvent) -> None:
         """An event from the session that owns the stolen request in flight."""
@@ -643,61 +421,6 @@ class InterceptedConnection(asyncio.Protocol):
                 self._drained = asyncio.Event()
             self._drained.clear()
             await self._drained.wait()
-
-    # --- whole-connection steal -------------------------------------------------------
-
-    def _steal_whole(self, sub_id: int) -> None:
-        self.mode = Mode.WHOLE
-        agent = self._agent
-        self._whole_owner = sub_id
-        self._relay_record = FlowRecord(id=agent.next_flow_id(), ts=time.time(),
-                                        port=self.port, protocol="tcp",
-                                        verdict=Verdict.STOLEN, matched=WHOLE_PORT)
-        self._observer = Http1Observer(port=self.port, verdict=Verdict.STOLEN,
-                                       matched=WHOLE_PORT, next_id=agent.next_flow_id)
-        stream = agent.open_connection_stream(self, sub_id)
-        if stream is None:
-            self._close_transport()
-            return
-        self._stream = stream
-
-    def _whole_from_client(self, data: bytes) -> None:
-        stream = self._stream
-        if stream is None or stream.finished.is_set():
-            return
-        if self._observer is not None:
-            self._observer.from_client(data, time.time())
-        if self._relay_record is not None:
-            self._relay_record.bytes_in += len(data)
-        stream.send_data(data)
-        if stream.link.congested and not self._paused & _BY_LINK:
-            self._wait_for_link(stream)
-
-    def write_local(self, data: bytes) -> None:
-        """Bytes from the local app on a whole stolen connection (none after its EOF)."""
-        if self._far_eof:
-            return
-        self._cork()
-        if self._relay_record is not None:
-            self._relay_record.bytes_out += len(data)
-        self.send_downstream(data)
-        if self._observer is not None:
-            for done in self._observer.from_server(data, time.time()):
-                self._agent.record(done, self._whole_owner, ())
-
-    def end_local(self) -> None:
-        """The local app half-closed a whole stolen connection."""
-        self._uncork()
-        transport = self._transport
-        if transport is not None and not transport.is_closing() and transport.can_write_eof():
-            transport.write_eof()
-        self._far_eof = True
-        if self._client_eof:
-            self._close_transport()
-
-    def abort_local(self) -> None:
-        """The session reset a whole stolen connection: cut it."""
-        self._close_transport()
 
     # --- the end ----------------------------------------------------------------------
 

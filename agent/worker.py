@@ -24,9 +24,12 @@ import traceback
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
-from waylay.agent.interception import DestinationLookup, original_destination, serve_connection
+from waylay.agent.interception import serve_connection
 from waylay.agent.iptables import PortRedirector, Redirector
-from waylay.agent.link import ClientLink, MirrorStream, Stream
+from waylay.agent.link import ClientLink
+from waylay.agent.mirror_stream import MirrorStream
+from waylay.agent.original_destination import DestinationLookup, original_destination
+from waylay.agent.streams import Stream
 from waylay.agent.upstream import Connector, UpstreamPool, connect_marked
 from waylay.core.engine.flow import FlowRecord, FlowRow, MirrorResult, Verdict
 from waylay.core.engine.registry import Registry, Subscription
@@ -35,7 +38,7 @@ from waylay.core.system.local_targets import listening_ports, parse_proc_net_tcp
 
 if TYPE_CHECKING:
     from waylay.agent.interception import InterceptedConnection
-    from waylay.agent.link import StreamOwner
+    from waylay.agent.streams import StreamOwner
     from waylay.core.engine.routing import MirrorStart, StealStart
 
 

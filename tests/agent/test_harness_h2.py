@@ -15,7 +15,7 @@ from h2.connection import H2Connection
 from h2.events import DataReceived, RequestReceived, ResponseReceived, StreamEnded
 
 from tests.agent.harness import WAIT_S, Harness, with_harness
-from waylay.agent.interception import Mode
+from waylay.agent.connection_state import Mode
 
 
 async def h2_origin(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

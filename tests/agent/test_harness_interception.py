@@ -19,7 +19,7 @@ from tests.agent.harness import (
     until,
     with_harness,
 )
-from waylay.agent.interception import WRITE_HIGH_WATER, Mode
+from waylay.agent.connection_state import WRITE_HIGH_WATER, Mode
 from waylay.core.engine.wire import ConnectionStart
 
 STEAL = {"header_filter": "^x-steal: yes$"}  # a filtered steal: the port is routed per request

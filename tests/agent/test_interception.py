@@ -21,7 +21,8 @@ import pytest
 import uvloop
 
 import waylay.agent.h2_connection as h2_connection
-from waylay.agent.interception import WRITE_HIGH_WATER, InterceptedConnection, Mode
+from waylay.agent.connection_state import WRITE_HIGH_WATER, Mode
+from waylay.agent.interception import InterceptedConnection
 from waylay.agent.upstream import UPSTREAM_HIGH_WATER, Upstream, UpstreamPool
 from waylay.core.engine.events import request_event, to_json
 from waylay.core.engine.filters import compile_http_filter

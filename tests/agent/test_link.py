@@ -1,5 +1,6 @@
-"""The bound on a stolen request's local app (waylay.agent.link): 504 for the caller, an error
-notice for the session, a reset wire stream; and the bound each Subscribe sets."""
+"""The bound on a stolen request's local app (waylay.agent.streams, on a ClientLink): 504
+for the caller, an error notice for the session, a reset wire stream; and the bound each
+Subscribe sets."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import asyncio
 import itertools
 from typing import Any
 
-from waylay.agent.link import PAUSED_STREAM_LIMIT, ClientLink, LocalBound, MirrorStream, Stream
+from waylay.agent.link import ClientLink
+from waylay.agent.mirror_stream import MirrorStream
+from waylay.agent.streams import PAUSED_STREAM_LIMIT, LocalBound, Stream
 from waylay.core.engine.flow import FlowRecord, Verdict
 from waylay.core.engine.registry import Subscription
 from waylay.core.engine.routing import Event, LocalAborted, LocalResponse

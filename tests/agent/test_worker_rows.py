@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from waylay.agent.link import LocalBound, MirrorStream
+from waylay.agent.mirror_stream import MirrorStream
+from waylay.agent.streams import LocalBound
 from waylay.agent.worker import Agent
 from waylay.core.engine.events import request_event, to_json
 from waylay.core.engine.filters import compile_http_filter
