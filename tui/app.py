@@ -7,6 +7,11 @@ tell the widgets what changed. Blocking work (listing targets, reading and writi
 judging a filter over recent traffic) runs in thread workers whose results come back with
 ``call_from_thread``. Nothing here imports ``agent``.
 
+The app is the layout and the folding of the session's messages; its actions that open
+something are parts it inherits: the filter editor and its preview
+(``waylay.tui.filter_actions``), the mode, ports and help dialogs
+(``waylay.tui.dialog_actions``), and the file actions (``waylay.tui.file_actions``).
+
 Every I/O seam can be replaced for tests, benchmarks and screenshots: ``attach_fn`` (a
 ``waylay.core.client.attach.attach`` look-alike, e.g. ``waylay.tui.fake_agent.FakeAgent.attach``),
 ``targets_source``, ``kube`` (a ``waylay.tui.kube_browser.KubeBrowser`` with its own seams) and
@@ -32,7 +37,7 @@ from textual.screen import Screen
 from textual.timer import Timer
 from textual.widgets import Footer, Header, Input
 
-from waylay.core.engine.config import Config, IncomingConfig, Mode, default_config
+from waylay.core.engine.config import Config, IncomingConfig, default_config
 from waylay.core.engine.errors import WaylayError
 from waylay.core.engine.events import (
     ErrorEvent,
@@ -47,8 +52,9 @@ from waylay.core.system.local_targets import LocalTarget, list_local_targets
 from waylay.tui.client import AttachFn, SessionClient
 from waylay.tui.commands import waylay_commands
 from waylay.tui.detail import DetailScreen
-from waylay.tui.dialogs import HelpScreen, ModeScreen, PortsScreen
+from waylay.tui.dialog_actions import DialogActions
 from waylay.tui.file_actions import FileActions
+from waylay.tui.filter_actions import FilterActions
 from waylay.tui.filter_editor import FilterEditor
 from waylay.tui.flows import CAPACITY, FlowRow, FlowStore, FlowView, RowQuery
 from waylay.tui.kube_browser import KubeBrowser
@@ -61,7 +67,7 @@ from waylay.tui.messages import (
     UpdateResult,
 )
 from waylay.tui.notices import NoticeGate, Toast
-from waylay.tui.preview import PREVIEW_WINDOW, Plan, Preview, preview_steps
+from waylay.tui.preview import PREVIEW_WINDOW, Plan, Preview
 from waylay.tui.rates import RateBuckets
 from waylay.tui.session_bar import BarState, SessionBar
 from waylay.tui.stats_panel import LogPanel, StatsPanel
@@ -79,7 +85,7 @@ NOTIFY_TIMEOUT_S = 6.0
 FULL_GC_THRESHOLD = 100
 
 
-class WaylayApp(FileActions, App[int]):
+class WaylayApp(FilterActions, DialogActions, FileActions, App[int]):
     """``waylay ui``."""
 
     CSS_PATH = "app.tcss"
@@ -445,96 +451,7 @@ class WaylayApp(FileActions, App[int]):
         self.table.reset()
         self._record("info", f"cleared {n:,} requests from the table")
 
-    # --- the filter editor ---------------------------------------------------------------
-
-    async def action_edit_filter(self) -> None:
-        editor = self.editor
-        if editor.display:
-            editor.focus_first()
-            return
-        editor.display = True
-        await editor.load(self.client.incoming)
-        editor.focus_first()
-
-    @on(FilterEditor.Changed)
-    def _draft_changed(self, message: FilterEditor.Changed) -> None:
-        editor = self.editor
-        if not editor.display:
-            return
-        if message.compiled is None:
-            self._draft_incoming = None
-            self.table.set_marks(None)
-            editor.show_preview("fix the filter to see what it would take", [])
-            return
-        self._draft_incoming = dataclasses.replace(
-            self.client.incoming, http_filter=message.compiled.http_filter,
-            filter_ports=message.compiled.filter_ports)
-        self._start_preview(self._draft_incoming)
-
-    def _start_preview(self, incoming: IncomingConfig) -> None:
-        self._preview_at = time.monotonic()
-        rows = self.store.recent(PREVIEW_WINDOW)
-        self._preview_worker(rows, self.current_plan(incoming))
-
-    @work(exclusive=True, group="preview")
-    async def _preview_worker(self, rows: list[FlowRow], plan: Plan) -> None:
-        steps = preview_steps(rows, plan)
-        while True:
-            try:
-                next(steps)
-            except StopIteration as done:
-                result: Preview = done.value
-                break
-            await asyncio.sleep(0)  # a slice is done: let keys and traffic through
-        self._show_preview(result)
-
-    def _show_preview(self, result: Preview) -> None:
-        editor = self.editor
-        if not editor.display or self._draft_incoming is None:
-            return
-        self.last_preview = result
-        editor.show_preview(result.summary() + " recent requests", result.notes())
-        self.table.set_marks(result.taken_keys)
-
-    @on(FilterEditor.Apply)
-    def _filter_apply(self, message: FilterEditor.Apply) -> None:
-        incoming = dataclasses.replace(self.client.incoming,
-                                       http_filter=message.compiled.http_filter,
-                                       filter_ports=message.compiled.filter_ports)
-        self._close_editor()
-        what = "filter " + (message.compiled.http_filter.text
-                            if message.compiled.http_filter else "removed")
-        self._apply_worker(incoming, None, what)
-
-    @on(FilterEditor.Closed)
-    def _filter_closed(self) -> None:
-        self._close_editor()
-
-    def _close_editor(self) -> None:
-        self.editor.display = False
-        self._draft_incoming = None
-        self.table.set_marks(None)
-        self.table.focus()
-
-    # --- dialogs ------------------------------------------------------------------------
-
-    def action_mode_menu(self) -> None:
-        def chosen(mode: Mode | None) -> None:
-            if mode is not None:
-                self.set_mode(mode)
-
-        self.push_screen(ModeScreen(self.client.incoming.mode), chosen)
-
-    def action_ports(self) -> None:
-        def chosen(ports: dict[int, int | None] | None) -> None:
-            if ports is not None:
-                shown = " ".join(f"{remote}:{local}" if local else str(remote)
-                                 for remote, local in ports.items())
-                self._apply_worker(self.client.incoming, ports,
-                                   f"ports {shown or 'default'}")
-
-        self.push_screen(PortsScreen(self.bar.plans, self.client.listening,
-                                     self.client.cli_ports), chosen)
+    # --- panes (the filter editor: waylay.tui.filter_actions; dialogs: dialog_actions) ---
 
     def action_toggle_targets(self) -> None:
         pane = self.targets_pane
@@ -547,17 +464,6 @@ class WaylayApp(FileActions, App[int]):
     def action_toggle_log(self) -> None:
         log = self.log_panel
         log.display = not log.display
-
-    def action_help(self) -> None:
-        sections = [
-            ("everywhere", self.BINDINGS),
-            ("traffic table", TrafficTable.BINDINGS),
-            ("filter editor", FilterEditor.BINDINGS),
-            ("targets pane", TargetsPane.BINDINGS),
-            ("request detail", DetailScreen.BINDINGS),
-        ]
-        self.push_screen(HelpScreen([(t, [b for b in bs if isinstance(b, Binding)])
-                                     for t, bs in sections]))
 
     # --- targets ------------------------------------------------------------------------
 
@@ -602,12 +508,6 @@ class WaylayApp(FileActions, App[int]):
     def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)
         yield from waylay_commands(self)
-
-    def set_mode(self, mode: Mode) -> None:
-        """Switch steal / mirror / off on the running session (in place)."""
-        if mode is not self.client.incoming.mode:
-            self._apply_worker(dataclasses.replace(self.client.incoming, mode=mode), None,
-                               f"mode {mode}")
 
 
 def _freeze_startup_objects() -> None:
