@@ -130,9 +130,9 @@ def test_no_import_cycles_between_modules() -> None:
 # STYLE rule 7: modules are nouns of one job; past this many lines a module is split along
 # its seams (docs/architecture.md §1).
 MAX_MODULE_LINES = 600
-# Over the bound and being reworked elsewhere right now (none at present). Take a name out
-# once its module is split: the check then covers it.
-LONG_FOR_NOW: frozenset[str] = frozenset()
+# Over the bound and being reworked elsewhere right now (issue 12: the session, whose events
+# become typed). Take a name out once its module is split: the check then covers it.
+LONG_FOR_NOW: frozenset[str] = frozenset({"core/client/session.py"})
 
 
 def test_no_module_is_longer_than_the_bound() -> None:
