@@ -28,19 +28,9 @@ from typing import Any, assert_never
 from waylay.core.client.local_delivery import LocalPool, deliver_connection, deliver_request
 from waylay.core.client.local_http1 import Http1Delivery, LocalHttp1Pool
 from waylay.core.client.session_link import LinkClosed, SessionLink
+from waylay.core.engine import events
 from waylay.core.engine.config import ConcurrentSteal, IncomingConfig, Mode
 from waylay.core.engine.errors import AgentError
-from waylay.core.engine.events import (
-    ErrorEvent,
-    Event,
-    RequestEvent,
-    StartedEvent,
-    SubscribedEvent,
-    WarningEvent,
-    notice_event,
-    request_event,
-    started_event,
-)
 from waylay.core.engine.filters import HttpFilter
 from waylay.core.engine.flow import Verdict
 from waylay.core.engine.wire import (
@@ -68,7 +58,7 @@ from waylay.core.engine.wire import (
     encode,
 )
 
-EventSink = Callable[[Event], None]
+EventSink = Callable[[events.Event], None]
 
 PING_INTERVAL_S = 5.0
 LINK_TIMEOUT_S = 15.0  # no frame from the agent for this long: the link is dead
@@ -374,10 +364,10 @@ class Session:
                                 list(self.welcome.listening_ports))
         self.planned = True
         if not self.plans:
-            self._event(WarningEvent(message="nothing to intercept: no port given and none "
-                                     "listening in the target (use -p PORT)"
-                                     if self.incoming.mode is not Mode.OFF else
-                                     "mode is off: no traffic is intercepted"))
+            self._event(events.WarningEvent(
+                message="nothing to intercept: no port given and none listening in the "
+                "target (use -p PORT)" if self.incoming.mode is not Mode.OFF else
+                "mode is off: no traffic is intercepted"))
             return
         results = await asyncio.gather(
             *(self._subscribe(next(self._sub_ids), plan) for plan in self.plans))
@@ -464,15 +454,15 @@ class Session:
             case Flow(records=rows):
                 for row in rows:
                     try:
-                        record = request_event(row)
+                        record = events.request_event(row)
                     except ValueError as exc:  # one bad record: the others still count
-                        self._event(WarningEvent(message=f"ignored a flow record: {exc}"))
+                        self._event(events.WarningEvent(message=f"ignored a flow record: {exc}"))
                         continue
                     self._count(record)
                     self._event(record)
             case RequestStart(stream=sid, flow_id=flow_id):
                 if flow_id is not None:  # stolen (mirror copies have no id of their own)
-                    self._event(started_event(message, flow_id, time.time()))
+                    self._event(events.started_event(message, flow_id, time.time()))
                 self._open_stream(sid, message)
             case ConnectionStart(stream=sid):
                 self._open_stream(sid, message)
@@ -502,21 +492,21 @@ class Session:
                 if isinstance(stream, Http1Delivery):
                     stream.resume()
             case Subscribed(sub_id=sub_id, port=port, mode=mode, filter=text):
-                self._event(SubscribedEvent(port=port, mode=str(mode), filter=text))
+                self._event(events.SubscribedEvent(port=port, mode=str(mode), filter=text))
                 self._settle(sub_id, True)
             case Error(stream=0, message=text):
                 raise AgentError(f"the agent ended the session: {text}")
             case Error(stream=sub_id, message=text):
-                self._event(ErrorEvent(message=text))
+                self._event(events.ErrorEvent(message=text))
                 self._settle(sub_id, False)
             case Notice(level=level, message=text):
-                self._event(notice_event(level, text))
+                self._event(events.notice_event(level, text))
             case Ping(nonce=nonce):
                 self.send(Pong(nonce=nonce))
             case Pong():
                 pass
             case _:
-                self._event(WarningEvent(
+                self._event(events.WarningEvent(
                     message=f"ignored unexpected {type(message).__name__}"))
 
     def _settle(self, sub_id: int, ok: bool) -> None:
@@ -568,9 +558,9 @@ class Session:
 
     def report_error(self, message: str) -> None:
         """A delivery failed (the local app is unreachable, ...)."""
-        self._event(ErrorEvent(message=message))
+        self._event(events.ErrorEvent(message=message))
 
-    def _count(self, record: RequestEvent) -> None:
+    def _count(self, record: events.RequestEvent) -> None:
         match record.verdict:
             case Verdict.STOLEN:
                 self.stats.stolen += 1
@@ -581,13 +571,13 @@ class Session:
             case _:
                 assert_never(record.verdict)
 
-    def _event(self, event: Event) -> None:
+    def _event(self, event: events.Event) -> None:
         match event:
-            case ErrorEvent():
+            case events.ErrorEvent():
                 self.stats.errors += 1
-            case WarningEvent():
+            case events.WarningEvent():
                 self.stats.warnings += 1
-            case RequestEvent() | StartedEvent() | SubscribedEvent():
+            case events.RequestEvent() | events.StartedEvent() | events.SubscribedEvent():
                 pass
             case _:
                 assert_never(event)
