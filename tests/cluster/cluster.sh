@@ -37,6 +37,10 @@ CNI_BIN=/usr/lib/cni                 # Debian's containernetworking-plugins
 # kubelet sets these at start (kubelet's setupKernelTunables); down puts them back.
 SYSCTLS=(vm.overcommit_memory kernel.panic kernel.panic_on_oops net.ipv4.ip_forward)
 DAEMONS=(etcd kube-apiserver kube-controller-manager kube-scheduler containerd kubelet)
+# Paths the programs use whatever they are told: containerd's shim sockets
+# (/run/containerd/s), the kubelet's device-plugin socket and its /var/log/containers
+# links, CNI's result cache. Down removes each one that did not exist before up.
+FIXED_PATHS=(/run/containerd /var/lib/kubelet /var/log/containers /var/lib/cni)
 
 say() { printf '%s cluster: %s\n' "$(date +%T)" "$*" >&2; }
 die() { say "error: $*"; exit 1; }
@@ -113,7 +117,10 @@ record_machine() {  # what down puts back
         ip6tables -t "$t" -S 2>/dev/null | awk '$1 == "-N" {print $2}' >"$RUN/before/ip6tables-$t" || true
     done
     for s in "${SYSCTLS[@]}"; do echo "$s=$(sysctl -n "$s")"; done >"$RUN/before/sysctl"
-    [ -d /var/lib/cni ] && touch "$RUN/before/var-lib-cni" || true
+    local path
+    for path in "${FIXED_PATHS[@]}"; do
+        if [ -e "$path" ]; then echo "$path"; fi
+    done >"$RUN/before/paths"
 }
 
 pki() {
@@ -287,6 +294,7 @@ disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.grpc.v1.cri.cdi"]
     use_internal_loopback = true
   [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]
     SystemdCgroup = false
+    Root = "$SOCKDIR/runc"
 
 [plugins.'io.containerd.grpc.v1.cri']
   stream_server_address = "127.0.0.1"
@@ -371,6 +379,8 @@ up() {
     say "building or reusing the images"
     local images
     images="$("$PYTHON" "$HERE/images.py" --bin "$BIN" --out "$CACHE/images" pause debian)"
+    # The agent image, when built before (`cluster.sh agent-image` builds it anew).
+    [ -f "$CACHE/images/agent.oci.tar" ] && images+=" $CACHE/images/agent.oci.tar"
     # shellcheck disable=SC2086
     load_images $images
     start_kubelet
@@ -420,9 +430,15 @@ down() {
         while read -r line; do sysctl -qw "$line" || say "could not restore $line"; done \
             <"$RUN/before/sysctl"
     fi
-    if [ ! -e "$RUN/before/var-lib-cni" ] && [ -d /var/lib/cni ]; then
-        rm -rf /var/lib/cni && say "removed /var/lib/cni (CNI's result cache)"
-    fi
+    local path
+    for path in "${FIXED_PATHS[@]}"; do
+        [ -e "$path" ] || continue
+        if [ -f "$RUN/before/paths" ] && ! grep -qxF "$path" "$RUN/before/paths"; then
+            rm -rf "$path" && say "removed $path"
+        fi
+    done
+    # Where /var/log/containers was there before: only the links into our pods' logs.
+    [ -d /var/log/containers ] && find /var/log/containers -lname "$RUN/*" -delete
     rm -rf "$CACHE/last-logs"
     mv "$RUN/logs" "$CACHE/last-logs" 2>/dev/null || true
     rm -rf "$RUN" "$SOCKDIR"
