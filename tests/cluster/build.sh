@@ -53,10 +53,12 @@ step() {
         tail -n 30 "$log" >&2
         exit 1
     fi
-    local rss wall
+    local rss wall cpu
     rss=$(awk -F': ' '/Maximum resident set size/ {printf "%.0f", $2/1024}' "$log")
     wall=$(awk -F': ' '/Elapsed \(wall clock\)/ {print $2}' "$log")
-    echo "$name: wall $wall, peak memory ${rss} MiB ($(date -u +%FT%TZ), $(nproc) cores)" | tee -a "$REPORT" >&2
+    cpu=$(awk -F': ' '/(User|System) time/ {t += $2} END {printf "%.0f", t}' "$log")
+    echo "$name: wall $wall, CPU ${cpu}s (user+sys), peak memory ${rss} MiB" \
+        "($(date -u +%FT%TZ), $(nproc) cores)" | tee -a "$REPORT" >&2
 }
 
 have() { local f; for f in "$@"; do [ -x "$BIN/$f" ] || return 1; done; }
