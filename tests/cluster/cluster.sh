@@ -75,7 +75,7 @@ wait_for() {  # wait_for NAME SECONDS WHAT CMD...: until CMD succeeds, while NAM
     until "$@" >/dev/null 2>&1; do
         if ! pidof_daemon "$name" >/dev/null; then
             log_tail "$name"
-            die "$name exited while waiting for $what"
+            die "$name exited (while waiting for: $what)"
         fi
         if [ $SECONDS -ge $until ]; then
             log_tail "$name"
@@ -86,7 +86,7 @@ wait_for() {  # wait_for NAME SECONDS WHAT CMD...: until CMD succeeds, while NAM
     say "$what ($(elapsed))"
 }
 
-kubectl() { "$BIN/kubectl" --kubeconfig "$RUN/admin.kubeconfig" "$@"; }
+kubectl() { "$BIN/kubectl" --kubeconfig "$RUN/admin.kubeconfig" --request-timeout=10s "$@"; }
 ctr() { "$BIN/ctr" --address "$CRI_SOCK" "$@"; }
 
 # ---------------------------------------------------------------------------- up
