@@ -477,7 +477,17 @@ remove_new_chains() {  # the chains that did not exist before up (the kubelet's 
 }
 
 remove_cgroups() {  # the kubelet's kubepods hierarchy, in every cgroup v1 controller
-    local root dir n=0
+    local root dir n=0 pids
+    # Containers whose runtime died before it could stop them are still in their pods'
+    # cgroups (only our kubelet puts processes there): they go first.
+    pids=$(find /sys/fs/cgroup/*/kubepods -name cgroup.procs -exec cat {} + 2>/dev/null |
+        sort -u || true)
+    if [ -n "$pids" ]; then
+        # shellcheck disable=SC2086
+        kill -KILL $pids 2>/dev/null || true
+        say "killed $(echo "$pids" | wc -w) processes left in the pods' cgroups"
+        sleep 1
+    fi
     for root in /sys/fs/cgroup/*/kubepods /sys/fs/cgroup/*/kubepods.slice /sys/fs/cgroup/kubepods; do
         [ -d "$root" ] || continue
         while read -r dir; do rmdir "$dir" 2>/dev/null && n=$((n + 1)); done \
