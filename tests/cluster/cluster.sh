@@ -42,6 +42,11 @@ DAEMONS=(etcd kube-apiserver kube-controller-manager kube-scheduler containerd k
 # links, CNI's result cache. Down removes each one that did not exist before up.
 FIXED_PATHS=(/run/containerd /var/lib/kubelet /var/log/containers /var/lib/cni)
 
+# The daemons talk to each other on these addresses only: never through a proxy the
+# environment may name (the API server reaches the kubelet at NODE_IP).
+export NO_PROXY="${NO_PROXY:+$NO_PROXY,}127.0.0.1,localhost,172.30.0.0/16"
+export no_proxy="$NO_PROXY"
+
 say() { printf '%s cluster: %s\n' "$(date +%T)" "$*" >&2; }
 die() { say "error: $*"; exit 1; }
 T0=$SECONDS
