@@ -70,8 +70,15 @@ start() {  # start NAME ARGS...: one daemon, detached, its log in $RUN/logs
     local exe="$BIN/$name"
     [ -x "$exe" ] || exe="$(command -v "$name")"
     setsid "$exe" "$@" </dev/null >"$RUN/logs/$name.log" 2>&1 &
-    echo $! >"$RUN/pids/$name"
+    local pid=$! i
+    echo "$pid" >"$RUN/pids/$name"
     echo "$exe" >"$RUN/pids/$name.exe"
+    # Until the forked shell has become the program (pidof_daemon checks the executable).
+    for i in $(seq 1 100); do
+        [ "$(readlink "/proc/$pid/exe" 2>/dev/null)" = "$exe" ] && return 0
+        [ -d "/proc/$pid" ] || return 0
+        sleep 0.05
+    done
 }
 
 wait_for() {  # wait_for NAME SECONDS WHAT CMD...: until CMD succeeds, while NAME runs
