@@ -269,7 +269,14 @@ start_control_plane() {
 }
 
 start_containerd() {
-    mkdir -p "$SOCKDIR" "$RUN/containerd"
+    mkdir -p "$SOCKDIR" "$RUN/containerd/certs.d/_default"
+    # No registry is ever asked: every registry's host is a closed loopback port, so a
+    # missing image fails at once (ErrImagePull) instead of reaching out to docker.io.
+    cat >"$RUN/containerd/certs.d/_default/hosts.toml" <<EOF
+server = "http://127.0.0.1:1"
+[host."http://127.0.0.1:1"]
+  capabilities = ["pull", "resolve"]
+EOF
     cat >"$RUN/containerd/config.toml" <<EOF
 version = 3
 root = "$RUN/containerd/root"
@@ -293,6 +300,8 @@ disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.grpc.v1.cri.cdi"]
   snapshotter = "overlayfs"
   [plugins.'io.containerd.cri.v1.images'.pinned_images]
     sandbox = "localhost/waylay/pause:1"
+  [plugins.'io.containerd.cri.v1.images'.registry]
+    config_path = "$RUN/containerd/certs.d"
 
 [plugins.'io.containerd.cri.v1.runtime']
   # root here lacks CAP_SYS_RESOURCE: negative oom_score_adj values cannot be written,
