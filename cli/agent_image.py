@@ -21,6 +21,7 @@ import hashlib
 import io
 import json
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -54,10 +55,12 @@ DPKG_SLIM = (
     "path-include=/usr/share/doc/*/copyright",
     "path-exclude=/usr/share/info/*",
 )
+# The image is built for this machine's architecture (mmdebstrap's default): its Debian
+# name (OCI's too) and its name in wheel tags.
+ARCHITECTURES = {"x86_64": ("amd64", "x86_64"), "aarch64": ("arm64", "aarch64")}
 # pip does not widen a --platform to the older glibc versions it covers: every manylinux tag
 # the image's glibc (2.36, bookworm) runs, spelled out.
-WHEEL_PLATFORMS = tuple(f"manylinux{tag}_x86_64" for tag in (
-    "1", "2010", "2014", "_2_17", "_2_24", "_2_28", "_2_31", "_2_34", "_2_36"))
+_MANYLINUX = ("1", "2010", "2014", "_2_17", "_2_24", "_2_28", "_2_31", "_2_34", "_2_36")
 LAYER_MEDIA_TYPE = "application/vnd.oci.image.layer.v1.tar+gzip"
 _CHUNK = 1 << 20  # hashing and copying buffer: 1 MiB
 
@@ -120,17 +123,28 @@ def _gzip_layer(rootfs_tar: Path, out: Path) -> tuple[str, str, int]:
     return diff.hexdigest(), _sha256_file(out), out.stat().st_size
 
 
+def machine_architecture() -> tuple[str, str]:
+    """(Debian/OCI name, wheel tag name) of this machine's architecture."""
+    machine = platform.machine()
+    if machine not in ARCHITECTURES:
+        raise UsageError(f"cannot build the image on a {machine} machine "
+                         f"(only {', '.join(ARCHITECTURES)})")
+    return ARCHITECTURES[machine]
+
+
 def write_oci_archive(*, rootfs_tar: Path, output: Path, reference: str, config: ImageConfig,
-                      created: datetime.datetime | None = None) -> str:
+                      created: datetime.datetime | None = None,
+                      architecture: str | None = None) -> str:
     """Write an OCI image archive of one layer (the root filesystem ``rootfs_tar``) named
     ``reference`` (already normalized); returns the manifest's digest (``sha256:...``)."""
     created = created or datetime.datetime.now(datetime.UTC)
+    architecture = architecture or machine_architecture()[0]
     with tempfile.TemporaryDirectory(prefix="waylay-oci-", dir=output.parent) as tmp:
         layer = Path(tmp) / "layer"
         diff_id, layer_digest, layer_size = _gzip_layer(rootfs_tar, layer)
         image_config: dict[str, Any] = {
             "created": created.strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "architecture": "amd64",
+            "architecture": architecture,
             "os": "linux",
             "config": {
                 "Env": list(config.env),
@@ -159,7 +173,7 @@ def write_oci_archive(*, rootfs_tar: Path, output: Path, reference: str, config:
             "manifests": [{
                 "mediaType": "application/vnd.oci.image.manifest.v1+json",
                 "digest": _digest(manifest_blob), "size": len(manifest_blob),
-                "platform": {"architecture": "amd64", "os": "linux"},
+                "platform": {"architecture": architecture, "os": "linux"},
                 "annotations": {
                     # containerd's importer takes the full name from here ...
                     "io.containerd.image.name": reference,
@@ -255,7 +269,7 @@ def _progress(what: str) -> Iterator[None]:
 
 def wheelhouse(*, checkout: Path, dest: Path, log: Path) -> Path:
     """Wheels of waylay (from ``checkout``) and of every dependency, for the image's Python
-    (CPython 3.11, glibc 2.36, x86-64); returns waylay's wheel.
+    (CPython 3.11, glibc 2.36, this machine's architecture); returns waylay's wheel.
 
     They are fetched here, by this machine's pip with its own index, proxy and certificate
     settings; the image's pip then installs them without a network."""
@@ -281,7 +295,8 @@ def wheelhouse(*, checkout: Path, dest: Path, log: Path) -> Path:
     _run_step("downloading the dependencies' wheels", [
         *pip, "download", "--dest", str(dest), "--only-binary=:all:",
         "--python-version", "3.11", "--implementation", "cp", "--abi", "cp311",
-        *(f"--platform={platform}" for platform in WHEEL_PLATFORMS), str(wheels[0]),
+        *(f"--platform=manylinux{tag}_{machine_architecture()[1]}" for tag in _MANYLINUX),
+        str(wheels[0]),
     ], log)
     return wheels[0]
 

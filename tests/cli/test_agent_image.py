@@ -15,6 +15,7 @@ import pytest
 from cli.agent_image import (
     ImageConfig,
     find_checkout,
+    machine_architecture,
     normalize_reference,
     write_oci_archive,
 )
@@ -82,7 +83,7 @@ def test_the_archive_is_an_oci_layout_whose_blobs_match_their_digests(tmp_path: 
         "sha256:" + hashlib.sha256(rootfs.read_bytes()).hexdigest()]
     assert config["config"]["Entrypoint"] == ["waylay"]
     assert config["config"]["Cmd"] == ["agent"]
-    assert (config["os"], config["architecture"]) == ("linux", "amd64")
+    assert (config["os"], config["architecture"]) == ("linux", machine_architecture()[0])
 
 
 def test_the_same_rootfs_and_date_give_the_same_archive(tmp_path: Path) -> None:
