@@ -48,7 +48,13 @@ export NO_PROXY="${NO_PROXY:+$NO_PROXY,}127.0.0.1,localhost,172.30.0.0/16"
 export no_proxy="$NO_PROXY"
 
 say() { printf '%s cluster: %s\n' "$(date +%T)" "$*" >&2; }
-die() { say "error: $*"; exit 1; }
+die() {
+    say "error: $*"
+    if [ "${COMMAND:-}" = up ] && [ -d "$RUN/pids" ]; then
+        say "what was started is still there: \`./dev cluster down\` removes it"
+    fi
+    exit 1
+}
 T0=$SECONDS
 elapsed() { echo "$((SECONDS - T0))s"; }
 
@@ -536,7 +542,8 @@ status() {
     return "$bad"
 }
 
-case "${1:-}" in
+COMMAND="${1:-}"
+case "$COMMAND" in
     up) up ;;
     down) down ;;
     status) status ;;
