@@ -50,7 +50,7 @@ export no_proxy="$NO_PROXY"
 say() { printf '%s cluster: %s\n' "$(date +%T)" "$*" >&2; }
 die() {
     say "error: $*"
-    if [ "${COMMAND:-}" = up ] && [ -d "$RUN/pids" ]; then
+    if [ -n "${STARTED:-}" ]; then
         say "what was started is still there: \`./dev cluster down\` removes it"
     fi
     exit 1
@@ -388,6 +388,7 @@ node_ready() {
 
 up() {
     preflight
+    STARTED=1
     say "building or reusing the programs"
     BIN="$("$HERE/build.sh")"
     mkdir -p "$RUN/logs" "$RUN/pids"
