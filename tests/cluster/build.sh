@@ -40,13 +40,13 @@ export GOFLAGS="-mod=readonly -buildvcs=false"
 NICE=()
 [ -n "${WAYLAY_CLUSTER_NICE:-}" ] && NICE=(nice -n "$WAYLAY_CLUSTER_NICE")
 
-command -v go >/dev/null || { echo "build.sh: go not found (Go >= 1.25 is needed)" >&2; exit 1; }
-[ -x /usr/bin/time ] || { echo "build.sh: /usr/bin/time not found (apt-get install time)" >&2; exit 1; }
 
 # step NAME DIR GO-BUILD-ARGS...: one `go build` in DIR, timed; its log in the cache.
 step() {
     local name="$1" dir="$2"; shift 2
-    local log="$CACHE/$KEY/build-$name.log" start=$SECONDS
+    local log="$CACHE/$KEY/build-$name.log"
+    command -v go >/dev/null || { echo "build.sh: go not found (Go >= 1.25 is needed)" >&2; exit 1; }
+    [ -x /usr/bin/time ] || { echo "build.sh: /usr/bin/time not found (apt-get install time)" >&2; exit 1; }
     echo "build.sh: building $name ($(date +%T)); log: $log" >&2
     if ! (cd "$HERE/$dir" && "${NICE[@]}" /usr/bin/time -v go build -trimpath "$@") >"$log" 2>&1; then
         echo "build.sh: building $name failed; the log's tail:" >&2
