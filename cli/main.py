@@ -117,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     targets.add_argument("--json", action="store_true", help="one JSON document")
     _kube_flags(targets, config=False)
 
+    from waylay.cli.agent_image import add_parser as add_agent_image_parser
+
+    add_agent_image_parser(commands)
     commands.add_parser("agent", help="run the agent (used inside the target)",
                         add_help=False)
     return parser
@@ -148,6 +151,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from waylay.cli.targets import targets_command
 
             return targets_command(args)
+        if args.command == "agent-image":
+            from waylay.cli.agent_image import agent_image_command
+
+            return agent_image_command(args)
         parser.print_help(sys.stderr)
         return EXIT_USAGE
     except WaylayError as exc:
